@@ -1,0 +1,7 @@
+"""Ballista: an HTTP load-testing engine and daemon."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
