@@ -1,0 +1,355 @@
+"""The `ballista` command: parses flags into a RunConfig, runs it, reports, sets the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import trio
+
+from . import __version__
+from ._config import (
+    LoadSpec,
+    Protocol,
+    RequestSpec,
+    RunConfig,
+    parse_header,
+    parse_method,
+    parse_url,
+)
+from ._durations import parse_duration
+from ._engine import Engine, SnapshotSink
+from ._errors import ConfigError
+from ._report import LiveLine, RunMeta, format_summary, summary_dict, write_json
+from ._snapshot import Snapshot
+
+EXIT_OK = 0
+EXIT_THRESHOLD = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but bad input is one line on stderr and exit 2: no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _positive_int(what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+def _duration(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = parse_duration(text, what=what)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be longer than 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def add_request_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags shared by `run` and `compare`."""
+    p.add_argument("url", metavar="URL", help="target URL (http:// or https://)")
+    p.add_argument(
+        "-c",
+        "--concurrency",
+        type=_positive_int("--concurrency"),
+        default=None,
+        help="closed model: number of workers (default 10)",
+    )
+    p.add_argument(
+        "-n",
+        "--requests",
+        type=_positive_int("--requests"),
+        default=None,
+        help="stop after this many requests in total",
+    )
+    p.add_argument(
+        "-d",
+        "--duration",
+        type=_duration("--duration"),
+        default=None,
+        help="stop after this long (500ms, 30s, 5m, 2h); default 10s without -n",
+    )
+    proto = p.add_mutually_exclusive_group()
+    proto.add_argument(
+        "--http2",
+        action="store_const",
+        const="http2",
+        dest="protocol",
+        help="HTTP/2: prior knowledge on http://, ALPN h2 on https://",
+    )
+    proto.add_argument(
+        "--http1", action="store_const", const="http1", dest="protocol", help="HTTP/1.1 only"
+    )
+    p.add_argument(
+        "--connections",
+        type=_positive_int("--connections"),
+        default=None,
+        help="connections to open (default: one per worker on HTTP/1.1, "
+        "one per 100 streams on HTTP/2)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_duration("--timeout"),
+        default=30.0,
+        help="per-request timeout (default 30s)",
+    )
+    p.add_argument("-m", "--method", default="GET", help="HTTP method (default GET)")
+    p.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'K: V'",
+        help="request header, repeatable",
+    )
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("-b", "--body", default=None, help="request body")
+    body.add_argument("--body-file", default=None, help="read the request body from a file")
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--cacert", default=None, help="CA bundle to verify the target with")
+    p.add_argument(
+        "--interval",
+        type=_duration("--interval"),
+        default=1.0,
+        help="snapshot interval (default 1s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ballista",
+        description="HTTP load testing: closed, open and adaptive load over HTTP/1.1 and HTTP/2.",
+    )
+    parser.add_argument("--version", action="version", version=f"ballista {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run one load test and print a summary")
+    add_request_arguments(run)
+    run.add_argument(
+        "--sequential",
+        action="store_true",
+        help="one request at a time over one connection: the baseline",
+    )
+    run.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="write the JSON summary to PATH, or to stdout with '-'",
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no live display, no text summary")
+
+    demo = sub.add_parser("demo", help="start an embedded target and run a short test against it")
+    demo.add_argument("-d", "--duration", type=_duration("--duration"), default=10.0)
+    demo.add_argument("-c", "--concurrency", type=_positive_int("--concurrency"), default=20)
+    demo.add_argument("--http1", action="store_true", help="use HTTP/1.1 instead of h2c")
+    demo.add_argument("--json", default=None, metavar="PATH")
+
+    target = sub.add_parser("target", help="serve the demo target on its own")
+    from ._target import add_target_arguments
+
+    add_target_arguments(target)
+
+    compare = sub.add_parser(
+        "compare", help="sequential baseline vs the concurrent engine, same target"
+    )
+    add_request_arguments(compare)
+    compare.add_argument(
+        "--json", default=None, metavar="PATH", help="write both summaries and the ratios as JSON"
+    )
+    return parser
+
+
+def config_from_args(ns: argparse.Namespace, *, sequential: bool = False) -> RunConfig:
+    """Validate flags into a RunConfig. Raises ConfigError naming the problem."""
+    origin, target = parse_url(ns.url)
+    headers = tuple(parse_header(h) for h in ns.header)
+    method = parse_method(ns.method)
+    if ns.body_file is not None:
+        try:
+            body = Path(ns.body_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"--body-file: cannot read {ns.body_file!r}: {exc.strerror}"
+            ) from None
+    elif ns.body is not None:
+        body = ns.body.encode("utf-8")
+    else:
+        body = b""
+    if sequential and ns.concurrency not in (None, 1):
+        raise ConfigError("--sequential sends one request at a time: drop -c/--concurrency")
+    if sequential and ns.connections not in (None, 1):
+        raise ConfigError("--sequential uses one connection: drop --connections")
+    load = LoadSpec(
+        model="sequential" if sequential else "closed",
+        concurrency=1 if sequential else (ns.concurrency or 10),
+        duration=ns.duration,
+        requests=ns.requests,
+    )
+    if ns.cacert is not None and not Path(ns.cacert).is_file():
+        raise ConfigError(f"--cacert: no such file {ns.cacert!r}")
+    protocol: Protocol = ns.protocol or "auto"
+    return RunConfig(
+        origin=origin,
+        requests=(
+            RequestSpec(name="default", method=method, target=target, headers=headers, body=body),
+        ),
+        load=load,
+        protocol=protocol,
+        connections=ns.connections,
+        timeout=ns.timeout,
+        insecure=ns.insecure,
+        interval=ns.interval,
+        ca_file=ns.cacert,
+    )
+
+
+async def _watch_signals(engine: Engine, cancel: trio.CancelScope) -> None:
+    """First SIGINT/SIGTERM: stop sending and let in-flight requests finish; second: stop now."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if engine.stopping:
+                engine.stop(grace=0)
+            else:
+                engine.stop()
+
+
+async def run_engine(engine: Engine) -> Snapshot:
+    """Run `engine` with signal handling; always returns the final snapshot."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, engine, nursery.cancel_scope)
+        final = await engine.run()
+        nursery.cancel_scope.cancel()
+    return final
+
+
+def execute(
+    config: RunConfig,
+    *,
+    json_path: str | None,
+    quiet: bool,
+    stdout: TextIO,
+    stderr: TextIO,
+) -> dict[str, Any]:
+    """Run a configuration to the end and report it. Returns the JSON summary."""
+    return trio.run(
+        lambda: run_and_report(
+            config, json_path=json_path, quiet=quiet, stdout=stdout, stderr=stderr
+        )
+    )
+
+
+async def run_and_report(
+    config: RunConfig,
+    *,
+    json_path: str | None,
+    quiet: bool,
+    stdout: TextIO,
+    stderr: TextIO,
+) -> dict[str, Any]:
+    """Inside trio: run a configuration to the end and report it. Returns the JSON summary."""
+    sinks: list[SnapshotSink] = []
+    text_out = stderr if json_path == "-" else stdout
+    live: LiveLine | None = None
+    if not quiet and text_out.isatty():
+        live = LiveLine(
+            text_out, duration=config.load.effective_duration, total=config.load.requests
+        )
+        sinks.append(live)
+    engine = Engine(config, sinks=sinks)
+    started_at = dt.datetime.now(dt.UTC)
+    final = await run_engine(engine)
+    info = engine.info
+    assert info is not None
+    meta = RunMeta(
+        target=config.url,
+        model=config.load.model,
+        protocol=info.protocol,
+        started_at=started_at,
+        concurrency=info.concurrency,
+        connections=info.connections,
+    )
+    doc = summary_dict(final, meta, config)
+    if not quiet:
+        text_out.write(format_summary(final, meta))
+        text_out.flush()
+    if json_path is not None:
+        write_json(doc, json_path, stdout)
+    return doc
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    config = config_from_args(ns, sequential=ns.sequential)
+    execute(config, json_path=ns.json, quiet=ns.quiet, stdout=sys.stdout, stderr=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(
+        duration=ns.duration,
+        concurrency=ns.concurrency,
+        http2=not ns.http1,
+        json_path=ns.json,
+    )
+
+
+def _cmd_target(ns: argparse.Namespace) -> int:
+    from ._target import run_target_forever, target_config_from_args
+
+    return run_target_forever(target_config_from_args(ns))
+
+
+def _cmd_compare(ns: argparse.Namespace) -> int:
+    from ._compare import run_compare
+
+    config_from_args(ns)  # validate once, before anything starts
+    return run_compare(ns)
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run,
+    "demo": _cmd_demo,
+    "target": _cmd_target,
+    "compare": _cmd_compare,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ballista` console script."""
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return _COMMANDS[ns.command](ns)
+    except ConfigError as exc:
+        print(f"ballista: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # Output closed early (`| head`): not our failure.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
