@@ -137,7 +137,9 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser. The `target` sub-command's flags (which import hypercorn)
+    are only added when `argv` asks for that command, to keep start-up light."""
     parser = _Parser(
         prog="ballista",
         description="HTTP load testing: closed, open and adaptive load over HTTP/1.1 and HTTP/2.",
@@ -167,9 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", default=None, metavar="PATH")
 
     target = sub.add_parser("target", help="serve the demo target on its own")
-    from ._target import add_target_arguments
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "target" in args:
+        from ._target import add_target_arguments
 
-    add_target_arguments(target)
+        add_target_arguments(target)
 
     compare = sub.add_parser(
         "compare", help="sequential baseline vs the concurrent engine, same target"
@@ -339,7 +343,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ballista` console script."""
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         ns = parser.parse_args(argv)
         if ns.command is None:

@@ -62,7 +62,8 @@ class _Session:
         self.stream = stream
         self.h2 = h2.connection.H2Connection(config=_CONFIG)
         self.streams: dict[int, _Stream] = {}
-        self.send_lock = trio.Lock()
+        #: set when h2 has frames queued; the writer task waits on it.
+        self.pending = trio.Event()
         self.alive = True
         #: set once GOAWAY arrives: no new streams, finish the old ones.
         self.draining = False
@@ -149,7 +150,24 @@ class H2Connection:
             raise
         self._events.connection_opened()
         self._nursery.start_soon(self._reader, session)
+        self._nursery.start_soon(self._writer, session)
         return session
+
+    async def _writer(self, session: _Session) -> None:
+        """The only task that writes to the socket: frames leave in the order h2
+        produced them (stream ids must only increase), batched across streams."""
+        conn = session.h2
+        stream = session.stream
+        try:
+            while session.alive:
+                await session.pending.wait()
+                session.pending = trio.Event()
+                out = conn.data_to_send()
+                if out:
+                    await stream.write(out)
+        except Exception as exc:
+            self._kill(session, _failure_kind(exc))
+            await close_quietly(stream)
 
     async def _reader(self, session: _Session) -> None:
         stream = session.stream
@@ -200,10 +218,7 @@ class H2Connection:
                         session.window_changed = trio.Event()
                 if session.draining and not streams:
                     break
-                out = conn.data_to_send()
-                if out:
-                    async with session.send_lock:
-                        await stream.write(out)
+                session.pending.set()
         except Exception as exc:
             session.failure = _failure_kind(exc)
         finally:
@@ -230,6 +245,7 @@ class H2Connection:
             st.done.set()
         session.streams.clear()
         session.window_changed.set()
+        session.pending.set()
         if self._session is session:
             self._session = None
         self._events.connection_closed()
@@ -245,8 +261,7 @@ class H2Connection:
             try:
                 session.h2.close_connection()
                 with trio.move_on_after(0.2):
-                    async with session.send_lock:
-                        await session.stream.write(session.h2.data_to_send())
+                    await session.stream.write(session.h2.data_to_send())
             except Exception:
                 pass
             self._kill(session, ErrorKind.OTHER)
@@ -281,10 +296,7 @@ class H2Connection:
                 if body:
                     await self._send_body(session, sid, body)
                     sent += len(body)
-                async with session.send_lock:
-                    out = conn.data_to_send()
-                    if out:
-                        await session.stream.write(out)
+                session.pending.set()
                 phase = ErrorKind.READ_TIMEOUT
                 await st.done.wait()
                 return st.status if st.error == NO_ERROR else 0, st.error, sent, st.received
@@ -317,7 +329,7 @@ class H2Connection:
                 session.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
             except h2.exceptions.H2Error:
                 pass
-            # The RST_STREAM goes out with the next write on this connection.
+            session.pending.set()
 
     async def _send_body(self, session: _Session, sid: int, body: bytes) -> None:
         conn = session.h2
@@ -325,10 +337,7 @@ class H2Connection:
         while view:
             window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
             if window <= 0:
-                async with session.send_lock:
-                    out = conn.data_to_send()
-                    if out:
-                        await session.stream.write(out)
+                session.pending.set()
                 await session.window_changed.wait()
                 if not session.alive:
                     raise PeerClosed("connection lost while sending the body")
