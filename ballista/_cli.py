@@ -25,7 +25,7 @@ from ._config import (
 )
 from ._durations import parse_duration
 from ._engine import Engine, SnapshotSink
-from ._errors import ConfigError
+from ._errors import BallistaError, ConfigError
 from ._report import LiveLine, RunMeta, format_summary, summary_dict, write_json
 from ._snapshot import Snapshot
 
@@ -330,7 +330,11 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     from ._compare import run_compare
 
     config_from_args(ns)  # validate once, before anything starts
-    return run_compare(ns)
+    try:
+        return run_compare(ns)
+    except BallistaError as exc:
+        print(f"ballista: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
