@@ -15,7 +15,9 @@ import trio
 
 from . import __version__
 from ._config import (
+    AdaptiveSpec,
     LoadSpec,
+    Model,
     Protocol,
     RequestSpec,
     RunConfig,
@@ -27,6 +29,7 @@ from ._durations import parse_duration
 from ._engine import Engine, SnapshotSink
 from ._errors import BallistaError, ConfigError
 from ._report import LiveLine, RunMeta, format_summary, summary_dict, write_json
+from ._schedule import parse_stages
 from ._snapshot import Snapshot
 
 EXIT_OK = 0
@@ -54,6 +57,19 @@ def _positive_int(what: str) -> Callable[[str], int]:
     return parse
 
 
+def _positive_float(what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value > 0 and value < float("inf")):
+            raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+        return value
+
+    return parse
+
+
 def _duration(what: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -69,7 +85,9 @@ def _duration(what: str) -> Callable[[str], float]:
 
 def add_request_arguments(p: argparse.ArgumentParser) -> None:
     """The flags shared by `run` and `compare`."""
-    p.add_argument("url", metavar="URL", help="target URL (http:// or https://)")
+    p.add_argument(
+        "url", metavar="URL", nargs="?", default=None, help="target URL (http:// or https://)"
+    )
     p.add_argument(
         "-c",
         "--concurrency",
@@ -161,6 +179,99 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         help="write the JSON summary to PATH, or to stdout with '-'",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no live display, no text summary")
+    open_model = run.add_argument_group("open model and ramps")
+    open_model.add_argument(
+        "-r",
+        "--rate",
+        type=_positive_float("--rate"),
+        default=None,
+        help="open model: requests per second, scheduled in advance; latency counts "
+        "from the scheduled time",
+    )
+    open_model.add_argument(
+        "--max-in-flight",
+        type=_positive_int("--max-in-flight"),
+        default=None,
+        help="open model: cap on outstanding requests; what cannot start within "
+        "--timeout of its schedule is dropped",
+    )
+    open_model.add_argument(
+        "--arrival",
+        choices=("constant", "poisson"),
+        default="constant",
+        help="open model: constant gaps (default) or Poisson arrivals",
+    )
+    open_model.add_argument(
+        "--stages",
+        default=None,
+        metavar="SPEC",
+        help="ramp, e.g. 30s:100,2m:100,30s:0 (rate with -r, concurrency otherwise)",
+    )
+    adaptive = run.add_argument_group("adaptive concurrency")
+    adaptive.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="an AIMD controller picks the concurrency that keeps latency under target",
+    )
+    adaptive.add_argument(
+        "--latency-target",
+        type=_duration("--latency-target"),
+        default=None,
+        help="adaptive: the latency the controller keeps under (default 250ms)",
+    )
+    adaptive.add_argument(
+        "--latency-percentile",
+        type=float,
+        default=None,
+        help="adaptive: which percentile of a window to compare (default 95)",
+    )
+    adaptive.add_argument(
+        "--min-concurrency", type=_positive_int("--min-concurrency"), default=None
+    )
+    adaptive.add_argument(
+        "--max-concurrency", type=_positive_int("--max-concurrency"), default=None
+    )
+    adaptive.add_argument(
+        "--initial-concurrency", type=_positive_int("--initial-concurrency"), default=None
+    )
+    scenario = run.add_argument_group("scenarios and thresholds")
+    scenario.add_argument(
+        "-f", "--scenario", default=None, metavar="FILE", help="TOML scenario file"
+    )
+    scenario.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="repeatable: p99<250ms, p95<=1s, error_rate<1%%, rps>500, checkout.p99<400ms",
+    )
+    scenario.add_argument(
+        "--abort-on-fail",
+        action="store_true",
+        help="stop the run as soon as a threshold is known to fail",
+    )
+    outputs = run.add_argument_group("metrics and live stream")
+    outputs.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+    )
+    outputs.add_argument(
+        "--metrics-addr", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)"
+    )
+    outputs.add_argument(
+        "--linger",
+        type=_duration("--linger"),
+        default=None,
+        help="keep /metrics up this long after the run (default 11s when --metrics-port)",
+    )
+    outputs.add_argument(
+        "--live-port", type=int, default=None, help="websocket stream of snapshots on this port"
+    )
+    outputs.add_argument(
+        "--live-addr", default="127.0.0.1", help="address for the live stream (default 127.0.0.1)"
+    )
+    outputs.add_argument(
+        "--scenario-name", default=None, help="the `scenario` label in metrics (default: default)"
+    )
 
     demo = sub.add_parser("demo", help="start an embedded target and run a short test against it")
     demo.add_argument("-d", "--duration", type=_duration("--duration"), default=10.0)
@@ -185,32 +296,106 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(ns: argparse.Namespace, *, sequential: bool = False) -> RunConfig:
-    """Validate flags into a RunConfig. Raises ConfigError naming the problem."""
-    origin, target = parse_url(ns.url)
-    headers = tuple(parse_header(h) for h in ns.header)
-    method = parse_method(ns.method)
+def body_from_args(ns: argparse.Namespace) -> bytes | None:
+    """-b or --body-file, or None when neither was given."""
     if ns.body_file is not None:
         try:
-            body = Path(ns.body_file).read_bytes()
+            return Path(ns.body_file).read_bytes()
         except OSError as exc:
             raise ConfigError(
                 f"--body-file: cannot read {ns.body_file!r}: {exc.strerror}"
             ) from None
-    elif ns.body is not None:
-        body = ns.body.encode("utf-8")
-    else:
-        body = b""
+    if ns.body is not None:
+        return str(ns.body).encode("utf-8")
+    return None
+
+
+def load_from_args(ns: argparse.Namespace, *, sequential: bool = False) -> LoadSpec:
+    """The load model the flags ask for (closed, open, adaptive, sequential; stages)."""
+    rate = getattr(ns, "rate", None)
+    stages_text = getattr(ns, "stages", None)
+    adaptive_flag = getattr(ns, "adaptive", False)
     if sequential and ns.concurrency not in (None, 1):
         raise ConfigError("--sequential sends one request at a time: drop -c/--concurrency")
     if sequential and ns.connections not in (None, 1):
         raise ConfigError("--sequential uses one connection: drop --connections")
-    load = LoadSpec(
-        model="sequential" if sequential else "closed",
+    chosen = [
+        name
+        for name, on in (
+            ("--sequential", sequential),
+            ("-r/--rate", rate is not None),
+            ("--adaptive", adaptive_flag),
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} are different load models: choose one")
+    if rate is not None and ns.concurrency is not None:
+        raise ConfigError("-r/--rate (open model) and -c/--concurrency (closed model): choose one")
+    max_in_flight = getattr(ns, "max_in_flight", None)
+    if max_in_flight is not None and rate is None:
+        raise ConfigError("--max-in-flight applies to the open model: add -r/--rate")
+    stages = parse_stages(stages_text) if stages_text else ()
+    if stages and (sequential or adaptive_flag):
+        raise ConfigError("--stages ramps the rate (-r) or the concurrency: not with this model")
+    adaptive_spec = None
+    if adaptive_flag:
+        defaults = AdaptiveSpec()
+        adaptive_spec = AdaptiveSpec(
+            latency_target=ns.latency_target or defaults.latency_target,
+            percentile=ns.latency_percentile or defaults.percentile,
+            initial=ns.initial_concurrency or defaults.initial,
+            minimum=ns.min_concurrency or defaults.minimum,
+            maximum=ns.max_concurrency or ns.concurrency or defaults.maximum,
+        )
+        if not 0 < adaptive_spec.percentile < 100:
+            raise ConfigError("--latency-percentile: must be between 0 and 100")
+        if adaptive_spec.minimum > adaptive_spec.maximum:
+            raise ConfigError("--min-concurrency is above --max-concurrency")
+    elif any(
+        getattr(ns, f, None) is not None
+        for f in (
+            "latency_target",
+            "latency_percentile",
+            "min_concurrency",
+            "max_concurrency",
+            "initial_concurrency",
+        )
+    ):
+        raise ConfigError("--latency-target and the concurrency bounds need --adaptive")
+    model: Model = "closed"
+    if sequential:
+        model = "sequential"
+    elif rate is not None:
+        model = "open"
+    elif adaptive_flag:
+        model = "adaptive"
+    return LoadSpec(
+        model=model,
         concurrency=1 if sequential else (ns.concurrency or 10),
+        rate=rate,
         duration=ns.duration,
         requests=ns.requests,
+        max_in_flight=max_in_flight,
+        stages=stages,
+        arrival=getattr(ns, "arrival", "constant"),
+        adaptive=adaptive_spec,
     )
+
+
+def config_from_args(ns: argparse.Namespace, *, sequential: bool = False) -> RunConfig:
+    """Validate flags into a RunConfig. Raises ConfigError naming the problem."""
+    if getattr(ns, "scenario", None):
+        from ._scenario import config_from_scenario
+
+        return config_from_scenario(ns.scenario, ns, sequential=sequential)
+    if ns.url is None:
+        raise ConfigError("a URL is required (or a scenario file with -f)")
+    origin, target = parse_url(ns.url)
+    headers = tuple(parse_header(h) for h in ns.header)
+    method = parse_method(ns.method)
+    body = body_from_args(ns) or b""
+    load = load_from_args(ns, sequential=sequential)
     if ns.cacert is not None and not Path(ns.cacert).is_file():
         raise ConfigError(f"--cacert: no such file {ns.cacert!r}")
     protocol: Protocol = ns.protocol or "auto"
@@ -225,6 +410,8 @@ def config_from_args(ns: argparse.Namespace, *, sequential: bool = False) -> Run
         timeout=ns.timeout,
         insecure=ns.insecure,
         interval=ns.interval,
+        scenario=getattr(ns, "scenario_name", None) or "default",
+        thresholds=tuple(getattr(ns, "threshold", ())),
         ca_file=ns.cacert,
     )
 

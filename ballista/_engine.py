@@ -7,7 +7,10 @@ hands a snapshot to each sink once per interval.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
+import random
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,8 +21,9 @@ import trio
 from ._config import RunConfig
 from ._http1 import H1Connection, Result
 from ._http2 import H2Connection
-from ._outcome import Sample
+from ._outcome import ErrorKind, Sample
 from ._recorder import Recorder
+from ._schedule import Arrivals, Ramp, constant
 from ._snapshot import Snapshot
 from ._transport import (
     Connected,
@@ -35,7 +39,19 @@ DEFAULT_GRACE = 5.0
 #: HTTP/2 streams per connection when --connections is not given.
 STREAMS_PER_CONNECTION = 100
 
+#: Open model, HTTP/1.1: connections when neither --connections nor --max-in-flight is given.
+OPEN_MODEL_CONNECTIONS = 1000
+
 SnapshotSink = Callable[[Snapshot], None]
+
+
+class LimitController(Protocol):
+    """Adaptive concurrency (sans-IO): fed every finished request, answers the limit."""
+
+    @property
+    def limit(self) -> int: ...
+
+    def on_sample(self, now: float, sample: Sample) -> int: ...
 
 
 class Connection(Protocol):
@@ -62,6 +78,30 @@ def protocol_label(http2: bool) -> str:
     return "HTTP/2" if http2 else "HTTP/1.1"
 
 
+class _IdlePool:
+    """HTTP/1.1 connections for the open model: take an idle one, or wait for one.
+
+    O(1) per request: a stack of idle connections and a FIFO of waiters.
+    """
+
+    def __init__(self, connections: Sequence[H1Connection]) -> None:
+        self._idle = list(connections)
+        self._freed = trio.Event()
+
+    async def acquire(self, deadline: float) -> H1Connection | None:
+        while not self._idle:
+            with trio.CancelScope(deadline=deadline) as scope:
+                await self._freed.wait()
+            if scope.cancelled_caught:
+                return None
+        return self._idle.pop()
+
+    def release(self, conn: H1Connection) -> None:
+        self._idle.append(conn)
+        self._freed.set()
+        self._freed = trio.Event()
+
+
 class Engine:
     """One run of one configuration. Create, then `await run()` once."""
 
@@ -71,30 +111,59 @@ class Engine:
         *,
         sinks: Sequence[SnapshotSink] = (),
         grace: float | None = None,
+        controller: LimitController | None = None,
+        seed: int | None = None,
     ) -> None:
         self.config = config
         self._sinks = list(sinks)
         self._grace = DEFAULT_GRACE if grace is None else grace
+        self._controller = controller
         load = config.load
-        self.concurrency = 1 if load.model == "sequential" else load.concurrency
+        self.model = load.model
+        if controller is not None:
+            self.model = "adaptive"
+        self._ramp: Ramp | None = None
+        if load.stages:
+            start = (load.rate or 0.0) if self.model == "open" else 0.0
+            self._ramp = Ramp(load.stages, start=start)
+        if self.model == "sequential":
+            self.concurrency = 1
+        elif self.model == "adaptive":
+            self.concurrency = load.adaptive.maximum if load.adaptive else load.concurrency
+        elif self.model == "open":
+            self.concurrency = load.max_in_flight or 0
+        elif self._ramp is not None:
+            self.concurrency = max(1, math.ceil(max(s.target for s in load.stages)))
+        else:
+            self.concurrency = load.concurrency
+        #: how many workers may run now (closed models)
+        self._limit = self._initial_limit()
         self._prepared = [prepare(i, spec, config.origin) for i, spec in enumerate(config.requests)]
         self._remaining: int | None = load.requests
         self._stop_sending = False
-        self._stop_event = trio.Event()
         self._workers_scope: trio.CancelScope | None = None
-        self._started_at = 0.0
+        self._workers_nursery: trio.Nursery | None = None
+        self._running_workers: set[int] = set()
+        self._rng = random.Random(seed)
         self.recorder: Recorder | None = None
         self.info: RunInfo | None = None
         self.final: Snapshot | None = None
         self._pick = self._make_picker()
+        self._limit_changed = trio.Event()
+
+    def _initial_limit(self) -> int:
+        if self._controller is not None:
+            return self._controller.limit
+        if self._ramp is not None and self.model != "open":
+            return self._ramp.level(0.0)
+        return self.concurrency
 
     # -- control from outside -------------------------------------------------
 
     def stop(self, *, grace: float | None = None) -> None:
         """Stop sending now; in-flight requests get `grace` seconds to finish."""
-        if not self._stop_sending:
-            self._stop_sending = True
-            self._stop_event.set()
+        self._stop_sending = True
+        self._limit_changed.set()
         scope = self._workers_scope
         if scope is not None:
             g = self._grace if grace is None else grace
@@ -103,6 +172,11 @@ class Engine:
     @property
     def stopping(self) -> bool:
         return self._stop_sending
+
+    @property
+    def limit(self) -> int:
+        """The number of workers allowed to run now (closed and adaptive models)."""
+        return self._limit
 
     # -- the run --------------------------------------------------------------
 
@@ -113,17 +187,20 @@ class Engine:
         async with trio.open_nursery() as background:
             http2, ssl_context, probe = await self._negotiate()
             n_conn = self._connection_count(http2)
-            self._started_at = start = trio.current_time()
+            start = trio.current_time()
             recorder = Recorder(
-                config.requests, track_service_time=load.model == "open", start=start
+                config.requests, track_service_time=self.model == "open", start=start
             )
             self.recorder = recorder
-            recorder.concurrency_limit = self.concurrency
+            if self.model == "open":
+                recorder.target_rate = self._rate_at(0.0)
+            else:
+                recorder.concurrency_limit = self._limit
             self.info = RunInfo(
                 protocol=protocol_label(http2),
                 connections=n_conn,
                 concurrency=self.concurrency,
-                model=load.model,
+                model=self.model,
             )
             connections = await self._open_pool(
                 http2, n_conn, ssl_context, probe, recorder, background
@@ -132,10 +209,20 @@ class Engine:
             duration = load.effective_duration
             with trio.CancelScope() as workers_scope:
                 self._workers_scope = workers_scope
+                if self._stop_sending:  # stopped before it began
+                    workers_scope.deadline = trio.current_time() + self._grace
                 if duration is not None:
                     background.start_soon(self._stop_at, start + duration)
                 async with trio.open_nursery() as workers:
-                    self._start_workers(workers, connections, recorder)
+                    self._workers_nursery = workers
+                    if self.model == "open":
+                        workers.start_soon(self._scheduler, connections, recorder, start)
+                    else:
+                        self._connections = connections
+                        self._recorder = recorder
+                        self._spawn_up_to_limit()
+                        if self._ramp is not None:
+                            workers.start_soon(self._follow_ramp, recorder, start)
             self._stop_sending = True
             final = recorder.snapshot(trio.current_time(), final=True)
             self.final = final
@@ -156,7 +243,10 @@ class Engine:
         while True:
             await trio.sleep_until(start + tick * interval)
             tick += 1
-            self._emit(recorder.snapshot(trio.current_time()))
+            now = trio.current_time()
+            if self.model == "open":
+                recorder.target_rate = self._rate_at(now - start)
+            self._emit(recorder.snapshot(now))
 
     def _emit(self, snapshot: Snapshot) -> None:
         for sink in self._sinks:
@@ -194,10 +284,14 @@ class Engine:
         return http2, ctx, probe
 
     def _connection_count(self, http2: bool) -> int:
-        if self.config.load.model == "sequential":
+        if self.model == "sequential":
             return 1
         if self.config.connections is not None:
             return self.config.connections
+        if self.model == "open":
+            if http2:
+                return max(1, math.ceil((self.concurrency or 100) / STREAMS_PER_CONNECTION))
+            return self.concurrency or OPEN_MODEL_CONNECTIONS
         if http2:
             return max(1, math.ceil(self.concurrency / STREAMS_PER_CONNECTION))
         return self.concurrency
@@ -211,6 +305,7 @@ class Engine:
         recorder: Recorder,
         nursery: trio.Nursery,
     ) -> list[Connection]:
+        """Create the connection objects; each connects on its first request."""
         origin = self.config.origin
         pool: list[Connection] = []
         for i in range(n):
@@ -223,53 +318,206 @@ class Engine:
                 h1c = H1Connection(origin, ssl_context, recorder)
                 if i == 0 and probe is not None:
                     h1c.adopt(probe)
-                h1c.shared = self.concurrency > n
+                h1c.shared = self.model != "open" and self.concurrency > n
                 pool.append(h1c)
         if probe is not None and n == 0:
             await close_quietly(probe.stream)
         return pool
 
-    # -- workers --------------------------------------------------------------
+    def _connection_for(self, worker: int) -> Connection:
+        """Workers are bound to connections. HTTP/1.1 spreads them round-robin; HTTP/2
+        fills each connection before the next one opens, so that a growing limit
+        (ramps, adaptive) adds connections only as streams need them."""
+        pool = self._connections
+        n = len(pool)
+        if n and pool[0].multiplexed and self.concurrency > n:
+            per = math.ceil(self.concurrency / n)
+            return pool[min(worker // per, n - 1)]
+        return pool[worker % n]
+
+    # -- request choice -------------------------------------------------------
 
     def _make_picker(self) -> Callable[[], PreparedRequest]:
         prepared = self._prepared
         if len(prepared) == 1:
             only = prepared[0]
             return lambda: only
-        import bisect
-        import itertools
-        import random
-
-        weights = [p.spec.weight for p in prepared]
-        cumulative = list(itertools.accumulate(weights))
+        cumulative = list(itertools.accumulate(p.spec.weight for p in prepared))
         total = cumulative[-1]
-        rnd = random.random
+        rnd = self._rng.random
         choose = bisect.bisect_right
         last = len(prepared) - 1
         return lambda: prepared[min(choose(cumulative, rnd() * total), last)]
 
-    def _start_workers(
-        self, nursery: trio.Nursery, connections: Sequence[Connection], recorder: Recorder
-    ) -> None:
-        n = len(connections)
-        for i in range(self.concurrency):
-            nursery.start_soon(self._closed_worker, connections[i % n], recorder)
+    def _take_budget(self) -> bool:
+        """Claim one request of the -n budget; False when it is spent."""
+        if self._remaining is None:
+            return True
+        if self._remaining <= 0:
+            return False
+        self._remaining -= 1
+        return True
 
-    async def _closed_worker(self, conn: Connection, recorder: Recorder) -> None:
+    # -- closed models: workers under a limit ----------------------------------
+
+    def set_limit(self, limit: int) -> None:
+        """Change how many workers may run. Extra workers retire after their current
+        request; new ones start at once. Never cancels a request."""
+        limit = max(0, min(limit, self.concurrency))
+        if limit == self._limit:
+            return
+        self._limit = limit
+        if self.recorder is not None:
+            self.recorder.concurrency_limit = limit
+        self._spawn_up_to_limit()
+
+    def _spawn_up_to_limit(self) -> None:
+        nursery = self._workers_nursery
+        if nursery is None or self._stop_sending:
+            return
+        for i in range(self._limit):
+            if i not in self._running_workers:
+                self._running_workers.add(i)
+                nursery.start_soon(self._closed_worker, i)
+
+    async def _follow_ramp(self, recorder: Recorder, start: float) -> None:
+        ramp = self._ramp
+        assert ramp is not None
+        while not self._stop_sending:
+            t = trio.current_time() - start
+            when = ramp.next_step(t, self._limit)
+            if when is None:
+                return
+            await trio.sleep_until(start + max(when, t))
+            level = ramp.level(trio.current_time() - start + 1e-9)
+            if level == self._limit and when <= t:
+                # Guard against rounding at a boundary: move past it.
+                await trio.sleep_until(start + t + 1e-6)
+                continue
+            self.set_limit(level)
+
+    async def _closed_worker(self, index: int) -> None:
         """Closed model: send the next request when the last one has ended."""
+        conn = self._connection_for(index)
+        recorder = self._recorder
         timeout = self.config.timeout
         pick = self._pick
         now = trio.current_time
         record = recorder.record
         started = recorder.request_started
+        controller = self._controller
+        try:
+            while not self._stop_sending and index < self._limit and self._take_budget():
+                req = pick()
+                t0 = now()
+                started()
+                status, error, sent, received = await conn.request(req, t0 + timeout)
+                t1 = now()
+                sample = Sample(req.index, status, error, t1 - t0, t1 - t0, sent, received)
+                record(sample)
+                if controller is not None:
+                    limit = controller.on_sample(t1, sample)
+                    if limit != self._limit:
+                        self.set_limit(limit)
+        finally:
+            self._running_workers.discard(index)
+
+    # -- open model: requests on a schedule ------------------------------------
+
+    def _rate_at(self, t: float) -> float:
+        if self._ramp is not None:
+            return self._ramp.value(t)
+        return self.config.load.rate or 0.0
+
+    async def _scheduler(
+        self, connections: Sequence[Connection], recorder: Recorder, start: float
+    ) -> None:
+        """Start each request at its scheduled time, whatever earlier ones are doing.
+
+        The backlog is never a list: the schedule is generated one time at a
+        time, and a request that cannot start within the timeout of its
+        scheduled time is counted as dropped.
+        """
+        load = self.config.load
+        ramp = self._ramp or constant(load.rate or 0.0)
+        arrivals = Arrivals(ramp, poisson=load.arrival == "poisson", seed=self._rng.getrandbits(64))
+        cap = load.max_in_flight
+        timeout = self.config.timeout
+        nursery = self._workers_nursery
+        assert nursery is not None
+        multiplexed = bool(connections) and connections[0].multiplexed
+        idle = (
+            None
+            if multiplexed
+            else _IdlePool([c for c in connections if isinstance(c, H1Connection)])
+        )
+        rr = itertools.cycle(connections) if multiplexed else None
+        slot_freed = trio.Event()
+        self._slot_freed = slot_freed
+        end = load.effective_duration
         while not self._stop_sending:
-            if self._remaining is not None:
-                if self._remaining <= 0:
+            offset = arrivals.next()
+            if offset is None or (end is not None and offset >= end):
+                return
+            due = start + offset
+            if not self._take_budget():
+                return
+            now = trio.current_time()
+            if due > now:
+                await trio.sleep_until(due)
+                now = trio.current_time()
+            if self._stop_sending:
+                return
+            waited = False
+            if cap is not None:
+                while recorder.in_flight >= cap:
+                    waited = True
+                    if now - due >= timeout:
+                        break
+                    with trio.move_on_at(due + timeout):
+                        await self._slot_freed.wait()
+                    now = trio.current_time()
+                    if self._stop_sending:
+                        return
+                if recorder.in_flight >= cap:
+                    recorder.record_dropped()
+                    continue
+            if not waited:
+                # Late with a free slot: Ballista itself could not keep up.
+                recorder.record_lag(max(0.0, now - due))
+            recorder.request_started()
+            conn = next(rr) if rr is not None else None
+            nursery.start_soon(self._open_request, due, conn, idle, recorder)
+
+    async def _open_request(
+        self,
+        due: float,
+        conn: Connection | None,
+        idle: _IdlePool | None,
+        recorder: Recorder,
+    ) -> None:
+        req = self._pick()
+        deadline = due + self.config.timeout
+        h1: H1Connection | None = None
+        try:
+            if conn is None:
+                assert idle is not None
+                h1 = await idle.acquire(deadline)
+                if h1 is None:
+                    now = trio.current_time()
+                    recorder.record(
+                        Sample(req.index, 0, ErrorKind.POOL_TIMEOUT, now - due, 0.0, 0, 0)
+                    )
                     return
-                self._remaining -= 1
-            req = pick()
-            t0 = now()
-            started()
-            status, error, sent, received = await conn.request(req, t0 + timeout)
-            elapsed = now() - t0
-            record(Sample(req.index, status, error, elapsed, elapsed, sent, received))
+                conn = h1
+            sent_at = trio.current_time()
+            status, error, sent, received = await conn.request(req, deadline)
+            now = trio.current_time()
+            recorder.record(
+                Sample(req.index, status, error, now - due, now - sent_at, sent, received)
+            )
+        finally:
+            if h1 is not None and idle is not None:
+                idle.release(h1)
+            self._slot_freed.set()
+            self._slot_freed = trio.Event()
