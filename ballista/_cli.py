@@ -7,7 +7,9 @@ import datetime as dt
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -416,84 +418,162 @@ def config_from_args(ns: argparse.Namespace, *, sequential: bool = False) -> Run
     )
 
 
-async def _watch_signals(engine: Engine, cancel: trio.CancelScope) -> None:
+async def _watch_signals(engine: Engine) -> None:
     """First SIGINT/SIGTERM: stop sending and let in-flight requests finish; second: stop now."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
-            if engine.stopping:
-                engine.stop(grace=0)
-            else:
-                engine.stop()
+            engine.signal()
 
 
-async def run_engine(engine: Engine) -> Snapshot:
-    """Run `engine` with signal handling; always returns the final snapshot."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, engine, nursery.cancel_scope)
-        final = await engine.run()
-        nursery.cancel_scope.cancel()
-    return final
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """Where a run's results go, besides the engine itself."""
+
+    json_path: str | None = None
+    quiet: bool = False
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+    linger: float | None = None
+    live_port: int | None = None
+    live_addr: str = "127.0.0.1"
+    abort_on_fail: bool = False
+
+
+#: Default time /metrics stays up after a run: two scrapes at a 5 s interval.
+DEFAULT_LINGER = 11.0
+
+
+def outputs_from_args(ns: argparse.Namespace) -> Outputs:
+    for flag, port in (("--metrics-port", ns.metrics_port), ("--live-port", ns.live_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"{flag}: {port} is not a TCP port (0-65535)")
+    if ns.linger is not None and ns.metrics_port is None:
+        raise ConfigError("--linger keeps /metrics up after the run: add --metrics-port")
+    return Outputs(
+        json_path=ns.json,
+        quiet=ns.quiet,
+        metrics_port=ns.metrics_port,
+        metrics_addr=ns.metrics_addr,
+        linger=ns.linger,
+        live_port=ns.live_port,
+        live_addr=ns.live_addr,
+        abort_on_fail=ns.abort_on_fail,
+    )
 
 
 def execute(
-    config: RunConfig,
-    *,
-    json_path: str | None,
-    quiet: bool,
-    stdout: TextIO,
-    stderr: TextIO,
-) -> dict[str, Any]:
-    """Run a configuration to the end and report it. Returns the JSON summary."""
-    return trio.run(
-        lambda: run_and_report(
-            config, json_path=json_path, quiet=quiet, stdout=stdout, stderr=stderr
-        )
-    )
+    config: RunConfig, outputs: Outputs, *, stdout: TextIO, stderr: TextIO
+) -> tuple[dict[str, Any], int]:
+    """Run a configuration to the end and report it: (JSON summary, exit code)."""
+    return trio.run(lambda: run_and_report(config, outputs, stdout=stdout, stderr=stderr))
 
 
 async def run_and_report(
-    config: RunConfig,
-    *,
-    json_path: str | None,
-    quiet: bool,
-    stdout: TextIO,
-    stderr: TextIO,
-) -> dict[str, Any]:
-    """Inside trio: run a configuration to the end and report it. Returns the JSON summary."""
+    config: RunConfig, outputs: Outputs, *, stdout: TextIO, stderr: TextIO
+) -> tuple[dict[str, Any], int]:
+    """Inside trio: run a configuration to the end and report it: (summary, exit code).
+
+    Builds the pieces a run may carry (threshold checks, the adaptive
+    controller, the Prometheus exporter, the live stream), runs the engine and
+    delivers the summary to each of them.
+    """
+    run_id = uuid.uuid4().hex[:12]
     sinks: list[SnapshotSink] = []
-    text_out = stderr if json_path == "-" else stdout
-    live: LiveLine | None = None
-    if not quiet and text_out.isatty():
-        live = LiveLine(
-            text_out, duration=config.load.effective_duration, total=config.load.requests
+    text_out = stderr if outputs.json_path == "-" else stdout
+    if not outputs.quiet and text_out.isatty():
+        sinks.append(
+            LiveLine(text_out, duration=config.load.effective_duration, total=config.load.requests)
         )
-        sinks.append(live)
-    engine = Engine(config, sinks=sinks)
+    thresholds = None
+    if config.thresholds:
+        from ._thresholds import ThresholdSet
+
+        thresholds = ThresholdSet(config.thresholds, [r.name for r in config.requests])
+    controller = None
+    if config.load.model == "adaptive":
+        from ._controller import build_controller
+
+        assert config.load.adaptive is not None
+        controller = build_controller(config.load.adaptive)
+    engine = Engine(config, sinks=sinks, controller=controller)
+    if thresholds is not None and outputs.abort_on_fail:
+        checker = thresholds
+
+        def abort_when_failed(snap: Snapshot) -> None:
+            if not snap.final and checker.known_failed(snap):
+                engine.stop()
+
+        sinks.append(abort_when_failed)
     started_at = dt.datetime.now(dt.UTC)
-    final = await run_engine(engine)
-    info = engine.info
-    assert info is not None
-    meta = RunMeta(
-        target=config.url,
-        model=config.load.model,
-        protocol=info.protocol,
-        started_at=started_at,
-        concurrency=info.concurrency,
-        connections=info.connections,
-    )
-    doc = summary_dict(final, meta, config)
-    if not quiet:
-        text_out.write(format_summary(final, meta))
-        text_out.flush()
-    if json_path is not None:
-        write_json(doc, json_path, stdout)
-    return doc
+    exit_code = EXIT_OK
+    async with trio.open_nursery() as services:
+        exporter = None
+        hub = None
+        if outputs.metrics_port is not None:
+            from ._metrics import MetricsExporter, serve_metrics
+
+            exporter = MetricsExporter(config, run_id=run_id)
+            port = await services.start(
+                serve_metrics, exporter, outputs.metrics_addr, outputs.metrics_port
+            )
+            print(f"ballista: metrics on http://{outputs.metrics_addr}:{port}/metrics", file=stderr)
+            sinks.append(exporter.update)
+            engine.on_start.append(exporter.on_start)
+        if outputs.live_port is not None:
+            from ._live import LiveHub, serve_live
+
+            hub = LiveHub(config, run_id=run_id, started_at=started_at)
+            port = await services.start(serve_live, hub, outputs.live_addr, outputs.live_port)
+            print(f"ballista: live stream on ws://{outputs.live_addr}:{port}/", file=stderr)
+            sinks.append(hub.publish)
+            engine.on_start.append(hub.on_start)
+        services.start_soon(_watch_signals, engine)
+        final = await engine.run()
+        info = engine.info
+        assert info is not None
+        verdicts: list[dict[str, Any]] = []
+        if thresholds is not None:
+            verdicts = thresholds.evaluate(final)
+            if not all(v["ok"] for v in verdicts):
+                exit_code = EXIT_THRESHOLD
+        meta = RunMeta(
+            target=config.url,
+            model=info.model,
+            protocol=info.protocol,
+            started_at=started_at,
+            concurrency=info.concurrency,
+            connections=info.connections,
+            final_limit=controller.settled_limit() if controller is not None else None,
+            thresholds=verdicts,
+            notes=tuple(engine.notes()),
+        )
+        doc = summary_dict(final, meta, config)
+        if not outputs.quiet:
+            text_out.write(format_summary(final, meta))
+            text_out.flush()
+        if outputs.json_path is not None:
+            write_json(doc, outputs.json_path, stdout)
+        if hub is not None:
+            await hub.finish(doc)
+        if exporter is not None:
+            linger = DEFAULT_LINGER if outputs.linger is None else outputs.linger
+            if linger > 0 and not engine.interrupted:
+                print(f"ballista: keeping /metrics up for {linger:g}s", file=stderr)
+                with trio.move_on_after(linger):
+                    await engine.wait_for_signal()
+        services.cancel_scope.cancel()
+    return doc, exit_code
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
     config = config_from_args(ns, sequential=ns.sequential)
-    execute(config, json_path=ns.json, quiet=ns.quiet, stdout=sys.stdout, stderr=sys.stderr)
-    return EXIT_OK
+    outputs = outputs_from_args(ns)
+    if config.thresholds:
+        from ._thresholds import ThresholdSet
+
+        ThresholdSet(config.thresholds, [r.name for r in config.requests])  # validates
+    _, code = execute(config, outputs, stdout=sys.stdout, stderr=sys.stderr)
+    return code
 
 
 def _cmd_demo(ns: argparse.Namespace) -> int:

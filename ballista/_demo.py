@@ -11,7 +11,7 @@ from ._target import TargetConfig, serve_target
 
 
 async def _demo(duration: float, concurrency: int, http2: bool, json_path: str | None) -> None:
-    from ._cli import run_and_report
+    from ._cli import Outputs, run_and_report
 
     async with trio.open_nursery() as nursery:
         port = await nursery.start(serve_target, TargetConfig(host="127.0.0.1", port=0))
@@ -28,7 +28,7 @@ async def _demo(duration: float, concurrency: int, http2: bool, json_path: str |
             timeout=10.0,
         )
         await run_and_report(
-            config, json_path=json_path, quiet=False, stdout=sys.stdout, stderr=sys.stderr
+            config, Outputs(json_path=json_path), stdout=sys.stdout, stderr=sys.stderr
         )
         nursery.cancel_scope.cancel()
 

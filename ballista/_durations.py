@@ -37,7 +37,7 @@ def parse_duration(text: str, *, what: str = "duration") -> float:
 
 def format_duration(seconds: float) -> str:
     """Seconds -> a short human string with a unit (`1.23ms`, `4.5s`, `2m03s`)."""
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return "-"
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f}µs"
@@ -45,7 +45,7 @@ def format_duration(seconds: float) -> str:
         return f"{seconds * 1e3:.2f}ms"
     if seconds < 60.0:
         return f"{seconds:.2f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

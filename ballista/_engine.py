@@ -42,6 +42,9 @@ STREAMS_PER_CONNECTION = 100
 #: Open model, HTTP/1.1: connections when neither --connections nor --max-in-flight is given.
 OPEN_MODEL_CONNECTIONS = 1000
 
+#: Open model: scheduler lag (with free slots) above this is reported as Ballista's own limit.
+LAG_WARNING = 0.010
+
 SnapshotSink = Callable[[Snapshot], None]
 
 
@@ -150,6 +153,11 @@ class Engine:
         self.final: Snapshot | None = None
         self._pick = self._make_picker()
         self._limit_changed = trio.Event()
+        #: called with the RunInfo once the protocol and connections are decided
+        self.on_start: list[Callable[[RunInfo], None]] = []
+        #: set by signal handling: a person asked the run to stop
+        self.interrupted = False
+        self._signalled = trio.Event()
 
     def _initial_limit(self) -> int:
         if self._controller is not None:
@@ -172,6 +180,34 @@ class Engine:
     @property
     def stopping(self) -> bool:
         return self._stop_sending
+
+    def signal(self) -> None:
+        """A person asked to stop (SIGINT/SIGTERM): first time graceful, then at once."""
+        if self.interrupted:
+            self.stop(grace=0)
+        else:
+            self.interrupted = True
+            self.stop()
+        self._signalled.set()
+
+    async def wait_for_signal(self) -> None:
+        await self._signalled.wait()
+
+    def notes(self) -> list[str]:
+        """Warnings about the run itself, for the summary (e.g. Ballista was the bottleneck)."""
+        notes: list[str] = []
+        final = self.final
+        if final is None:
+            return notes
+        if self.model == "open" and final.max_scheduler_lag > LAG_WARNING:
+            notes.append(
+                f"Ballista started requests up to {final.max_scheduler_lag * 1e3:.0f} ms later "
+                "than scheduled while slots were free: this machine, not the target, limited "
+                "the rate (fewer workers elsewhere, more CPU, or a lower -r)"
+            )
+        if self.interrupted:
+            notes.append("stopped early by a signal; figures cover what was done")
+        return notes
 
     @property
     def limit(self) -> int:
@@ -202,6 +238,8 @@ class Engine:
                 concurrency=self.concurrency,
                 model=self.model,
             )
+            for hook in self.on_start:
+                hook(self.info)
             connections = await self._open_pool(
                 http2, n_conn, ssl_context, probe, recorder, background
             )
