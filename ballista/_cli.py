@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import os
 import signal
 import sys
@@ -287,6 +288,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         from ._target import add_target_arguments
 
         add_target_arguments(target)
+
+    # Sub-commands whose modules define their own flags; imported only when used.
+    for name, module, help_text in _DELEGATED:
+        sp = sub.add_parser(name, help=help_text)
+        if name in args:
+            importlib.import_module(module, __package__).add_arguments(sp)
 
     compare = sub.add_parser(
         "compare", help="sequential baseline vs the concurrent engine, same target"
@@ -604,7 +611,26 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+#: (command, module, help): the module has add_arguments(parser) and main(ns) -> int.
+_DELEGATED: tuple[tuple[str, str, str], ...] = (
+    ("watch", "._watch", "live view of a running test in the terminal"),
+    ("serve", "._daemon", "daemon: soak tests, API, metrics, live stream"),
+    ("runs", "._runs_client", "talk to a daemon: list, start, show, stop runs"),
+)
+
+
+def _delegate(module: str) -> Callable[[argparse.Namespace], int]:
+    def command(ns: argparse.Namespace) -> int:
+        main_fn: Callable[[argparse.Namespace], int] = importlib.import_module(
+            module, __package__
+        ).main
+        return main_fn(ns)
+
+    return command
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    **{name: _delegate(module) for name, module, _ in _DELEGATED},
     "run": _cmd_run,
     "demo": _cmd_demo,
     "target": _cmd_target,
