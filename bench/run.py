@@ -333,13 +333,15 @@ def memory_kib(pid: int) -> tuple[int, int]:
 def run_measured(argv: list[str], stdout: Path, stderr: Path, limit_s: float) -> Usage:
     """Run argv to its end; CPU from its rusage (os.wait4: it and every child it waited for).
 
-    Peak memory is sampled from /proc instead of wait4's ru_maxrss, which never
-    reads below the RSS of the process that forked the child: an exec'd program
-    inherits the forking process's high-water mark (here Python's, ~17 MB), which
-    would hide what a small C generator really uses. Each sample takes the largest
-    VmHWM in the tree (high-water marks miss no spike between samples) or the sum
-    of VmRSS over the tree, whichever is larger. The child is killed (SIGTERM,
-    then SIGKILL) if it runs past `limit_s`.
+    Peak memory: wait4's ru_maxrss never reads below the high-water mark of the
+    process that forked the child (an exec'd program inherits it: here Python's,
+    ~17 MB), which would hide what a small C generator really uses. So the tree
+    is also sampled from /proc: each sample takes the largest VmHWM (a
+    high-water mark misses no spike between samples) or the sum of VmRSS over
+    the tree, whichever is larger. ru_maxrss above our own high-water mark is the
+    child's own and exact (it catches a spike after the last sample, such as
+    h2load's statistics at exit), so it wins when it is there. The child is
+    killed (SIGTERM, then SIGKILL) if it runs past `limit_s`.
     """
     start = time.monotonic()
     with stdout.open("wb") as out, stderr.open("wb") as err:
@@ -364,11 +366,14 @@ def run_measured(argv: list[str], stdout: Path, stderr: Path, limit_s: float) ->
     wall = time.monotonic() - start
     exit_code = os.waitstatus_to_exitcode(status)
     proc.returncode = exit_code  # reaped here: keep Popen from waiting again
+    inherited_floor_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    if usage.ru_maxrss > inherited_floor_kib:
+        peak_kib = max(peak_kib, usage.ru_maxrss)
     return Usage(
         exit_code=exit_code,
         cpu_s=usage.ru_utime + usage.ru_stime,
         peak_rss_mb=peak_kib / 1024.0,
-        wait4_maxrss_mb=usage.ru_maxrss / 1024.0,  # KiB on Linux
+        wait4_maxrss_mb=usage.ru_maxrss / 1024.0,
         wall_s=wall,
         timed_out=timed_out,
     )
