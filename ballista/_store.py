@@ -1,0 +1,522 @@
+"""The daemon's run history in SQLite: runs, their segments and per-interval figures.
+
+Every interval is one transaction (a row of figures plus the summary so far),
+so a daemon killed with SIGKILL loses at most the interval it was writing.
+Interval rows are downsampled as a run gets long: each resolution level keeps
+at most `points_per_level` rows, and the two oldest rows of a full level merge
+into one row of the next level (twice as wide). Storage per run is bounded by
+`points_per_level * levels`, and levels grow with the logarithm of run length.
+A finished run's summary is final: a trigger refuses any later change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+#: Run states. Final states never change again; `interrupted` runs with
+#: `restart = true` resume as a new segment.
+ACTIVE_STATES = ("running", "stopping")
+FINAL_STATES = ("finished", "stopped", "failed")
+ALL_STATES = (*ACTIVE_STATES, *FINAL_STATES, "interrupted")
+
+DEFAULT_POINTS_PER_LEVEL = 720
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    source TEXT NOT NULL,           -- 'api' or 'config'
+    restart INTEGER NOT NULL DEFAULT 0,
+    scenario TEXT NOT NULL,         -- the scenario as submitted (JSON), secrets included
+    scenario_public TEXT NOT NULL,  -- the same with secret headers redacted
+    target TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    ended_at REAL,
+    reason TEXT,
+    summary TEXT                    -- ballista.summary/1 so far, final once the run ends
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
+CREATE TABLE IF NOT EXISTS segments (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    seg INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL,
+    summary TEXT,
+    PRIMARY KEY (run_id, seg)
+);
+CREATE TABLE IF NOT EXISTS points (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    level INTEGER NOT NULL,
+    t_start REAL NOT NULL,          -- unix time
+    t_end REAL NOT NULL,
+    seg INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    latency_p50 REAL NOT NULL,
+    latency_p90 REAL NOT NULL,
+    latency_p99 REAL NOT NULL,
+    latency_max REAL NOT NULL,
+    in_flight INTEGER NOT NULL,
+    concurrency_limit INTEGER,
+    target_rate REAL,
+    status_codes TEXT NOT NULL,
+    errors_by_kind TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS points_by_run ON points (run_id, level, t_start);
+CREATE TRIGGER IF NOT EXISTS final_summary_is_final
+BEFORE UPDATE ON runs
+WHEN OLD.status IN ('finished', 'stopped', 'failed')
+BEGIN
+    SELECT RAISE(ABORT, 'a finished run is never changed');
+END;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """Figures of one interval (or of several merged intervals)."""
+
+    t_start: float
+    t_end: float
+    seg: int
+    requests: int
+    failed: int
+    errors: int
+    latency_p50: float
+    latency_p90: float
+    latency_p99: float
+    latency_max: float
+    in_flight: int
+    concurrency_limit: int | None
+    target_rate: float | None
+    status_codes: Mapping[str, int]
+    errors_by_kind: Mapping[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        width = self.t_end - self.t_start
+        return {
+            "t_start": round(self.t_start, 3),
+            "t_end": round(self.t_end, 3),
+            "segment": self.seg,
+            "requests": self.requests,
+            "failed": self.failed,
+            "errors": self.errors,
+            "rps": round(self.requests / width, 3) if width > 0 else 0.0,
+            "latency_s": {
+                "p50": self.latency_p50,
+                "p90": self.latency_p90,
+                "p99": self.latency_p99,
+                "max": self.latency_max,
+            },
+            "in_flight": self.in_flight,
+            "concurrency_limit": self.concurrency_limit,
+            "target_rate": self.target_rate,
+            "status_codes": dict(self.status_codes),
+            "errors_by_kind": dict(self.errors_by_kind),
+        }
+
+
+def merge_points(a: Point, b: Point) -> Point:
+    """Two adjacent points as one. Counts add; the percentiles of the merged row
+    are the worse of the two (a merged p99 can only over-state, never hide, a
+    slow stretch); the median is weighted by requests."""
+    total = a.requests + b.requests
+    p50 = (
+        (a.latency_p50 * a.requests + b.latency_p50 * b.requests) / total
+        if total
+        else max(a.latency_p50, b.latency_p50)
+    )
+    codes = dict(a.status_codes)
+    for k, v in b.status_codes.items():
+        codes[k] = codes.get(k, 0) + v
+    kinds = dict(a.errors_by_kind)
+    for k, v in b.errors_by_kind.items():
+        kinds[k] = kinds.get(k, 0) + v
+    return Point(
+        t_start=min(a.t_start, b.t_start),
+        t_end=max(a.t_end, b.t_end),
+        seg=b.seg,
+        requests=total,
+        failed=a.failed + b.failed,
+        errors=a.errors + b.errors,
+        latency_p50=p50,
+        latency_p90=max(a.latency_p90, b.latency_p90),
+        latency_p99=max(a.latency_p99, b.latency_p99),
+        latency_max=max(a.latency_max, b.latency_max),
+        in_flight=max(a.in_flight, b.in_flight),
+        concurrency_limit=b.concurrency_limit,
+        target_rate=b.target_rate,
+        status_codes=codes,
+        errors_by_kind=kinds,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One run as stored."""
+
+    id: str
+    name: str
+    status: str
+    source: str
+    restart: bool
+    scenario: Mapping[str, Any]
+    scenario_public: Mapping[str, Any]
+    target: str
+    created_at: float
+    updated_at: float
+    ended_at: float | None
+    reason: str | None
+    summary: Mapping[str, Any] | None
+    segments: int
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATES
+
+
+_POINT_COLS = (
+    "t_start, t_end, seg, requests, failed, errors, latency_p50, latency_p90, "
+    "latency_p99, latency_max, in_flight, concurrency_limit, target_rate, "
+    "status_codes, errors_by_kind"
+)
+
+
+def _point_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Point:
+    return Point(
+        t_start=row[0],
+        t_end=row[1],
+        seg=row[2],
+        requests=row[3],
+        failed=row[4],
+        errors=row[5],
+        latency_p50=row[6],
+        latency_p90=row[7],
+        latency_p99=row[8],
+        latency_max=row[9],
+        in_flight=row[10],
+        concurrency_limit=row[11],
+        target_rate=row[12],
+        status_codes=json.loads(row[13]),
+        errors_by_kind=json.loads(row[14]),
+    )
+
+
+def _point_values(run_id: str, level: int, p: Point) -> tuple[Any, ...]:
+    return (
+        run_id,
+        level,
+        p.t_start,
+        p.t_end,
+        p.seg,
+        p.requests,
+        p.failed,
+        p.errors,
+        p.latency_p50,
+        p.latency_p90,
+        p.latency_p99,
+        p.latency_max,
+        p.in_flight,
+        p.concurrency_limit,
+        p.target_rate,
+        json.dumps(dict(p.status_codes), sort_keys=True),
+        json.dumps(dict(p.errors_by_kind), sort_keys=True),
+    )
+
+
+class Store:
+    """SQLite under the data dir. Synchronous and small: each call is one short
+    transaction (well under a millisecond on a local disk), made at most once per
+    interval per run, so the daemon calls it from its trio thread directly."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        points_per_level: int = DEFAULT_POINTS_PER_LEVEL,
+        clock: Any = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.points_per_level = max(2, points_per_level)
+        self._clock = clock
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        # WAL + synchronous=NORMAL: a committed interval survives a killed
+        # process (only a power loss may drop the newest transactions).
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_DDL)
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- runs -----------------------------------------------------------------
+
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        name: str,
+        source: str,
+        restart: bool,
+        scenario: Mapping[str, Any],
+        scenario_public: Mapping[str, Any],
+        target: str,
+    ) -> None:
+        now = self._clock()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs (id, name, status, source, restart, scenario, scenario_public,"
+                " target, created_at, updated_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    name,
+                    source,
+                    int(restart),
+                    json.dumps(scenario),
+                    json.dumps(scenario_public),
+                    target,
+                    now,
+                    now,
+                ),
+            )
+            db.execute(
+                "INSERT INTO segments (run_id, seg, started_at, status) VALUES (?, 1, ?, 'running')",
+                (run_id, now),
+            )
+
+    def resume_run(self, run_id: str) -> int:
+        """An interrupted run goes on as a new segment; returns its number."""
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or row[0] != "interrupted":
+                raise ValueError(f"run {run_id} is not interrupted")
+            (last,) = db.execute(
+                "SELECT COALESCE(MAX(seg), 0) FROM segments WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            seg = int(last) + 1
+            db.execute(
+                "INSERT INTO segments (run_id, seg, started_at, status) VALUES (?, ?, ?, 'running')",
+                (run_id, seg, now),
+            )
+            db.execute(
+                "UPDATE runs SET status = 'running', ended_at = NULL, reason = NULL,"
+                " updated_at = ? WHERE id = ?",
+                (now, run_id),
+            )
+        return seg
+
+    def record_interval(self, run_id: str, point: Point, summary: Mapping[str, Any] | None) -> None:
+        """One interval: its figures, downsampling if a level is full, and the
+        summary so far, in one transaction."""
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO points (run_id, level, {_POINT_COLS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _point_values(run_id, 0, point),
+            )
+            self._compact(db, run_id)
+            if summary is not None:
+                text = json.dumps(summary)
+                now = self._clock()
+                db.execute(
+                    "UPDATE runs SET summary = ?, updated_at = ? WHERE id = ? AND status IN"
+                    " ('running', 'stopping')",
+                    (text, now, run_id),
+                )
+                db.execute(
+                    "UPDATE segments SET summary = ? WHERE run_id = ? AND status = 'running'",
+                    (text, run_id),
+                )
+
+    def _compact(self, db: sqlite3.Connection, run_id: str) -> None:
+        level = 0
+        while True:
+            (count,) = db.execute(
+                "SELECT COUNT(*) FROM points WHERE run_id = ? AND level = ?", (run_id, level)
+            ).fetchone()
+            if count <= self.points_per_level:
+                return
+            rows = db.execute(
+                f"SELECT rowid, {_POINT_COLS} FROM points WHERE run_id = ? AND level = ?"
+                " ORDER BY t_start LIMIT 2",
+                (run_id, level),
+            ).fetchall()
+            merged = merge_points(_point_from_row(rows[0][1:]), _point_from_row(rows[1][1:]))
+            db.execute("DELETE FROM points WHERE rowid IN (?, ?)", (rows[0][0], rows[1][0]))
+            db.execute(
+                f"INSERT INTO points (run_id, level, {_POINT_COLS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _point_values(run_id, level + 1, merged),
+            )
+            level += 1
+
+    def set_status(self, run_id: str, status: str, *, reason: str | None = None) -> None:
+        """Mark a run `stopping` (still active): no summary change."""
+        if status not in ACTIVE_STATES:
+            raise ValueError(f"set_status is for active states, not {status!r}")
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, reason = COALESCE(?, reason), updated_at = ?"
+                " WHERE id = ? AND status IN ('running', 'stopping')",
+                (status, reason, self._clock(), run_id),
+            )
+
+    def end_run(
+        self,
+        run_id: str,
+        status: str,
+        summary: Mapping[str, Any] | None,
+        *,
+        reason: str | None = None,
+    ) -> bool:
+        """The run's last write: its status, its final summary. False if it had already
+        ended (a final summary is never replaced)."""
+        if status not in (*FINAL_STATES, "interrupted"):
+            raise ValueError(f"not an end state: {status!r}")
+        now = self._clock()
+        text = None if summary is None else json.dumps(summary)
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE runs SET status = ?, summary = COALESCE(?, summary), reason = ?,"
+                " ended_at = ?, updated_at = ? WHERE id = ? AND status IN ('running', 'stopping')",
+                (status, text, reason, now, now, run_id),
+            )
+            db.execute(
+                "UPDATE segments SET status = ?, ended_at = ?, summary = COALESCE(?, summary)"
+                " WHERE run_id = ? AND status = 'running'",
+                (status, now, text, run_id),
+            )
+            return cur.rowcount == 1
+
+    def mark_interrupted(self) -> list[str]:
+        """At start-up: runs still marked active belonged to a daemon that died.
+        They keep their data up to the kill and become `interrupted`."""
+        now = self._clock()
+        with self._tx() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM runs WHERE status IN ('running', 'stopping') ORDER BY created_at"
+                )
+            ]
+            for run_id in ids:
+                (last,) = db.execute(
+                    "SELECT MAX(t_end) FROM points WHERE run_id = ?", (run_id,)
+                ).fetchone()
+                db.execute(
+                    "UPDATE runs SET status = 'interrupted', reason = 'daemon died while it ran',"
+                    " ended_at = ?, updated_at = ? WHERE id = ?",
+                    (last or now, now, run_id),
+                )
+                db.execute(
+                    "UPDATE segments SET status = 'interrupted', ended_at = ? WHERE run_id = ?"
+                    " AND status = 'running'",
+                    (last or now, run_id),
+                )
+        return ids
+
+    # -- reading --------------------------------------------------------------
+
+    def _row(self, r: tuple[Any, ...]) -> RunRow:
+        return RunRow(
+            id=r[0],
+            name=r[1],
+            status=r[2],
+            source=r[3],
+            restart=bool(r[4]),
+            scenario=json.loads(r[5]),
+            scenario_public=json.loads(r[6]),
+            target=r[7],
+            created_at=r[8],
+            updated_at=r[9],
+            ended_at=r[10],
+            reason=r[11],
+            summary=None if r[12] is None else json.loads(r[12]),
+            segments=r[13],
+        )
+
+    _SELECT = (
+        "SELECT id, name, status, source, restart, scenario, scenario_public, target,"
+        " created_at, updated_at, ended_at, reason, summary,"
+        " (SELECT COUNT(*) FROM segments s WHERE s.run_id = runs.id) FROM runs"
+    )
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        r = self._db.execute(f"{self._SELECT} WHERE id = ?", (run_id,)).fetchone()
+        return None if r is None else self._row(r)
+
+    def list_runs(self, *, status: str | None = None, limit: int = 100) -> list[RunRow]:
+        if status is None:
+            rows = self._db.execute(
+                f"{self._SELECT} ORDER BY created_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                f"{self._SELECT} WHERE status = ? ORDER BY created_at DESC LIMIT ?",
+                (status, limit),
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def segments(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT seg, started_at, ended_at, status, summary FROM segments WHERE run_id = ?"
+            " ORDER BY seg",
+            (run_id,),
+        ).fetchall()
+        return [
+            {
+                "segment": r[0],
+                "started_at": r[1],
+                "ended_at": r[2],
+                "status": r[3],
+                "requests": None if r[4] is None else json.loads(r[4]).get("requests"),
+            }
+            for r in rows
+        ]
+
+    def points(self, run_id: str) -> list[Point]:
+        """The run's figures over time, oldest first, at whatever resolution survives."""
+        rows = self._db.execute(
+            f"SELECT {_POINT_COLS} FROM points WHERE run_id = ? ORDER BY t_start",
+            (run_id,),
+        ).fetchall()
+        return [_point_from_row(r) for r in rows]
+
+    def point_count(self, run_id: str) -> int:
+        (n,) = self._db.execute(
+            "SELECT COUNT(*) FROM points WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return int(n)
