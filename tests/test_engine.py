@@ -1,0 +1,286 @@
+"""The engine against real servers on 127.0.0.1: exact counts, connections, latency, faults."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+from servers import FaultServer, RunningTarget
+
+from ballista._cli import build_parser, config_from_args
+from ballista._engine import Engine
+from ballista._snapshot import Snapshot
+
+
+def engine_for(*argv: str) -> Engine:
+    """An Engine built from `ballista run` flags, exactly as the CLI builds it."""
+    ns = build_parser(["run", *argv]).parse_args(["run", *argv])
+    return Engine(config_from_args(ns, sequential=ns.sequential), grace=2.0)
+
+
+async def run(*argv: str) -> tuple[Engine, Snapshot]:
+    engine = engine_for(*argv)
+    with trio.fail_after(60):
+        final = await engine.run()
+    return engine, final
+
+
+def kinds(snap: Snapshot) -> dict[str, int]:
+    return {k: v for k, v in snap.errors_by_kind.items() if v}
+
+
+# -- exact counts and connections --------------------------------------------------
+
+
+async def test_http1_exact_count_and_connections(target: RunningTarget) -> None:
+    engine, final = await run(target.url, "-n", "300", "-c", "10", "--http1")
+    assert final.requests == 300
+    assert final.responses == 300
+    assert target.stats.requests == 300
+    assert final.status_codes == {200: 300}
+    assert target.stats.connections == 10
+    assert final.connections_opened == 10
+    assert engine.info is not None and engine.info.protocol == "HTTP/1.1"
+
+
+async def test_http1_fewer_connections_than_workers(target: RunningTarget) -> None:
+    _, final = await run(target.url, "-n", "200", "-c", "12", "--connections", "3")
+    assert final.requests == target.stats.requests == 200
+    assert target.stats.connections == 3
+    assert final.connections_opened == 3
+    assert final.errors == 0
+
+
+async def test_h2c_exact_count_and_connections(target: RunningTarget) -> None:
+    engine, final = await run(target.url, "--http2", "-n", "300", "-c", "20", "--connections", "3")
+    assert engine.info is not None and engine.info.protocol == "HTTP/2"
+    assert final.requests == target.stats.requests == 300
+    assert final.errors == 0
+    assert target.stats.connections == 3
+    assert final.connections_opened == 3
+    # 20 workers over 3 connections: streams really ran concurrently.
+    assert final.max_in_flight == 20
+
+
+async def test_tls_alpn_negotiates_h2(tls_target: RunningTarget) -> None:
+    assert tls_target.ca_path is not None
+    engine, final = await run(
+        tls_target.url, "-n", "120", "-c", "8", "--connections", "2", "--cacert", tls_target.ca_path
+    )
+    assert engine.info is not None and engine.info.protocol == "HTTP/2"
+    assert final.requests == tls_target.stats.requests == 120
+    assert final.errors == 0
+    # The ALPN probe connection is the first of the pool, not an extra one.
+    assert tls_target.stats.connections == 2
+
+
+async def test_tls_http1_forced(tls_target: RunningTarget) -> None:
+    assert tls_target.ca_path is not None
+    engine, final = await run(
+        tls_target.url, "--http1", "-n", "60", "-c", "4", "--cacert", tls_target.ca_path
+    )
+    assert engine.info is not None and engine.info.protocol == "HTTP/1.1"
+    assert final.requests == tls_target.stats.requests == 60
+    assert tls_target.stats.connections == 4
+
+
+async def test_sequential_uses_one_connection(target: RunningTarget) -> None:
+    engine, final = await run(target.url, "--sequential", "-n", "50")
+    assert engine.info is not None and engine.info.model == "sequential"
+    assert final.requests == target.stats.requests == 50
+    assert target.stats.connections == 1
+    assert final.max_in_flight == 1
+
+
+async def test_duration_stops_the_run(target: RunningTarget) -> None:
+    start = trio.current_time()
+    _, final = await run(target.url, "-d", "1s", "-c", "4")
+    took = trio.current_time() - start
+    assert 1.0 <= took < 3.0
+    assert final.requests > 0
+    assert final.requests == target.stats.requests
+
+
+async def test_post_body_and_headers(target: RunningTarget) -> None:
+    _, final = await run(
+        target.url, "-n", "20", "-c", "2", "-m", "POST", "-b", "x" * 1000, "-H", "X-Test: 1"
+    )
+    assert final.requests == 20
+    assert final.errors == 0
+    assert target.stats.bytes_received >= 20 * 1000
+    assert final.bytes_sent >= 20 * 1000
+
+
+# -- latency against known delays ---------------------------------------------------
+
+
+class DelayServer:
+    """A minimal HTTP/1.1 server that holds each response for `delay` seconds and
+    records, with its own clock, how long it really held each one: the truth."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.held: list[float] = []
+        self.port = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        buf = b""
+        body = b"ok"
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                t0 = trio.current_time()
+                await trio.sleep(self.delay)
+                await stream.send_all(head + body)
+                self.held.append(trio.current_time() - t0)
+        except trio.BrokenResourceError:
+            return
+
+    def percentile(self, q: float) -> float:
+        values = sorted(self.held)
+        rank = max(1, math.ceil(q / 100 * len(values)))
+        return values[rank - 1]
+
+
+async def test_percentiles_match_the_truth(nursery: trio.Nursery) -> None:
+    server = DelayServer(0.05)
+    port = await nursery.start(server.serve)
+    _, final = await run(f"http://127.0.0.1:{port}/", "-n", "200", "-c", "4")
+    assert final.requests == len(server.held) == 200
+    for q, reported in ((50, final.latency.p50), (99, final.latency.p99)):
+        truth = server.percentile(q)
+        assert reported >= truth
+        assert reported - truth <= 0.001 + 0.02 * truth, (q, reported, truth)
+
+
+async def test_percentiles_of_the_demo_target_delay(target: RunningTarget) -> None:
+    # The demo target's ?delay= holds responses at least that long; hypercorn's own
+    # processing comes on top, so only bound it from below and loosely from above.
+    _, final = await run(target.url_for("/?delay=0.05"), "-n", "40", "-c", "4", "--http2")
+    assert final.latency.min >= 0.05
+    assert final.latency.p50 < 0.05 * 1.5
+
+
+# -- every fault is counted under its kind --------------------------------------------
+
+
+async def test_connect_refused(closed_port: int) -> None:
+    _, final = await run(f"http://127.0.0.1:{closed_port}/", "-n", "6", "-c", "2")
+    assert final.requests == 6
+    assert kinds(final) == {"connect_refused": 6}
+    assert final.failed == 6
+
+
+async def test_reset_mid_response(reset_server: FaultServer) -> None:
+    _, final = await run(reset_server.url, "-n", "6", "-c", "2")
+    assert final.requests == 6
+    assert kinds(final) == {"reset": 6}
+
+
+async def test_close_immediately_is_a_reset(close_immediately_server: FaultServer) -> None:
+    _, final = await run(close_immediately_server.url, "-n", "6", "-c", "2")
+    assert kinds(final) == {"reset": 6}
+
+
+async def test_silent_server_read_timeout(silent_server: FaultServer) -> None:
+    _, final = await run(silent_server.url, "-n", "4", "-c", "2", "--timeout", "300ms")
+    assert kinds(final) == {"read_timeout": 4}
+    assert all(abs(v - 0.3) < 0.1 for v in (final.latency.min, final.latency.max))
+
+
+async def test_garbage_is_a_protocol_error(garbage_server: FaultServer) -> None:
+    _, final = await run(garbage_server.url, "-n", "6", "-c", "2")
+    assert kinds(final) == {"protocol": 6}
+
+
+async def test_untrusted_certificate_is_tls(tls_untrusted_server: FaultServer) -> None:
+    _, final = await run(tls_untrusted_server.url, "-n", "4", "-c", "2")
+    assert kinds(final) == {"tls": 4}
+
+
+async def test_insecure_skips_verification(tls_untrusted_server: FaultServer) -> None:
+    _, final = await run(tls_untrusted_server.url, "-n", "4", "-c", "2", "--insecure")
+    assert final.errors == 0
+    assert final.status_codes == {200: 4}
+
+
+async def test_plaintext_on_https_is_tls(tls_plaintext_server: FaultServer) -> None:
+    _, final = await run(tls_plaintext_server.url, "-n", "4", "-c", "2")
+    assert kinds(final) == {"tls": 4}
+
+
+async def test_unknown_host_is_dns() -> None:
+    _, final = await run("http://nonexistent.invalid/", "-n", "3", "-c", "1")
+    assert kinds(final) == {"dns": 3}
+
+
+async def test_h2_refused_streams(h2_rst_server: FaultServer) -> None:
+    _, final = await run(h2_rst_server.url, "--http2", "-n", "40", "-c", "4")
+    assert final.requests == 40 == h2_rst_server.requests
+    assert kinds(final) == {"refused_stream": h2_rst_server.refused}
+    assert final.responses == h2_rst_server.answered
+    assert h2_rst_server.refused == 20
+
+
+async def test_h2_goaway(h2_goaway_server: FaultServer) -> None:
+    _, final = await run(h2_goaway_server.url, "--http2", "-n", "30", "-c", "3")
+    assert final.requests == 30
+    assert final.responses == h2_goaway_server.answered
+    assert h2_goaway_server.goaways >= 1
+    assert set(kinds(final)) <= {"goaway", "reset"}
+    assert final.errors == 30 - final.responses
+    # The engine reconnected after each GOAWAY and went on.
+    assert final.connections_opened >= 2
+
+
+async def test_target_errors_are_failed_not_errors(target: RunningTarget) -> None:
+    _, final = await run(target.url_for("/?status=503"), "-n", "10", "-c", "2")
+    assert final.responses == 10
+    assert final.errors == 0
+    assert final.failed == 10
+    assert final.status_codes == {503: 10}
+
+
+# -- snapshots and stopping ---------------------------------------------------------
+
+
+async def test_snapshots_each_interval(target: RunningTarget) -> None:
+    seen: list[Snapshot] = []
+    ns = build_parser().parse_args(
+        ["run", target.url, "-d", "1s", "-c", "2", "--interval", "200ms"]
+    )
+    engine = Engine(config_from_args(ns), sinks=[seen.append])
+    final = await engine.run()
+    assert seen[-1] is final and final.final
+    periodic = [s for s in seen if not s.final]
+    assert 4 <= len(periodic) <= 5
+    assert [s.seq for s in seen] == list(range(len(seen)))
+    assert sum(s.interval_requests for s in seen) == final.requests
+    for s in periodic:
+        assert abs(s.interval - 0.2) < 0.05
+
+
+async def test_stop_lets_in_flight_finish(target: RunningTarget) -> None:
+    engine = engine_for(target.url_for("/?delay=0.3"), "-d", "30s", "-c", "5")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(0.5)
+        engine.stop()
+    final = engine.final
+    assert final is not None
+    # Every request the target received was completed and recorded.
+    assert final.requests == target.stats.requests
+    assert final.errors == 0
+    assert final.elapsed < 2.0
