@@ -502,7 +502,12 @@ async def run_and_report(
 
         assert config.load.adaptive is not None
         controller = build_controller(config.load.adaptive)
-    engine = Engine(config, sinks=sinks, controller=controller)
+    def fan_out(snap: Snapshot) -> None:
+        # `sinks` grows below, after the engine exists (which copies what it is given).
+        for sink in sinks:
+            sink(snap)
+
+    engine = Engine(config, sinks=[fan_out], controller=controller)
     if thresholds is not None and outputs.abort_on_fail:
         checker = thresholds
 
