@@ -131,6 +131,8 @@ class AdaptiveSpec:
     window_samples: int = 20
     congestion_statuses: frozenset[int] = frozenset({429, 503})
     slow_start: bool = True
+    #: a window is congested when its congestion signals exceed this share of its samples
+    congestion_tolerance: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)
