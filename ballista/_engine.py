@@ -116,8 +116,11 @@ class Engine:
         grace: float | None = None,
         controller: LimitController | None = None,
         seed: int | None = None,
+        connection_factory: Callable[[int], Connection] | None = None,
     ) -> None:
         self.config = config
+        #: test seam: builds connection i instead of the transport (no sockets)
+        self._connection_factory = connection_factory
         self._sinks = list(sinks)
         self._grace = DEFAULT_GRACE if grace is None else grace
         self._controller = controller
@@ -344,6 +347,8 @@ class Engine:
         nursery: trio.Nursery,
     ) -> list[Connection]:
         """Create the connection objects; each connects on its first request."""
+        if self._connection_factory is not None:
+            return [self._connection_factory(i) for i in range(n)]
         origin = self.config.origin
         pool: list[Connection] = []
         for i in range(n):
