@@ -237,6 +237,56 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     adaptive.add_argument(
         "--initial-concurrency", type=_positive_int("--initial-concurrency"), default=None
     )
+    adaptive.add_argument(
+        "--increase",
+        type=_positive_int("--increase"),
+        default=None,
+        help="adaptive: limit added after a window without congestion (default 1)",
+    )
+    adaptive.add_argument(
+        "--backoff",
+        default=None,
+        metavar="RATIO",
+        help="adaptive: limit multiplied by this after a congested window (default 0.9)",
+    )
+    adaptive.add_argument(
+        "--window-min",
+        type=_duration("--window-min"),
+        default=None,
+        metavar="DUR",
+        help="adaptive: shortest window; windows last about 2x the median latency (500ms)",
+    )
+    adaptive.add_argument(
+        "--window-max",
+        type=_duration("--window-max"),
+        default=None,
+        metavar="DUR",
+        help="adaptive: longest window, whatever the sample count (5s)",
+    )
+    adaptive.add_argument(
+        "--window-samples",
+        type=_positive_int("--window-samples"),
+        default=None,
+        metavar="N",
+        help="adaptive: samples a window needs before it closes (20)",
+    )
+    adaptive.add_argument(
+        "--congestion-status",
+        default=None,
+        metavar="CODES",
+        help="adaptive: statuses that signal overload, e.g. 429,503 (default) or none",
+    )
+    adaptive.add_argument(
+        "--congestion-tolerance",
+        default=None,
+        metavar="SHARE",
+        help="adaptive: share of a window's requests that may signal overload (1%%)",
+    )
+    adaptive.add_argument(
+        "--no-slow-start",
+        action="store_true",
+        help="adaptive: grow by --increase from the start instead of doubling",
+    )
     scenario = run.add_argument_group("scenarios and thresholds")
     scenario.add_argument(
         "-f", "--scenario", default=None, metavar="FILE", help="TOML scenario file"
@@ -349,14 +399,34 @@ def load_from_args(ns: argparse.Namespace, *, sequential: bool = False) -> LoadS
         raise ConfigError("--stages ramps the rate (-r) or the concurrency: not with this model")
     adaptive_spec = None
     if adaptive_flag:
+        from ._controller import parse_share, parse_statuses, validate
+
         defaults = AdaptiveSpec()
+        backoff = getattr(ns, "backoff", None)
+        statuses = getattr(ns, "congestion_status", None)
+        tolerance = getattr(ns, "congestion_tolerance", None)
         adaptive_spec = AdaptiveSpec(
             latency_target=ns.latency_target or defaults.latency_target,
             percentile=ns.latency_percentile or defaults.percentile,
             initial=ns.initial_concurrency or defaults.initial,
             minimum=ns.min_concurrency or defaults.minimum,
             maximum=ns.max_concurrency or ns.concurrency or defaults.maximum,
+            increase=getattr(ns, "increase", None) or defaults.increase,
+            backoff=defaults.backoff if backoff is None else parse_share(backoff, "--backoff"),
+            window_min=getattr(ns, "window_min", None) or defaults.window_min,
+            window_max=getattr(ns, "window_max", None) or defaults.window_max,
+            window_samples=getattr(ns, "window_samples", None) or defaults.window_samples,
+            congestion_statuses=(
+                defaults.congestion_statuses if statuses is None else parse_statuses(statuses)
+            ),
+            congestion_tolerance=(
+                defaults.congestion_tolerance
+                if tolerance is None
+                else parse_share(tolerance, "--congestion-tolerance")
+            ),
+            slow_start=not getattr(ns, "no_slow_start", False),
         )
+        validate(adaptive_spec)
         if not 0 < adaptive_spec.percentile < 100:
             raise ConfigError("--latency-percentile: must be between 0 and 100")
         if adaptive_spec.minimum > adaptive_spec.maximum:
@@ -369,8 +439,15 @@ def load_from_args(ns: argparse.Namespace, *, sequential: bool = False) -> LoadS
             "min_concurrency",
             "max_concurrency",
             "initial_concurrency",
+            "increase",
+            "backoff",
+            "window_min",
+            "window_max",
+            "window_samples",
+            "congestion_status",
+            "congestion_tolerance",
         )
-    ):
+    ) or getattr(ns, "no_slow_start", False):
         raise ConfigError("--latency-target and the concurrency bounds need --adaptive")
     model: Model = "closed"
     if sequential:
@@ -502,6 +579,7 @@ async def run_and_report(
 
         assert config.load.adaptive is not None
         controller = build_controller(config.load.adaptive)
+
     def fan_out(snap: Snapshot) -> None:
         # `sinks` grows below, after the engine exists (which copies what it is given).
         for sink in sinks:

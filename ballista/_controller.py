@@ -303,3 +303,32 @@ def validate(spec: AdaptiveSpec) -> None:
 def build_controller(spec: AdaptiveSpec) -> AimdController:
     """The controller `ballista run --adaptive` uses. Raises ConfigError on bad parameters."""
     return AimdController(spec)
+
+
+def parse_share(text: str, what: str) -> float:
+    """`0.9`, `90%` -> 0.9 (a share of one); one-line ConfigError naming `what` if bad."""
+    raw = text.strip()
+    scale = 1.0
+    if raw.endswith("%"):
+        raw, scale = raw[:-1], 0.01
+    try:
+        value = float(raw) * scale
+    except ValueError:
+        raise ConfigError(f"{what}: {text!r} is not a number or a percentage") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{what}: {text!r} is not a finite number")
+    return value
+
+
+def parse_statuses(text: str) -> frozenset[int]:
+    """`429,503` -> {429, 503}; `none` -> no status counts as congestion."""
+    raw = text.strip()
+    if raw.lower() == "none":
+        return frozenset()
+    out: set[int] = set()
+    for part in raw.split(","):
+        item = part.strip()
+        if not item.isdigit() or not 100 <= int(item) <= 599:
+            raise ConfigError(f"--congestion-status: {item!r} is not an HTTP status")
+        out.add(int(item))
+    return frozenset(out)
