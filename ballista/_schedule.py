@@ -85,11 +85,10 @@ class Ramp:
             if total + seg >= area and dt > 0 and seg > 0:
                 need = area - total
                 slope = (v1 - v0) / dt
-                if abs(slope) < 1e-12:
-                    return t0 + need / v0
-                # v0*x + slope*x^2/2 = need, the root in [0, dt].
-                disc = v0 * v0 + 2 * slope * need
-                x = (-v0 + math.sqrt(max(disc, 0.0))) / slope
+                # v0*x + slope*x^2/2 = need, the root in [0, dt], in the form that
+                # neither divides by a zero slope nor cancels when v0 is large.
+                root = v0 + math.sqrt(max(v0 * v0 + 2 * slope * need, 0.0))
+                x = 2 * need / root if root > 0 else 0.0
                 return t0 + min(max(x, 0.0), dt)
             total += seg
         if self.final <= 0:

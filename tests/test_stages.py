@@ -15,7 +15,7 @@ import trio.testing
 from ballista._config import LoadSpec, Origin, RequestSpec, RunConfig
 from ballista._engine import Engine, RunInfo
 from ballista._outcome import NO_ERROR
-from ballista._schedule import parse_stages
+from ballista._schedule import Ramp, parse_stages
 from ballista._transport import PreparedRequest
 
 ORIGIN = Origin("http", "127.0.0.1", 9)
@@ -133,7 +133,7 @@ async def test_concurrency_ramp_up_hold_and_down(mock_clock: trio.testing.MockCl
 
 async def test_concurrency_ramp_never_exceeds_its_level(mock_clock: trio.testing.MockClock) -> None:
     mock_clock.autojump_threshold = 0
-    load = LoadSpec(model="closed", stages=parse_stages("4s:4,4s:0"))
+    load = LoadSpec(model="closed", stages=parse_stages("4s:4,2s:4,4s:0"))
     limits: list[tuple[float, int]] = []
     starts: list[float] = []
     config = RunConfig(origin=ORIGIN, requests=(RequestSpec("default", "GET", "/"),), load=load)
@@ -141,14 +141,18 @@ async def test_concurrency_ramp_never_exceeds_its_level(mock_clock: trio.testing
 
     async def watch() -> None:
         while True:
-            await trio.sleep(0.0625)
+            await trio.sleep(0.1)
             limits.append((trio.current_time(), engine.limit))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
         await engine.run()
         nursery.cancel_scope.cancel()
-    peak = max(limit for _, limit in limits)
-    assert peak == 4
+    ramp = Ramp(load.stages)
+    for t, limit in limits:
+        # Sampled off the step instants, the limit is exactly the ramp's level.
+        if abs(t - round(t)) > 1e-3 and abs(t * 2 - round(t * 2)) > 1e-3:
+            assert limit == ramp.level(t), (t, limit)
+    assert max(limit for _, limit in limits) == 4
     assert engine.final is not None
     assert engine.final.max_in_flight == 4
