@@ -76,7 +76,7 @@ def _positive_float(what: str) -> Callable[[str], float]:
 def _duration(what: str) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
-            value = parse_duration(text, what=what)
+            value = parse_duration(text, what="")
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         if value <= 0:

@@ -12,10 +12,14 @@ _PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(us|µs|ms|s|m|h|d)")
 
 
 def parse_duration(text: str, *, what: str = "duration") -> float:
-    """`500ms`, `30s`, `5m`, `2h`, `1h30m`, or a bare number of seconds -> seconds."""
+    """`500ms`, `30s`, `5m`, `2h`, `1h30m`, or a bare number of seconds -> seconds.
+
+    Error messages start with `what: ` (nothing when `what` is empty).
+    """
+    prefix = f"{what}: " if what else ""
     s = text.strip().lower()
     if not s:
-        raise ConfigError(f"{what}: empty duration")
+        raise ConfigError(f"{prefix}empty duration")
     try:
         value = float(s)
     except ValueError:
@@ -28,10 +32,10 @@ def parse_duration(text: str, *, what: str = "duration") -> float:
             pos = m.end()
         if pos != len(s) or pos == 0:
             raise ConfigError(
-                f"{what}: {text!r} is not a duration (use e.g. 500ms, 30s, 5m, 2h)"
+                f"{prefix}{text!r} is not a duration (use e.g. 500ms, 30s, 5m, 2h)"
             ) from None
     if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{what}: {text!r} must be a finite duration >= 0")
+        raise ConfigError(f"{prefix}{text!r} must be a finite duration >= 0")
     return value
 
 
