@@ -503,6 +503,7 @@ class Store:
                 "ended_at": r[2],
                 "status": r[3],
                 "requests": None if r[4] is None else json.loads(r[4]).get("requests"),
+                "duration_s": None if r[4] is None else json.loads(r[4]).get("duration_s"),
             }
             for r in rows
         ]
