@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from importlib import resources
 from typing import Any
@@ -25,6 +25,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from . import __version__
 from ._config import RunConfig
 from ._engine import RunInfo
+from ._httpserver import Handler, Request, Response
 from ._report import iso_utc
 from ._snapshot import LatencySummary, Snapshot
 
@@ -395,35 +396,37 @@ STATIC_FILES: dict[str, str] = {
     "uPlot.LICENSE": "text/plain; charset=utf-8",
 }
 
-Response = tuple[int, list[tuple[str, str]], bytes]
-Handler = Callable[[str, str, str, list[tuple[str, str]]], Response]
-
-
 def static_file(name: str) -> bytes:
     return resources.files("ballista").joinpath("static", name).read_bytes()
 
 
 def page_routes(live_port: int) -> dict[str, Handler]:
-    """Routes for the live page: `/` (index.html, told the live port) and its files."""
+    """Routes for the live page on the metrics listener: `/` and `/static/...`.
+
+    `/` is index.html told the live port (the page connects to
+    ws://<the page's host>:<live_port>/); the files are read once, here.
+    """
     files = {name: static_file(name) for name in STATIC_FILES}
     index = files["index.html"].replace(b"{{LIVE_PORT}}", str(live_port).encode())
 
-    def respond(body: bytes, content_type: str) -> Handler:
-        headers = [
-            ("Content-Type", content_type),
-            ("Cache-Control", "no-cache"),
-            ("X-Content-Type-Options", "nosniff"),
+    def headers(content_type: str) -> list[tuple[str, str]]:
+        return [
+            ("content-type", content_type),
+            ("cache-control", "no-cache"),
+            ("x-content-type-options", "nosniff"),
         ]
 
-        def handler(method: str, path: str, query: str, req: list[tuple[str, str]]) -> Response:
-            if method not in ("GET", "HEAD"):
-                return 405, [("Allow", "GET, HEAD")], b""
-            return 200, list(headers), b"" if method == "HEAD" else body
+    def page(request: Request) -> Response:
+        if request.method != "GET":
+            return Response(405, [("allow", "GET, HEAD")], b"")
+        return Response(200, headers(STATIC_FILES["index.html"]), index)
 
-        return handler
+    def static(request: Request) -> Response:
+        name = request.path.removeprefix("/static/")
+        if request.method != "GET":
+            return Response(405, [("allow", "GET, HEAD")], b"")
+        if name not in files:  # a fixed set: no path ever reaches the file system
+            return Response(404, headers("text/plain; charset=utf-8"), b"not found\n")
+        return Response(200, headers(STATIC_FILES[name]), files[name])
 
-    routes: dict[str, Handler] = {"/": respond(index, STATIC_FILES["index.html"])}
-    for name, content_type in STATIC_FILES.items():
-        if name != "index.html":
-            routes[f"/static/{name}"] = respond(files[name], content_type)
-    return routes
+    return {"/": page, "/static/": static}

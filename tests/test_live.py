@@ -16,6 +16,7 @@ from trio_websocket import ConnectionClosed
 from ballista._cli import build_parser, config_from_args
 from ballista._config import RunConfig
 from ballista._engine import Engine
+from ballista._httpserver import Request, Response
 from ballista._live import REDACTED, LiveHub, page_routes, serve_live
 from ballista._report import RunMeta, summary_dict
 from ballista._watch import connect
@@ -287,13 +288,18 @@ def test_hello_hides_secrets() -> None:
 
 def test_page_routes_serve_the_page_and_its_files() -> None:
     routes = page_routes(4321)
-    status, headers, body = routes["/"]("GET", "/", "", [])
+    status, headers, body = routes["/"](Request("GET", "/", ""))  # type: ignore[misc]
     assert status == 200
-    assert ("Content-Type", "text/html; charset=utf-8") in headers
-    assert b"4321" in body and b"{{LIVE_PORT}}" not in body
+    assert ("content-type", "text/html; charset=utf-8") in headers
+    assert b'content="4321"' in body and b"{{LIVE_PORT}}" not in body
     for src in (b"/static/uPlot.iife.min.js", b"/static/app.js", b"/static/style.css"):
         assert src in body
-    status, _, js = routes["/static/uPlot.iife.min.js"]("GET", "/static/uPlot.iife.min.js", "", [])
-    assert status == 200 and js.startswith(b"/*! https://github.com/leeoniya/uPlot")
-    assert routes["/"]("POST", "/", "", [])[0] == 405
-    assert routes["/"]("HEAD", "/", "", [])[2] == b""
+    js = routes["/static/"](Request("GET", "/static/uPlot.iife.min.js", ""))
+    assert isinstance(js, Response) and js.status == 200
+    assert js.body.startswith(b"/*! https://github.com/leeoniya/uPlot")
+    assert ("content-type", "text/javascript; charset=utf-8") in js.headers
+    for path in ("/static/nope.js", "/static/../_live.py", "/static/"):
+        missing = routes["/static/"](Request("GET", path, ""))
+        assert isinstance(missing, Response) and missing.status == 404
+    post = routes["/"](Request("POST", "/", ""))
+    assert isinstance(post, Response) and post.status == 405
