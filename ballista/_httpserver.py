@@ -41,6 +41,8 @@ REQUEST_TIMEOUT = 10.0
 IDLE_TIMEOUT = 30.0
 #: Sending one response may take at most this long (a client that does not read).
 SEND_TIMEOUT = 10.0
+#: Bytes read and dropped after refusing a request, before closing.
+DRAIN_LIMIT = 1024 * 1024
 #: Connections served at once; more are closed at once, so they cannot pile up.
 MAX_CONNECTIONS = 128
 
@@ -138,6 +140,9 @@ class _Connection:
             return None
         if not isinstance(event, h11.Request):
             raise h11.RemoteProtocolError("expected a request", error_status_hint=400)
+        for name, value in event.headers:
+            if name == b"content-length" and int(value) > MAX_BODY:
+                raise h11.RemoteProtocolError("body too large", error_status_hint=413)
         chunks: list[bytes] = []
         size = 0
         with trio.fail_after(REQUEST_TIMEOUT):
@@ -228,6 +233,16 @@ class _Connection:
                 )
                 await self._send(h11.Data(data=body))
                 await self._send(h11.EndOfMessage())
+                # Closing with unread input would reset the connection and could
+                # destroy the response: half-close, then drain a bounded amount.
+                if isinstance(self.stream, trio.SocketStream):
+                    await self.stream.send_eof()
+                drained = 0
+                while drained < DRAIN_LIMIT:
+                    chunk = await self.stream.receive_some(MAX_HEAD)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
         except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 

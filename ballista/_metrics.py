@@ -178,10 +178,12 @@ class MetricsExporter(Collector):
             labels=list(_REQ),
         )
         sent = CounterMetricFamily(
-            _Names.request_bytes, "Request bytes sent (bodies).", labels=list(_REQ)
+            _Names.request_bytes,
+            "Bytes sent to the target (request heads and bodies).",
+            labels=list(_REQ),
         )
         received = CounterMetricFamily(
-            _Names.response_bytes, "Response bytes received (bodies).", labels=list(_REQ)
+            _Names.response_bytes, "Bytes received from the target (responses).", labels=list(_REQ)
         )
         for name, method in specs:
             labels = [scenario, name]
