@@ -151,6 +151,9 @@
     fillTable("status-table", s.status_codes);
     fillTable("errors-table", s.errors_by_kind);
 
+    // The final snapshot usually covers a sliver of an interval: its rate is noise.
+    const tick = (state.hello && state.hello.interval) || s.interval;
+    if (s.final && s.interval < tick / 2) return;
     const per = s.interval > 0 ? 1 / s.interval : 0;
     const x = s.elapsed;
     const cls = classCounts(s.interval_status_codes).map((n) => n * per);
@@ -195,6 +198,9 @@
     $("summary-thresholds").textContent = th.length
       ? th.map((t) => `${t.expr}: ${t.ok ? "ok" : "FAILED"}`).join(", ") : "none";
     $("requests").textContent = int(doc.requests);
+    $("rps").textContent = num(doc.rps);
+    $("p50").textContent = ms(l.p50);
+    $("p99").textContent = ms(l.p99);
     setState("finished");
   }
 

@@ -1,0 +1,179 @@
+"""The live web page in a real headless browser (Debian's chromium, driven by Selenium).
+
+The page is served by the metrics listener (`serve_metrics(routes=page_routes(...))`),
+exactly as a run serves it, and follows a real run against the embedded target.
+Selenium blocks, so every browser call runs in a worker thread while the
+engine keeps running in the trio loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+from conftest import TargetFactory
+
+from ballista._cli import build_parser, config_from_args
+from ballista._engine import Engine
+from ballista._live import LiveHub, page_routes, serve_live
+from ballista._metrics import MetricsExporter, serve_metrics
+from ballista._report import RunMeta, summary_dict
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+pytestmark = pytest.mark.skipif(
+    not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
+    reason="needs Debian's chromium and chromium-driver (scripts/test installs them)",
+)
+
+T = TypeVar("T")
+
+# Pixels of a colour near `rgb` on a chart's canvas: a series was drawn there.
+COUNT_PIXELS = """
+const [id, r, g, b] = arguments;
+const canvas = document.querySelector('#' + id + ' canvas');
+if (!canvas) return -1;
+const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+let n = 0;
+for (let i = 0; i < data.length; i += 4) {
+  if (data[i + 3] > 200 && Math.abs(data[i] - r) < 40 && Math.abs(data[i + 1] - g) < 40
+      && Math.abs(data[i + 2] - b) < 40) n++;
+}
+return n;
+"""
+GREEN_2XX = (0x2C, 0xA0, 0x2C)  # the 2xx series of #chart-status
+BLUE_P50 = (0x1F, 0x77, 0xB4)  # the p50 series of #chart-latency
+
+
+def make_driver(profile: Path) -> Any:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,2000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+async def until(check: Callable[[], Any], what: str, limit_s: float = 15.0) -> Any:
+    """Poll `check` (run in a thread) until it returns something truthy."""
+    with trio.move_on_after(limit_s):
+        while True:
+            value = await in_thread(check)
+            if value:
+                return value
+            await trio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_live_page_follows_a_run_and_shows_the_summary(
+    target_factory: TargetFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    target = await target_factory(error_rate=0.05, fixed_delay=0.004)
+    argv = ["run", target.url, "-d", "4s", "-c", "4", "--interval", "0.25s"]
+    config = config_from_args(build_parser(argv).parse_args(argv))
+    started_at = dt.datetime.now(dt.UTC)
+    hub = LiveHub(config, run_id="pagetest", started_at=started_at)
+    live_port: int = await nursery.start(serve_live, hub, "127.0.0.1", 0)
+    exporter = MetricsExporter(config, run_id="pagetest")
+    http_port: int = await nursery.start(
+        lambda task_status: serve_metrics(
+            exporter, "127.0.0.1", 0, routes=page_routes(live_port), task_status=task_status
+        )
+    )
+    driver = await in_thread(make_driver, tmp_path / "chromium-profile")
+    try:
+        await in_thread(driver.get, f"http://127.0.0.1:{http_port}/")
+        assert "Ballista" in await in_thread(lambda: driver.title)
+
+        summary: dict[str, Any] = {}
+
+        async def run() -> None:
+            engine = Engine(config, sinks=[hub.publish, exporter.update], grace=2.0)
+            engine.on_start.extend([hub.on_start, exporter.on_start])
+            final = await engine.run()
+            info = engine.info
+            assert info is not None
+            meta = RunMeta(
+                target=config.url,
+                model=info.model,
+                protocol=info.protocol,
+                started_at=started_at,
+                concurrency=info.concurrency,
+                connections=info.connections,
+            )
+            summary.update(summary_dict(final, meta, config))
+            await hub.finish(summary)
+
+        def text(element_id: str) -> str:
+            return str(driver.find_element("id", element_id).text)
+
+        def count(element_id: str) -> int:
+            return int(text(element_id).replace(",", "") or 0)
+
+        def pixels(chart: str, rgb: tuple[int, int, int]) -> int:
+            return int(driver.execute_script(COUNT_PIXELS, chart, *rgb))
+
+        nursery.start_soon(run)
+        # during the run: the numbers change and the charts draw
+        await until(
+            lambda: driver.execute_script("return window.ballista.snapshots") >= 3,
+            "three snapshots on the page",
+        )
+        assert await in_thread(text, "state") == "live"
+        assert await in_thread(text, "protocol") == "HTTP/1.1"
+        first = await in_thread(count, "requests")
+        green_first = await in_thread(pixels, "chart-status", GREEN_2XX)
+        await trio.sleep(1.0)
+        second = await in_thread(count, "requests")
+        assert 0 < first < second
+        assert float((await in_thread(text, "rps")).replace(",", "")) > 0
+        assert (await in_thread(text, "p99")).endswith("ms")
+        assert await in_thread(text, "limit") == "4"
+        green_second = await in_thread(pixels, "chart-status", GREEN_2XX)
+        assert green_second > green_first > 0, "the 2xx line grows as snapshots come in"
+        assert await in_thread(pixels, "chart-latency", BLUE_P50) > 0
+        points = await in_thread(
+            driver.execute_script, "return window.ballista.charts['chart-rate'].data[0].length"
+        )
+        assert points >= 3
+
+        # at the end: the summary, whose total is the JSON summary's `requests`
+        await until(lambda: driver.find_element("id", "summary").is_displayed(), "the summary", 20)
+        assert summary["requests"] > second
+        shown = await in_thread(count, "summary-requests")
+        assert shown == summary["requests"]
+        assert await in_thread(count, "requests") == summary["requests"]
+        assert await in_thread(text, "state") == "finished"
+        assert "500" in await in_thread(text, "summary-status")
+        assert "200" in await in_thread(text, "status-table")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await in_thread(driver.save_screenshot, str(ARTIFACTS / "live-page.png"))
+    finally:
+        await in_thread(driver.quit)
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
