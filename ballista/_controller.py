@@ -91,9 +91,10 @@ class AimdController:
         self._hist = Histogram()
         self._samples = 0
         self._signals = 0
-        self._good_latency_sum = 0.0
+        self._accepted_time = 0.0
         self._length = spec.window_min
-        #: requests sent before this instant measured an older, larger limit
+        #: requests sent before this instant (the last decrease plus about one latency)
+        #: measured an older, larger limit
         self._decreased_at = -math.inf
         self.windows_closed = 0
         self.decreases = 0
@@ -117,20 +118,24 @@ class AimdController:
 
     def on_sample(self, now: float, sample: Sample) -> int:
         """Account one finished request (completed at `now`); return the limit."""
+        signal = (sample.error != NO_ERROR and sample.error in CONGESTION_ERRORS) or (
+            sample.status in self._statuses
+        )
+        if not signal:
+            # Work the target accepted, whenever it was sent: the sum of the latencies
+            # of what completes in a window, over its length, is the concurrency the
+            # target served meanwhile (Little's law).
+            self._accepted_time += sample.latency
         if now - sample.latency < self._decreased_at:
             return self._limit
         start = self._start
         if start is None:
             start = self._start = now - sample.latency
         self._samples += 1
-        if (sample.error != NO_ERROR and sample.error in CONGESTION_ERRORS) or (
-            sample.status in self._statuses
-        ):
+        if signal:
             self._signals += 1
         else:
             self._hist.record(sample.latency)
-            # only the part of its time in flight that falls inside this window
-            self._good_latency_sum += min(sample.latency, now - start)
         elapsed = now - start
         spec = self.spec
         if (elapsed >= self._length and self._samples >= spec.window_samples) or (
@@ -155,11 +160,14 @@ class AimdController:
         elif good and pct > self._target:
             congestion = "latency"
         if congestion:
-            new = self._decrease(limit, pct, self._good_latency_sum / duration)
+            new = self._decrease(limit, pct, self._accepted_time / duration)
             self._slow_start = False
             action = "decrease"
             if new < limit:
-                self._decreased_at = now
+                # Requests still in flight were sent under the old limit and keep the
+                # target busy for about one more latency: what is sent meanwhile meets
+                # the old load, so it is not held against the new limit either.
+                self._decreased_at = now + min(pct, spec.window_max)
                 self.decreases += 1
         elif self._slow_start:
             new = min(spec.maximum, limit * 2)
@@ -193,7 +201,7 @@ class AimdController:
         self._hist = Histogram()
         self._samples = 0
         self._signals = 0
-        self._good_latency_sum = 0.0
+        self._accepted_time = 0.0
 
     def _decrease(self, limit: int, pct: float, accepted: float) -> int:
         """The limit after a congested window.
