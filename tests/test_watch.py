@@ -1,0 +1,193 @@
+"""`ballista watch`: in a pseudo-terminal against a real `ballista run`, and reconnecting."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import io
+import json
+import os
+import pty
+import re
+import struct
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+import trio
+from servers import RunningTarget
+
+from ballista._cli import build_parser, config_from_args
+from ballista._engine import Engine
+from ballista._errors import ConfigError
+from ballista._live import LiveHub, serve_live
+from ballista._report import RunMeta, summary_dict
+from ballista._watch import View, sparkline, watch, ws_url
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+async def read_all(stream: trio.lowlevel.FdStream, into: bytearray) -> None:
+    """Read a pty master until the child side is gone (EIO on Linux)."""
+    try:
+        while chunk := await stream.receive_some(65536):
+            into += chunk
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def test_watch_in_a_terminal_shows_the_run_and_its_summary(
+    target: RunningTarget, tmp_path: Path
+) -> None:
+    summary_path = tmp_path / "summary.json"
+    run = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "ballista",
+            "run",
+            target.url,
+            "-d",
+            "3s",
+            "-c",
+            "4",
+            "--interval",
+            "0.25s",
+            "--live-port",
+            "0",
+            "-q",
+            "--json",
+            str(summary_path),
+        ],
+        stderr=-1,  # PIPE
+    )
+    assert run.stderr is not None
+    head = b""
+    with trio.fail_after(15):
+        while b"live stream on ws://" not in head or not head.endswith(b"\n"):
+            head += await run.stderr.receive_some(4096)
+    url = re.search(rb"ws://[0-9.]+:\d+/", head)
+    assert url is not None
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "PYTHONWARNINGS": "ignore"}
+    viewer = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "ballista", "watch", url.group().decode()],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    screen = bytearray()
+    with trio.fail_after(30):
+        await read_all(trio.lowlevel.FdStream(master), screen)
+        assert await viewer.wait() == 0
+        assert await run.wait() == 0
+    await run.stderr.aclose()
+
+    doc = json.loads(summary_path.read_text())
+    text = ANSI.sub(b"", bytes(screen)).decode()
+    # the live table, redrawn in place, with its charts
+    assert b"\x1b[H" in screen
+    for label in ("requests", "rps", "failed", "latency", "in flight", "limit", "status"):
+        assert label in text
+    assert "closed · HTTP/1.1" in text
+    assert "200:" in text
+    assert any(c in text for c in "▂▃▄▅▆▇█"), "an rps sparkline"
+    # the summary at the end, with the run's own figures
+    tail = text[text.rindex("Summary") :]
+    assert f"requests     {doc['requests']:,}" in tail
+    assert f"200:{doc['status_codes']['200']:,}" in tail
+
+
+async def test_watch_reconnects_when_the_stream_drops(
+    target: RunningTarget, nursery: trio.Nursery
+) -> None:
+    argv = ["run", target.url, "-d", "2.5s", "-c", "2", "--interval", "0.2s"]
+    config = config_from_args(build_parser(argv).parse_args(argv))
+    hub = LiveHub(config, run_id="r", started_at=dt.datetime.now(dt.UTC))
+    out = io.StringIO()
+    result: list[int] = []
+
+    # The stream's server runs in its own scope so the test can kill it mid-run
+    # and bring it back on the same port, as a restarted proxy would.
+    server_scope = trio.CancelScope()
+
+    async def serve(port: int, *, task_status: trio.TaskStatus[int]) -> None:
+        with server_scope:
+            await serve_live(hub, "127.0.0.1", port, task_status=task_status)
+
+    port: int = await nursery.start(serve, 0)
+    url = f"ws://127.0.0.1:{port}/"
+
+    async def viewer() -> None:
+        result.append(await watch(url, out=out, tty=False, retry_for=10))
+
+    nursery.start_soon(viewer)
+    engine = Engine(config, sinks=[hub.publish], grace=2.0)
+    engine.on_start.append(hub.on_start)
+
+    async def drop_and_restore() -> None:
+        nonlocal server_scope
+        await trio.sleep(1.0)
+        server_scope.cancel()  # every connection dies with the server
+        await trio.sleep(0.5)
+        server_scope = trio.CancelScope()
+        await nursery.start(serve, port)
+
+    nursery.start_soon(drop_and_restore)
+    final = await engine.run()
+    info = engine.info
+    assert info is not None
+    meta = RunMeta(
+        target=config.url,
+        model=info.model,
+        protocol=info.protocol,
+        started_at=hub.started_at,
+        concurrency=info.concurrency,
+        connections=info.connections,
+    )
+    doc = summary_dict(final, meta, config)
+    with trio.fail_after(10):
+        await hub.finish(doc)
+        while not result:
+            await trio.sleep(0.02)
+    assert result == [0]
+    lines = out.getvalue().splitlines()
+    snaps = [line for line in lines if line.startswith("t=")]
+    assert len(snaps) >= 6
+    assert hub.accepted_clients >= 2, "the viewer came back after the drop"
+    assert f"requests     {doc['requests']:,}" in out.getvalue()
+    # the plain lines are one per snapshot and their counts only grow
+    counts = [int(re.search(r"requests=(\d+)", line).group(1)) for line in snaps]  # type: ignore[union-attr]
+    assert counts == sorted(counts)
+    assert counts[-1] == doc["requests"]
+
+
+def test_sparkline_scales_to_the_largest_value() -> None:
+    assert sparkline([0, 1, 2, 4], 10) == "▁▃▅█"
+    assert sparkline([5, 5], 1) == "█"
+    assert sparkline([0, 0], 5) == "▁▁"
+    assert sparkline([], 5) == ""
+
+
+def test_ws_url() -> None:
+    assert ws_url("ws://127.0.0.1:9100/") == "ws://127.0.0.1:9100/"
+    assert ws_url("http://127.0.0.1:9100/") == "ws://127.0.0.1:9100/"
+    assert ws_url("https://h:1/x") == "wss://h:1/x"
+    for bad in ("ftp://h/", "127.0.0.1:9100", "ws://h:99999/"):
+        with pytest.raises(ConfigError):
+            ws_url(bad)
+
+
+def test_view_ignores_snapshots_seen_before_a_reconnect() -> None:
+    view = View(60)
+    view.take({"type": "hello", "run_id": "a", "interval": 1.0})
+    for seq in (0, 1, 1, 2):
+        view.take({"type": "snapshot", "seq": seq, "rps": 10.0 + seq})
+    assert list(view.rps) == [10.0, 11.0, 12.0]
+    view.take({"type": "hello", "run_id": "b", "interval": 1.0})  # a new run: fresh history
+    assert list(view.rps) == []
