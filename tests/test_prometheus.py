@@ -287,7 +287,7 @@ async def test_dashboards_and_rules_against_two_scraped_runs(
     ended = time.time()
     summaries = [runs[0][0], runs[1][0]]
     requests = sum(s["requests"] for s in summaries)
-    assert summaries[0]["requests"] >= 1000 and summaries[1]["requests"] >= 300
+    assert summaries[0]["requests"] >= 300 and summaries[1]["requests"] >= 100
 
     # Totals: the last values scraped from both processes agree with their summaries.
     at = ended
