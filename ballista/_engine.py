@@ -515,12 +515,23 @@ class Engine:
             if cap is not None:
                 while recorder.in_flight >= cap:
                     waited = True
-                    if now - due >= timeout:
+                    if now >= due + timeout:  # the same sum as the deadline below: no float gap
                         break
                     with trio.move_on_at(due + timeout):
                         await self._slot_freed.wait()
                     now = trio.current_time()
                     if self._stop_sending:
+                        # This request and the others already due never started:
+                        # dropped, so that requests + dropped = what was scheduled.
+                        horizon = now - start if end is None else min(now - start, end)
+                        dropped = 1
+                        while (
+                            (nxt := arrivals.next()) is not None
+                            and nxt < horizon
+                            and self._take_budget()
+                        ):
+                            dropped += 1
+                        recorder.record_dropped(dropped)
                         return
                 if recorder.in_flight >= cap:
                     recorder.record_dropped()
