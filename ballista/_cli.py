@@ -580,12 +580,7 @@ async def run_and_report(
         assert config.load.adaptive is not None
         controller = build_controller(config.load.adaptive)
 
-    def fan_out(snap: Snapshot) -> None:
-        # `sinks` grows below, after the engine exists (which copies what it is given).
-        for sink in sinks:
-            sink(snap)
-
-    engine = Engine(config, sinks=[fan_out], controller=controller)
+    engine = Engine(config, sinks=sinks, controller=controller)
     if thresholds is not None and outputs.abort_on_fail:
         checker = thresholds
 
@@ -593,7 +588,7 @@ async def run_and_report(
             if not snap.final and checker.known_failed(snap):
                 engine.stop()
 
-        sinks.append(abort_when_failed)
+        engine.add_sink(abort_when_failed)
     started_at = dt.datetime.now(dt.UTC)
     exit_code = EXIT_OK
     async with trio.open_nursery() as services:
@@ -607,7 +602,7 @@ async def run_and_report(
                 serve_metrics, exporter, outputs.metrics_addr, outputs.metrics_port
             )
             print(f"ballista: metrics on http://{outputs.metrics_addr}:{port}/metrics", file=stderr)
-            sinks.append(exporter.update)
+            engine.add_sink(exporter.update)
             engine.on_start.append(exporter.on_start)
         if outputs.live_port is not None:
             from ._live import LiveHub, serve_live
@@ -615,7 +610,7 @@ async def run_and_report(
             hub = LiveHub(config, run_id=run_id, started_at=started_at)
             port = await services.start(serve_live, hub, outputs.live_addr, outputs.live_port)
             print(f"ballista: live stream on ws://{outputs.live_addr}:{port}/", file=stderr)
-            sinks.append(hub.publish)
+            engine.add_sink(hub.publish)
             engine.on_start.append(hub.on_start)
         services.start_soon(_watch_signals, engine)
         final = await engine.run()

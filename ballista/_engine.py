@@ -171,6 +171,10 @@ class Engine:
 
     # -- control from outside -------------------------------------------------
 
+    def add_sink(self, sink: SnapshotSink) -> None:
+        """Deliver every snapshot from now on to `sink` too (called synchronously)."""
+        self._sinks.append(sink)
+
     def stop(self, *, grace: float | None = None) -> None:
         """Stop sending now; in-flight requests get `grace` seconds to finish."""
         self._stop_sending = True
