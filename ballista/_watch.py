@@ -352,7 +352,7 @@ async def watch(
         view.status = "reconnecting"
         screen.show(view, "note")
         await trio.sleep(backoff)
-        backoff = min(2.0, backoff * 2)
+        backoff = min(1.0, backoff * 2)
     view.status = "finished"
     if view.snap is not None and tty:
         screen.show(view, "snapshot")

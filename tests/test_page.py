@@ -49,6 +49,8 @@ for (let i = 0; i < data.length; i += 4) {
 }
 return n;
 """
+CANVAS_IMAGE = "return document.querySelector('#' + arguments[0] + ' canvas').toDataURL();"
+CHART_POINTS = "return window.ballista.charts[arguments[0]].data[0].length;"
 GREEN_2XX = (0x2C, 0xA0, 0x2C)  # the 2xx series of #chart-status
 BLUE_P50 = (0x1F, 0x77, 0xB4)  # the p50 series of #chart-latency
 
@@ -149,14 +151,19 @@ async def test_live_page_follows_a_run_and_shows_the_summary(
         assert await in_thread(text, "protocol") == "HTTP/1.1"
         first = await in_thread(count, "requests")
         green_first = await in_thread(pixels, "chart-status", GREEN_2XX)
+        image_first = await in_thread(driver.execute_script, CANVAS_IMAGE, "chart-status")
+        points_first = await in_thread(driver.execute_script, CHART_POINTS, "chart-status")
         await trio.sleep(1.0)
         second = await in_thread(count, "requests")
         assert 0 < first < second
         assert float((await in_thread(text, "rps")).replace(",", "")) > 0
         assert (await in_thread(text, "p99")).endswith("ms")
         assert await in_thread(text, "limit") == "4"
-        green_second = await in_thread(pixels, "chart-status", GREEN_2XX)
-        assert green_second > green_first > 0, "the 2xx line grows as snapshots come in"
+        # the 2xx line is drawn, and the chart is redrawn as snapshots come in
+        assert green_first > 0
+        assert await in_thread(pixels, "chart-status", GREEN_2XX) > 0
+        assert await in_thread(driver.execute_script, CHART_POINTS, "chart-status") > points_first
+        assert await in_thread(driver.execute_script, CANVAS_IMAGE, "chart-status") != image_first
         assert await in_thread(pixels, "chart-latency", BLUE_P50) > 0
         points = await in_thread(
             driver.execute_script, "return window.ballista.charts['chart-rate'].data[0].length"

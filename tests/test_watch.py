@@ -15,6 +15,7 @@ import termios
 from pathlib import Path
 
 import pytest
+import servers
 import trio
 from servers import RunningTarget
 
@@ -41,6 +42,25 @@ async def test_watch_in_a_terminal_shows_the_run_and_its_summary(
     target: RunningTarget, tmp_path: Path
 ) -> None:
     summary_path = tmp_path / "summary.json"
+    port = servers.closed_port()  # free now; the run binds it below
+    url = f"ws://127.0.0.1:{port}/"
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "PYTHONWARNINGS": "ignore"}
+    viewer = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "ballista", "watch", url],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    screen = bytearray()
+    terminal = trio.lowlevel.FdStream(master)
+    # The viewer starts first and keeps trying until the run's stream is up.
+    with trio.fail_after(20):
+        while b"reconnecting" not in screen:
+            screen += await terminal.receive_some(65536)
     run = await trio.lowlevel.open_process(
         [
             sys.executable,
@@ -55,38 +75,16 @@ async def test_watch_in_a_terminal_shows_the_run_and_its_summary(
             "--interval",
             "0.25s",
             "--live-port",
-            "0",
+            str(port),
             "-q",
             "--json",
             str(summary_path),
         ],
-        stderr=-1,  # PIPE
     )
-    assert run.stderr is not None
-    head = b""
-    with trio.fail_after(15):
-        while b"live stream on ws://" not in head or not head.endswith(b"\n"):
-            head += await run.stderr.receive_some(4096)
-    url = re.search(rb"ws://[0-9.]+:\d+/", head)
-    assert url is not None
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    env = {**os.environ, "TERM": "xterm-256color", "PYTHONWARNINGS": "ignore"}
-    viewer = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "ballista", "watch", url.group().decode()],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env,
-    )
-    os.close(slave)
-    screen = bytearray()
-    with trio.fail_after(30):
-        await read_all(trio.lowlevel.FdStream(master), screen)
+    with trio.fail_after(40):
+        await read_all(terminal, screen)
         assert await viewer.wait() == 0
         assert await run.wait() == 0
-    await run.stderr.aclose()
 
     doc = json.loads(summary_path.read_text())
     text = ANSI.sub(b"", bytes(screen)).decode()
