@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -256,7 +257,7 @@ def test_few_requests_never_settle() -> None:
 # -- end to end ------------------------------------------------------------------------
 
 
-async def run_cli(*args: str) -> trio.CompletedProcess[bytes]:
+async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
     return await trio.run_process(
         [sys.executable, "-m", "ballista", *args],
         capture_stdout=True,
