@@ -631,6 +631,7 @@ async def run_and_report(
             final_limit=controller.settled_limit() if controller is not None else None,
             thresholds=verdicts,
             notes=tuple(engine.notes()),
+            duration=engine.sending_duration,
         )
         doc = summary_dict(final, meta, config)
         if not outputs.quiet:

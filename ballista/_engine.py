@@ -158,6 +158,8 @@ class Engine:
         self._limit_changed = trio.Event()
         #: called with the RunInfo once the protocol and connections are decided
         self.on_start: list[Callable[[RunInfo], None]] = []
+        self._started_at: float | None = None
+        self._sending_ended_at: float | None = None
         #: set by signal handling: a person asked the run to stop
         self.interrupted = False
         self._signalled = trio.Event()
@@ -177,6 +179,8 @@ class Engine:
 
     def stop(self, *, grace: float | None = None) -> None:
         """Stop sending now; in-flight requests get `grace` seconds to finish."""
+        if not self._stop_sending and self._started_at is not None:
+            self._sending_ended_at = trio.current_time()
         self._stop_sending = True
         self._limit_changed.set()
         scope = self._workers_scope
@@ -187,6 +191,17 @@ class Engine:
     @property
     def stopping(self) -> bool:
         return self._stop_sending
+
+    @property
+    def sending_duration(self) -> float | None:
+        """Seconds from the start until sending stopped (the end of -d, or a stop());
+        the whole run when it ended by itself (-n). Requests still in flight at the
+        stop finish after it, but were sent within it: rates are per this window."""
+        if self._started_at is None or self.final is None:
+            return None
+        if self._sending_ended_at is None:
+            return self.final.elapsed
+        return min(self._sending_ended_at - self._started_at, self.final.elapsed)
 
     def signal(self) -> None:
         """A person asked to stop (SIGINT/SIGTERM): first time graceful, then at once."""
@@ -231,6 +246,7 @@ class Engine:
             http2, ssl_context, probe = await self._negotiate()
             n_conn = self._connection_count(http2)
             start = trio.current_time()
+            self._started_at = start
             recorder = Recorder(
                 config.requests, track_service_time=self.model == "open", start=start
             )
@@ -514,6 +530,7 @@ class Engine:
                 await trio.sleep_until(due)
                 now = trio.current_time()
             if self._stop_sending:
+                self._drop_backlog(arrivals, start, end, recorder, pending=offset < now - start)
                 return
             waited = False
             if cap is not None:
@@ -525,17 +542,7 @@ class Engine:
                         await self._slot_freed.wait()
                     now = trio.current_time()
                     if self._stop_sending:
-                        # This request and the others already due never started:
-                        # dropped, so that requests + dropped = what was scheduled.
-                        horizon = now - start if end is None else min(now - start, end)
-                        dropped = 1
-                        while (
-                            (nxt := arrivals.next()) is not None
-                            and nxt < horizon
-                            and self._take_budget()
-                        ):
-                            dropped += 1
-                        recorder.record_dropped(dropped)
+                        self._drop_backlog(arrivals, start, end, recorder, pending=True)
                         return
                 if recorder.in_flight >= cap:
                     recorder.record_dropped()
@@ -546,6 +553,28 @@ class Engine:
             recorder.request_started()
             conn = next(rr) if rr is not None else None
             nursery.start_soon(self._open_request, due, conn, idle, recorder)
+        self._drop_backlog(arrivals, start, end, recorder, pending=False)
+
+    def _drop_backlog(
+        self,
+        arrivals: Arrivals,
+        start: float,
+        end: float | None,
+        recorder: Recorder,
+        *,
+        pending: bool,
+    ) -> None:
+        """At a stop, requests that were already due but never started (the one in
+        hand when `pending`, and any a lagging scheduler had not reached) count as
+        dropped, so that requests + dropped = what was scheduled until the stop."""
+        horizon = trio.current_time() - start
+        if end is not None:
+            horizon = min(horizon, end)
+        dropped = int(pending)
+        while (nxt := arrivals.next()) is not None and nxt < horizon and self._take_budget():
+            dropped += 1
+        if dropped:
+            recorder.record_dropped(dropped)
 
     async def _open_request(
         self,

@@ -30,6 +30,15 @@ class RunMeta:
     final_limit: int | None = None
     thresholds: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     notes: Sequence[str] = field(default_factory=tuple)
+    #: the sending window (Engine.sending_duration); the snapshot's elapsed if None
+    duration: float | None = None
+
+    def duration_of(self, snap: Snapshot) -> float:
+        return snap.elapsed if self.duration is None else self.duration
+
+    def rps_of(self, snap: Snapshot) -> float:
+        d = self.duration_of(snap)
+        return snap.requests / d if d > 0 else 0.0
 
 
 def iso_utc(when: dt.datetime) -> str:
@@ -60,13 +69,13 @@ def summary_dict(snap: Snapshot, meta: RunMeta, config: RunConfig | None = None)
         "model": meta.model,
         "protocol": meta.protocol,
         "started_at": iso_utc(meta.started_at),
-        "duration_s": round(snap.elapsed, 6),
+        "duration_s": round(meta.duration_of(snap), 6),
         "requests": snap.requests,
         "responses": snap.responses,
         "errors": snap.errors,
         "failed": snap.failed,
         "error_rate": snap.error_rate,
-        "rps": round(snap.rps, 3),
+        "rps": round(meta.rps_of(snap), 3),
         "latency_s": _latency(snap.latency),
     }
     if snap.service_time is not None:
@@ -128,8 +137,8 @@ def format_summary(snap: Snapshot, meta: RunMeta) -> str:
         f"{conc}{meta.connections} connection{'s' if meta.connections != 1 else ''}"
     )
     lines.append("")
-    rate = f"{snap.rps:,.1f}/s"
-    lines.append(f"  duration     {format_duration(snap.elapsed)}")
+    rate = f"{meta.rps_of(snap):,.1f}/s"
+    lines.append(f"  duration     {format_duration(meta.duration_of(snap))}")
     lines.append(
         f"  requests     {_count(snap.requests)} ({rate})   responses {_count(snap.responses)}"
         f"   errors {_count(snap.errors)}"
