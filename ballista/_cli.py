@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import importlib
 import os
 import signal
@@ -594,24 +595,37 @@ async def run_and_report(
     async with trio.open_nursery() as services:
         exporter = None
         hub = None
-        if outputs.metrics_port is not None:
-            from ._metrics import MetricsExporter, serve_metrics
-
-            exporter = MetricsExporter(config, run_id=run_id)
-            port = await services.start(
-                serve_metrics, exporter, outputs.metrics_addr, outputs.metrics_port
-            )
-            print(f"ballista: metrics on http://{outputs.metrics_addr}:{port}/metrics", file=stderr)
-            engine.add_sink(exporter.update)
-            engine.on_start.append(exporter.on_start)
+        live_port: int | None = None
+        # The live stream first: the page served beside /metrics needs its bound port.
         if outputs.live_port is not None:
             from ._live import LiveHub, serve_live
 
             hub = LiveHub(config, run_id=run_id, started_at=started_at)
-            port = await services.start(serve_live, hub, outputs.live_addr, outputs.live_port)
-            print(f"ballista: live stream on ws://{outputs.live_addr}:{port}/", file=stderr)
+            live_port = await services.start(serve_live, hub, outputs.live_addr, outputs.live_port)
+            print(f"ballista: live stream on ws://{outputs.live_addr}:{live_port}/", file=stderr)
             engine.add_sink(hub.publish)
             engine.on_start.append(hub.on_start)
+        if outputs.metrics_port is not None:
+            from ._live import page_routes
+            from ._metrics import MetricsExporter, serve_metrics
+
+            exporter = MetricsExporter(config, run_id=run_id)
+            routes = page_routes(live_port) if live_port is not None else None
+            port = await services.start(
+                functools.partial(
+                    serve_metrics,
+                    exporter,
+                    outputs.metrics_addr,
+                    outputs.metrics_port,
+                    routes=routes,
+                )
+            )
+            where = f"http://{outputs.metrics_addr}:{port}"
+            print(f"ballista: metrics on {where}/metrics", file=stderr)
+            if live_port is not None:
+                print(f"ballista: live page on {where}/", file=stderr)
+            engine.add_sink(exporter.update)
+            engine.on_start.append(exporter.on_start)
         services.start_soon(_watch_signals, engine)
         final = await engine.run()
         info = engine.info
