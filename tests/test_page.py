@@ -29,10 +29,13 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
-pytestmark = pytest.mark.skipif(
-    not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
-    reason="needs Debian's chromium and chromium-driver (scripts/test installs them)",
-)
+
+@pytest.fixture(autouse=True)
+def _tools_are_installed() -> None:
+    # Never a skip: scripts/test installs the tool, so its absence is a failure.
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.fail("needs Debian's chromium and chromium-driver (scripts/test installs them)")
+
 
 T = TypeVar("T")
 

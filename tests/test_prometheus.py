@@ -38,10 +38,13 @@ DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None or PROMTOOL is None,
-    reason="needs the prometheus package (scripts/test installs it)",
-)
+
+@pytest.fixture(autouse=True)
+def _tools_are_installed() -> None:
+    # Never a skip: scripts/test installs the tool, so its absence is a failure.
+    if PROMETHEUS is None or PROMTOOL is None:
+        pytest.fail("needs the prometheus package (scripts/test installs it)")
+
 
 #: Dashboard variables, as Grafana would expand them for "All" over a short run.
 VARIABLES = {
