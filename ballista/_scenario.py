@@ -519,7 +519,12 @@ def config_from_scenario(
 
     # -- flags override the file ------------------------------------------------
     if getattr(ns, "url", None):
-        origin, _ = parse_url(ns.url)
+        origin, url_target = parse_url(ns.url)
+        if url_target != "/":
+            raise ConfigError(
+                f"URL {ns.url!r}: with -f give only the origin (scheme://host:port); "
+                "the scenario's base_url and paths name the requests"
+            )
     if getattr(ns, "body", None) is not None or getattr(ns, "body_file", None) is not None:
         raise ConfigError("-b/--body-file: the scenario file defines each request's body")
     if getattr(ns, "method", "GET").upper() != "GET":

@@ -421,6 +421,8 @@ def test_missing_file_and_conflicting_flags(tmp_path: Path) -> None:
         config_from_args(ns_for("-f", str(tmp_path / "nope.toml")))
     with pytest.raises(ConfigError, match="-m/--method: the scenario file defines"):
         load(tmp_path, BASE, "-m", "POST")
+    with pytest.raises(ConfigError, match="with -f give only the origin"):
+        load(tmp_path, BASE, "http://127.0.0.1:9000/v2")
     with pytest.raises(ConfigError, match="-b/--body-file: the scenario file defines"):
         load(tmp_path, BASE, "-b", "x")
     with pytest.raises(ConfigError, match=r"^api.toml: --max-in-flight applies to the open model"):
