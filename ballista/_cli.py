@@ -36,6 +36,11 @@ from ._report import LiveLine, RunMeta, format_summary, summary_dict, write_json
 from ._schedule import parse_stages
 from ._snapshot import Snapshot
 
+#: Defaults of flags a scenario file may also set (None on the parser, so a flag
+#: typed on the command line always wins over the file).
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_INTERVAL = 1.0
+
 EXIT_OK = 0
 EXIT_THRESHOLD = 1
 EXIT_USAGE = 2
@@ -134,7 +139,7 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout",
         type=_duration("--timeout"),
-        default=30.0,
+        default=None,
         help="per-request timeout (default 30s)",
     )
     p.add_argument("-m", "--method", default="GET", help="HTTP method (default GET)")
@@ -154,7 +159,7 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--interval",
         type=_duration("--interval"),
-        default=1.0,
+        default=None,
         help="snapshot interval (default 1s)",
     )
 
@@ -202,7 +207,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     open_model.add_argument(
         "--arrival",
         choices=("constant", "poisson"),
-        default="constant",
+        default=None,
         help="open model: constant gaps (default) or Poisson arrivals",
     )
     open_model.add_argument(
@@ -465,7 +470,7 @@ def load_from_args(ns: argparse.Namespace, *, sequential: bool = False) -> LoadS
         requests=ns.requests,
         max_in_flight=max_in_flight,
         stages=stages,
-        arrival=getattr(ns, "arrival", "constant"),
+        arrival=getattr(ns, "arrival", None) or "constant",
         adaptive=adaptive_spec,
     )
 
@@ -494,9 +499,9 @@ def config_from_args(ns: argparse.Namespace, *, sequential: bool = False) -> Run
         load=load,
         protocol=protocol,
         connections=ns.connections,
-        timeout=ns.timeout,
+        timeout=DEFAULT_TIMEOUT if ns.timeout is None else ns.timeout,
         insecure=ns.insecure,
-        interval=ns.interval,
+        interval=DEFAULT_INTERVAL if ns.interval is None else ns.interval,
         scenario=getattr(ns, "scenario_name", None) or "default",
         thresholds=tuple(getattr(ns, "threshold", ())),
         ca_file=ns.cacert,
@@ -644,7 +649,8 @@ async def run_and_report(
             connections=info.connections,
             final_limit=controller.settled_limit() if controller is not None else None,
             thresholds=verdicts,
-            notes=tuple(engine.notes()),
+            notes=tuple(engine.notes())
+            + ((controller.capacity_note(final),) if controller is not None else ()),
             duration=engine.sending_duration,
         )
         doc = summary_dict(final, meta, config)

@@ -31,7 +31,11 @@ class Phase:
 
 def _passthrough(ns: argparse.Namespace) -> list[str]:
     """The request and load flags both phases share."""
-    args = [ns.url, "--timeout", str(ns.timeout), "-m", ns.method, "--interval", str(ns.interval)]
+    args = [ns.url, "-m", ns.method]
+    if ns.timeout is not None:
+        args += ["--timeout", str(ns.timeout)]
+    if ns.interval is not None:
+        args += ["--interval", str(ns.interval)]
     if ns.requests is not None:
         args += ["-n", str(ns.requests)]
     if ns.duration is not None:

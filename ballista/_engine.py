@@ -156,6 +156,7 @@ class Engine:
         self.final: Snapshot | None = None
         self._pick = self._make_picker()
         self._limit_changed = trio.Event()
+        self._slot_freed = trio.Event()
         #: called with the RunInfo once the protocol and connections are decided
         self.on_start: list[Callable[[RunInfo], None]] = []
         self._started_at: float | None = None
@@ -183,6 +184,8 @@ class Engine:
             self._sending_ended_at = trio.current_time()
         self._stop_sending = True
         self._limit_changed.set()
+        # Wake an open-model scheduler waiting for a free slot: it counts its backlog.
+        self._slot_freed.set()
         scope = self._workers_scope
         if scope is not None:
             g = self._grace if grace is None else grace

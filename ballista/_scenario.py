@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ._config import (
-    AdaptiveSpec,
     LoadSpec,
     Origin,
     Protocol,
@@ -36,7 +35,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}$")
 #: The key of `[thresholds]` that means the whole run rather than one request.
 ALL = "all"
 #: Parser defaults of flags that have one: a flag equal to its default does not override.
-_FLAG_DEFAULTS = {"timeout": 30.0, "interval": 1.0, "arrival": "constant", "method": "GET"}
+_FLAG_DEFAULTS: dict[str, object] = {"method": "GET", "no_slow_start": False}
 
 _TOP_KEYS = ("name", "base_url", "defaults", "requests", "load", "thresholds")
 _DEFAULT_KEYS = ("headers", "timeout", "protocol", "connections", "insecure", "interval")
@@ -62,7 +61,21 @@ _LOAD_KEYS = (
     "arrival",
     "adaptive",
 )
-_ADAPTIVE_KEYS = ("latency_target", "percentile", "initial", "min", "max", "increase", "backoff")
+_ADAPTIVE_KEYS = (
+    "latency_target",
+    "percentile",
+    "initial",
+    "min",
+    "max",
+    "increase",
+    "backoff",
+    "window_min",
+    "window_max",
+    "window_samples",
+    "congestion_statuses",
+    "congestion_tolerance",
+    "slow_start",
+)
 _MODELS = ("closed", "open", "adaptive", "sequential")
 
 
@@ -291,8 +304,6 @@ class _FileLoad:
     model: str | None = None
     values: dict[str, Any] = dataclasses.field(default_factory=dict)
     stages: tuple[Stage, ...] = ()
-    increase: int | None = None
-    backoff: float | None = None
 
 
 def _load(f: _File, raw: Any) -> _FileLoad:
@@ -339,13 +350,34 @@ def _load(f: _File, raw: Any) -> _FileLoad:
         ):
             if key in ad:
                 v[flag] = f.integer(ad[key], f"load.adaptive.{key}")
+        # The rest map onto their flags' names: a flag typed on the command line wins.
         if "increase" in ad:
-            out.increase = f.integer(ad["increase"], "load.adaptive.increase")
+            v["increase"] = f.integer(ad["increase"], "load.adaptive.increase")
         if "backoff" in ad:
             backoff = f.positive(ad["backoff"], "load.adaptive.backoff")
             if backoff >= 1:
                 raise f.error("load.adaptive.backoff", "must be between 0 and 1 (e.g. 0.9)")
-            out.backoff = backoff
+            v["backoff"] = repr(backoff)
+        for key in ("window_min", "window_max"):
+            if key in ad:
+                v[key] = f.duration(ad[key], f"load.adaptive.{key}")
+        if "window_samples" in ad:
+            v["window_samples"] = f.integer(ad["window_samples"], "load.adaptive.window_samples")
+        if "congestion_statuses" in ad:
+            raw = ad["congestion_statuses"]
+            key = "load.adaptive.congestion_statuses"
+            if not isinstance(raw, list) or not all(
+                isinstance(x, int) and not isinstance(x, bool) and 100 <= x <= 599 for x in raw
+            ):
+                raise f.error(key, "must be a list of HTTP statuses, e.g. [429, 503]")
+            v["congestion_status"] = ",".join(str(x) for x in raw) if raw else "none"
+        if "congestion_tolerance" in ad:
+            tolerance = f.positive(ad["congestion_tolerance"], "load.adaptive.congestion_tolerance")
+            v["congestion_tolerance"] = repr(tolerance)
+        if "slow_start" in ad:
+            if not isinstance(ad["slow_start"], bool):
+                raise f.error("load.adaptive.slow_start", "must be true or false")
+            v["no_slow_start"] = not ad["slow_start"]
         if out.model is None:
             out.model = "adaptive"
     # The model the file means, checked against the keys it gives.
@@ -418,10 +450,9 @@ def _merged_load(
     values = dict(file_load.values)
     model = file_load.model or "closed"
     stages = file_load.stages
-    increase, backoff = file_load.increase, file_load.backoff
     if cli_model is not None and cli_model != model:
         values = {k: values[k] for k in ("duration", "requests") if k in values}
-        stages, increase, backoff = (), None, None
+        stages = ()
         model = cli_model
     merged = argparse.Namespace(**vars(ns))
     for key, value in values.items():
@@ -445,13 +476,6 @@ def _merged_load(
         load = dataclasses.replace(load, rate=None)
     if not cli_stages and stages:
         load = dataclasses.replace(load, stages=stages)
-    if load.adaptive is not None and (increase is not None or backoff is not None):
-        adaptive: AdaptiveSpec = load.adaptive
-        if increase is not None:
-            adaptive = dataclasses.replace(adaptive, increase=increase)
-        if backoff is not None:
-            adaptive = dataclasses.replace(adaptive, backoff=backoff)
-        load = dataclasses.replace(load, adaptive=adaptive)
     return load
 
 
@@ -542,9 +566,9 @@ def config_from_scenario(
         protocol = ns.protocol
     if getattr(ns, "connections", None) is not None:
         connections = ns.connections
-    if getattr(ns, "timeout", None) not in (None, _FLAG_DEFAULTS["timeout"]):
+    if getattr(ns, "timeout", None) is not None:
         timeout = ns.timeout
-    if getattr(ns, "interval", None) not in (None, _FLAG_DEFAULTS["interval"]):
+    if getattr(ns, "interval", None) is not None:
         interval = ns.interval
     if getattr(ns, "insecure", False):
         insecure = True

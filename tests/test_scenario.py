@@ -167,6 +167,48 @@ backoff = 0.7
     assert (spec.increase, spec.backoff) == (3, 0.7)
 
 
+ADAPTIVE_WINDOWS = (
+    BASE
+    + """
+[load]
+duration = "1h"
+[load.adaptive]
+backoff = 0.7
+increase = 3
+window_min = "200ms"
+window_max = "3s"
+window_samples = 40
+congestion_statuses = [429]
+congestion_tolerance = 0.05
+slow_start = false
+"""
+)
+
+
+def test_adaptive_window_and_signal_keys(tmp_path: Path) -> None:
+    spec = load(tmp_path, ADAPTIVE_WINDOWS).load.adaptive
+    assert spec is not None
+    assert (spec.window_min, spec.window_max, spec.window_samples) == (0.2, 3.0, 40)
+    assert spec.congestion_statuses == frozenset({429})
+    assert spec.congestion_tolerance == 0.05
+    assert spec.slow_start is False
+
+
+def test_adaptive_flags_win_over_the_file(tmp_path: Path) -> None:
+    spec = load(
+        tmp_path, ADAPTIVE_WINDOWS, "--backoff", "0.5", "--increase", "2", "--window-samples", "10"
+    ).load.adaptive
+    assert spec is not None
+    assert (spec.backoff, spec.increase, spec.window_samples) == (0.5, 2, 10)
+    assert spec.window_max == 3.0  # not given as a flag: the file's
+
+
+def test_timeout_flag_wins_even_at_its_default_value(tmp_path: Path) -> None:
+    text = BASE.replace("[[requests]]", '[defaults]\ntimeout = "5s"\n\n[[requests]]', 1)
+    assert load(tmp_path, text).timeout == 5.0
+    assert load(tmp_path, text, "--timeout", "30s").timeout == 30.0
+
+
 def test_flags_override_the_file(tmp_path: Path) -> None:
     text = (
         'thresholds = ["p99<1s"]\n'
