@@ -131,10 +131,20 @@ def _bytes(n: int) -> str:
 def format_summary(snap: Snapshot, meta: RunMeta) -> str:
     """The end-of-run summary for people."""
     lines: list[str] = []
-    conc = f"{meta.concurrency} concurrent, " if meta.concurrency else ""
+    plural = "s" if meta.connections != 1 else ""
+    if meta.model == "adaptive":
+        limit = f"final limit {meta.final_limit}" if meta.final_limit is not None else "limit"
+        conc = f"adaptive concurrency ({limit}, at most {meta.concurrency}), "
+        conns = f"up to {meta.connections} connection{plural}"
+    elif meta.model == "open":
+        cap = f"at most {meta.concurrency} in flight, " if meta.concurrency else ""
+        conc, conns = cap, f"up to {meta.connections} connection{plural}"
+    else:
+        conc = f"{meta.concurrency} concurrent, " if meta.concurrency else ""
+        conns = f"{meta.connections} connection{plural}"
     lines.append(
         f"ballista {__version__} · {meta.target} · {meta.model} model · {meta.protocol} · "
-        f"{conc}{meta.connections} connection{'s' if meta.connections != 1 else ''}"
+        f"{conc}{conns}"
     )
     lines.append("")
     rate = f"{meta.rps_of(snap):,.1f}/s"
