@@ -32,7 +32,7 @@ from ._config import (
 from ._durations import parse_duration
 from ._engine import Engine, SnapshotSink
 from ._errors import BallistaError, ConfigError
-from ._report import LiveLine, RunMeta, format_summary, summary_dict, write_json
+from ._report import LiveLine, format_summary, summary_dict, write_json
 from ._schedule import parse_stages
 from ._snapshot import Snapshot
 
@@ -633,26 +633,12 @@ async def run_and_report(
             engine.on_start.append(exporter.on_start)
         services.start_soon(_watch_signals, engine)
         final = await engine.run()
-        info = engine.info
-        assert info is not None
         verdicts: list[dict[str, Any]] = []
         if thresholds is not None:
             verdicts = thresholds.evaluate(final)
             if not all(v["ok"] for v in verdicts):
                 exit_code = EXIT_THRESHOLD
-        meta = RunMeta(
-            target=config.url,
-            model=info.model,
-            protocol=info.protocol,
-            started_at=started_at,
-            concurrency=info.concurrency,
-            connections=info.connections,
-            final_limit=controller.settled_limit() if controller is not None else None,
-            thresholds=verdicts,
-            notes=tuple(engine.notes())
-            + ((controller.capacity_note(final),) if controller is not None else ()),
-            duration=engine.sending_duration,
-        )
+        meta = engine.run_meta(started_at, thresholds=verdicts)
         doc = summary_dict(final, meta, config)
         if not outputs.quiet:
             text_out.write(format_summary(final, meta))

@@ -8,13 +8,14 @@ hands a snapshot to each sink once per interval.
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import itertools
 import math
 import random
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -23,6 +24,7 @@ from ._http1 import H1Connection, Result
 from ._http2 import H2Connection
 from ._outcome import ErrorKind, Sample
 from ._recorder import Recorder
+from ._report import RunMeta
 from ._schedule import Arrivals, Ramp, constant
 from ._snapshot import Snapshot
 from ._transport import (
@@ -55,6 +57,10 @@ class LimitController(Protocol):
     def limit(self) -> int: ...
 
     def on_sample(self, now: float, sample: Sample) -> int: ...
+
+    def settled_limit(self) -> int: ...
+
+    def capacity_note(self, final: Snapshot) -> str: ...
 
 
 class Connection(Protocol):
@@ -230,9 +236,35 @@ class Engine:
                 "than scheduled while slots were free: this machine, not the target, limited "
                 "the rate (fewer workers elsewhere, more CPU, or a lower -r)"
             )
+        if self._controller is not None:
+            notes.append(self._controller.capacity_note(final))
         if self.interrupted:
             notes.append("stopped early by a signal; figures cover what was done")
         return notes
+
+    def run_meta(
+        self,
+        started_at: dt.datetime,
+        *,
+        target: str | None = None,
+        thresholds: Sequence[Mapping[str, Any]] = (),
+    ) -> RunMeta:
+        """What reports need besides the statistics, once the run has started."""
+        info = self.info
+        assert info is not None, "run_meta() before the run started"
+        controller = self._controller
+        return RunMeta(
+            target=self.config.url if target is None else target,
+            model=info.model,
+            protocol=info.protocol,
+            started_at=started_at,
+            concurrency=info.concurrency,
+            connections=info.connections,
+            final_limit=controller.settled_limit() if controller is not None else None,
+            thresholds=thresholds,
+            notes=tuple(self.notes()),
+            duration=self.sending_duration,
+        )
 
     @property
     def limit(self) -> int:

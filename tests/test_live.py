@@ -18,7 +18,7 @@ from ballista._config import RunConfig
 from ballista._engine import Engine
 from ballista._httpserver import Request, Response
 from ballista._live import REDACTED, LiveHub, page_routes, serve_live
-from ballista._report import RunMeta, summary_dict
+from ballista._report import summary_dict
 from ballista._watch import connect
 
 INTERVAL = 0.25
@@ -39,16 +39,7 @@ async def run_with_hub(config: RunConfig, hub: LiveHub) -> dict[str, Any]:
     engine.on_start.append(hub.on_start)
     with trio.fail_after(30):
         final = await engine.run()
-    info = engine.info
-    assert info is not None
-    meta = RunMeta(
-        target=config.url,
-        model=info.model,
-        protocol=info.protocol,
-        started_at=hub.started_at,
-        concurrency=info.concurrency,
-        connections=info.connections,
-    )
+    meta = engine.run_meta(hub.started_at)
     return summary_dict(final, meta, config)
 
 

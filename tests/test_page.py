@@ -23,7 +23,7 @@ from ballista._cli import build_parser, config_from_args
 from ballista._engine import Engine
 from ballista._live import LiveHub, page_routes, serve_live
 from ballista._metrics import MetricsExporter, serve_metrics
-from ballista._report import RunMeta, summary_dict
+from ballista._report import summary_dict
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -122,16 +122,7 @@ async def test_live_page_follows_a_run_and_shows_the_summary(
             engine = Engine(config, sinks=[hub.publish, exporter.update], grace=2.0)
             engine.on_start.extend([hub.on_start, exporter.on_start])
             final = await engine.run()
-            info = engine.info
-            assert info is not None
-            meta = RunMeta(
-                target=config.url,
-                model=info.model,
-                protocol=info.protocol,
-                started_at=started_at,
-                concurrency=info.concurrency,
-                connections=info.connections,
-            )
+            meta = engine.run_meta(started_at)
             summary.update(summary_dict(final, meta, config))
             await hub.finish(summary)
 

@@ -23,7 +23,7 @@ from ballista._cli import build_parser, config_from_args
 from ballista._engine import Engine
 from ballista._errors import ConfigError
 from ballista._live import LiveHub, serve_live
-from ballista._report import RunMeta, summary_dict
+from ballista._report import summary_dict
 from ballista._watch import View, sparkline, watch, ws_url
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
@@ -138,16 +138,7 @@ async def test_watch_reconnects_when_the_stream_drops(
 
     nursery.start_soon(drop_and_restore)
     final = await engine.run()
-    info = engine.info
-    assert info is not None
-    meta = RunMeta(
-        target=config.url,
-        model=info.model,
-        protocol=info.protocol,
-        started_at=hub.started_at,
-        concurrency=info.concurrency,
-        connections=info.connections,
-    )
+    meta = engine.run_meta(hub.started_at)
     doc = summary_dict(final, meta, config)
     with trio.fail_after(10):
         await hub.finish(doc)
