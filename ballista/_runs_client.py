@@ -68,7 +68,8 @@ def call(
             doc: dict[str, Any] = json.loads(resp.read() or b"{}")
             return doc
     except urllib.error.HTTPError as exc:
-        raw = exc.read()
+        with exc:  # it holds the connection
+            raw = exc.read()
         try:
             message = json.loads(raw).get("error", raw.decode(errors="replace"))
         except (ValueError, AttributeError):
