@@ -69,6 +69,8 @@ class _Session:
         self.draining = False
         self.failure = ErrorKind.RESET
         self.window_changed = trio.Event()
+        #: set when the server's first SETTINGS arrived (or the connection died first)
+        self.settings_received = trio.Event()
 
 
 class H2Connection:
@@ -151,6 +153,11 @@ class H2Connection:
         self._events.connection_opened()
         self._nursery.start_soon(self._reader, session)
         self._nursery.start_soon(self._writer, session)
+        # Open no stream before the server has said how many it allows: its
+        # SETTINGS frame comes first, one round trip after the preface.
+        await session.settings_received.wait()
+        if not session.alive:
+            raise PeerClosed("the HTTP/2 connection ended before the server's SETTINGS")
         return session
 
     async def _writer(self, session: _Session) -> None:
@@ -212,6 +219,7 @@ class H2Connection:
                         self._on_goaway(session, event)  # type: ignore[arg-type]
                     elif cls is h2.events.RemoteSettingsChanged:
                         self.max_streams = conn.remote_settings.max_concurrent_streams
+                        session.settings_received.set()
                         self._wake_slots()
                     elif cls is h2.events.WindowUpdated:
                         session.window_changed.set()
@@ -240,6 +248,7 @@ class H2Connection:
         if not session.alive:
             return
         session.alive = False
+        session.settings_received.set()
         for st in session.streams.values():
             st.error = kind
             st.done.set()
@@ -279,12 +288,15 @@ class H2Connection:
         acquired = False
         with trio.CancelScope(deadline=deadline):
             try:
-                while self.active >= self.max_streams:
+                while True:
+                    phase = ErrorKind.CONNECT_TIMEOUT
+                    session = await self._get_session()
+                    if self.active < self.max_streams:
+                        break
+                    phase = ErrorKind.POOL_TIMEOUT
                     await self._slot_freed.wait()
                 self.active += 1
                 acquired = True
-                phase = ErrorKind.CONNECT_TIMEOUT
-                session = await self._get_session()
                 phase = ErrorKind.WRITE_TIMEOUT
                 conn = session.h2
                 sid = conn.get_next_available_stream_id()

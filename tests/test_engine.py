@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import trio
 from servers import FaultServer, RunningTarget
@@ -284,3 +286,56 @@ async def test_stop_lets_in_flight_finish(target: RunningTarget) -> None:
     assert final.requests == target.stats.requests
     assert final.errors == 0
     assert final.elapsed < 2.0
+
+
+# -- HTTP/2 respects the server's SETTINGS_MAX_CONCURRENT_STREAMS --------------------
+
+
+class StreamCountingApp:
+    """An ASGI app that holds each response and records the peak of concurrent requests."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+        self.requests = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        self.requests += 1
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await trio.sleep(0.02)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+        finally:
+            self.active -= 1
+
+
+async def test_h2_never_exceeds_max_concurrent_streams(nursery: trio.Nursery) -> None:
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    app = StreamCountingApp()
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.h2_max_concurrent_streams = 3
+    config.loglevel = "WARNING"
+    asgi: Any = app
+    binds = await nursery.start(functools.partial(serve, asgi, config, mode="asgi"))
+    port = int(binds[0].rsplit(":", 1)[1])
+    _, final = await run(
+        f"http://127.0.0.1:{port}/", "--http2", "-n", "60", "-c", "12", "--connections", "1"
+    )
+    assert final.requests == app.requests == 60
+    assert final.errors == 0
+    assert final.connections_opened == 1
+    # 12 workers on one connection, but never more than the 3 streams the server allows.
+    assert app.peak == 3
