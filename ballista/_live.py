@@ -396,6 +396,7 @@ STATIC_FILES: dict[str, str] = {
     "uPlot.LICENSE": "text/plain; charset=utf-8",
 }
 
+
 def static_file(name: str) -> bytes:
     return resources.files("ballista").joinpath("static", name).read_bytes()
 
