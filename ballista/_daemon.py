@@ -364,24 +364,11 @@ class RunHandle:
         from ._live import redact_url
 
         engine = self.engine
-        info = engine.info if engine is not None else None
-        assert info is not None
+        assert engine is not None
         verdicts: list[dict[str, Any]] = []
-        if self.thresholds is not None and engine is not None and engine.recorder is not None:
-            snap = engine.final if final else None
-            if snap is not None:
-                verdicts = self.thresholds.evaluate(snap)
-        return RunMeta(
-            target=redact_url(self.config),
-            model=info.model,
-            protocol=info.protocol,
-            started_at=self.started_at,
-            concurrency=info.concurrency,
-            connections=info.connections,
-            final_limit=self.controller.settled_limit() if self.controller is not None else None,
-            thresholds=verdicts,
-            notes=tuple(engine.notes()) if engine is not None and final else (),
-        )
+        if final and self.thresholds is not None and engine.final is not None:
+            verdicts = self.thresholds.evaluate(engine.final)
+        return engine.run_meta(self.started_at, target=redact_url(self.config), thresholds=verdicts)
 
     def queue_point(self, point: Point) -> None:
         if len(self._queue) >= WRITE_QUEUE:
@@ -431,6 +418,8 @@ class ServeOptions:
     token: str | None = None
     grace: float = DEFAULT_GRACE
     max_runs: int = DEFAULT_MAX_RUNS
+    #: an extra listener serving /metrics alone (never behind the token)
+    metrics_port: int | None = None
 
 
 def is_loopback(addr: str) -> bool:
@@ -462,6 +451,7 @@ class Daemon:
         self.started = time.time()
         self.port: int | None = None
         self.live_port: int | None = None
+        self.metrics_port: int | None = None
         self.shutting_down = False
         self._nursery: trio.Nursery | None = None
         self._db_lock = trio.Lock()
@@ -499,11 +489,20 @@ class Daemon:
                 self.port = await nursery.start(
                     serve_http, self._routes(), self.options.addr, self.options.port
                 )
+                if self.options.metrics_port is not None:
+                    self.metrics_port = await nursery.start(
+                        serve_http,
+                        {"/metrics": self._metrics},
+                        self.options.addr,
+                        self.options.metrics_port,
+                    )
                 log.info(
-                    "ballista serve: API on http://%s:%s/api, live stream on port %s, data in %s",
+                    "ballista serve: API on http://%s:%s/api, live stream on port %s, "
+                    "metrics on port %s, data in %s",
                     self.options.addr,
                     self.port,
                     self.live_port,
+                    self.metrics_port or self.port,
                     self.options.data_dir,
                 )
                 self._resume_and_boot(boot)
@@ -1040,6 +1039,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"live websocket stream ({DEFAULT_LIVE_PORT})",
     )
     parser.add_argument(
+        "--metrics-port",
+        default=None,
+        help="also serve /metrics alone on this port (it is always on --port too)",
+    )
+    parser.add_argument(
         "--data-dir", default=None, metavar="DIR", help="run history (./ballista-data)"
     )
     parser.add_argument(
@@ -1093,6 +1097,7 @@ def options_from_args(
         token=token,
         grace=parse_duration(str(ns.grace), what="--grace"),
         max_runs=max_runs,
+        metrics_port=None if ns.metrics_port is None else _port("--metrics-port", ns.metrics_port),
     )
     if not is_loopback(options.addr) and not options.token:
         raise ConfigError(
