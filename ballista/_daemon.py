@@ -822,14 +822,11 @@ class Daemon:
     def _routes(self) -> dict[str, Any]:
         routes: dict[str, Any] = {"/api/": self._api, "/metrics": self._metrics}
         if self.live_port is not None:
+            from ._live import page_routes
+
             try:
-                from ._live import page_routes
-            except ImportError:  # pragma: no cover
-                return routes
-            try:
-                for path, handler in page_routes(self.live_port).items():
-                    routes[path] = _adapt_page_handler(handler)
-            except (FileNotFoundError, OSError):
+                routes.update(page_routes(self.live_port))
+            except OSError:
                 log.warning("live page files are missing: / is not served")
         return routes
 
@@ -1012,16 +1009,6 @@ def _json(status: int, doc: Mapping[str, Any], headers: Sequence[tuple[str, str]
         [("content-type", "application/json"), ("cache-control", "no-store"), *headers],
         body,
     )
-
-
-def _adapt_page_handler(handler: Callable[..., Any]) -> Callable[[Request], Response]:
-    def adapted(request: Request) -> Response:
-        status, headers, body = handler(
-            request.method, request.path, request.query, list(request.headers)
-        )
-        return Response(status, [(k.lower(), v) for k, v in headers], body)
-
-    return adapted
 
 
 # -- command line ---------------------------------------------------------------------------

@@ -125,6 +125,9 @@ async def daemon(nursery: trio.Nursery, tmp_path: Path) -> Daemon:
 async def test_api_start_list_show_stop(daemon: Daemon, target: RunningTarget) -> None:
     port = daemon.port
     assert port is not None
+    status, page = await api(port, "GET", "/")
+    assert status == 200
+    assert f'content="{daemon.live_port}"' in page
     status, health = await api(port, "GET", "/api/health")
     assert (status, health["status"], health["runs_active"]) == (200, "ok", 0)
 
