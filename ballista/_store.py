@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -255,6 +256,9 @@ class Store:
         self.points_per_level = max(2, points_per_level)
         self._clock = clock
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        # One connection, used from the daemon's thread and its writer threads:
+        # transactions and reads take turns, so no read sees half a transaction.
+        self._lock = threading.Lock()
         # WAL + synchronous=NORMAL: a committed interval survives a killed
         # process (only a power loss may drop the newest transactions).
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -268,18 +272,24 @@ class Store:
             )
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     # -- runs -----------------------------------------------------------------
 
@@ -475,27 +485,25 @@ class Store:
     )
 
     def get_run(self, run_id: str) -> RunRow | None:
-        r = self._db.execute(f"{self._SELECT} WHERE id = ?", (run_id,)).fetchone()
-        return None if r is None else self._row(r)
+        rows = self._read(f"{self._SELECT} WHERE id = ?", (run_id,))
+        return self._row(rows[0]) if rows else None
 
     def list_runs(self, *, status: str | None = None, limit: int = 100) -> list[RunRow]:
         if status is None:
-            rows = self._db.execute(
-                f"{self._SELECT} ORDER BY created_at DESC LIMIT ?", (limit,)
-            ).fetchall()
+            rows = self._read(f"{self._SELECT} ORDER BY created_at DESC LIMIT ?", (limit,))
         else:
-            rows = self._db.execute(
+            rows = self._read(
                 f"{self._SELECT} WHERE status = ? ORDER BY created_at DESC LIMIT ?",
                 (status, limit),
-            ).fetchall()
+            )
         return [self._row(r) for r in rows]
 
     def segments(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT seg, started_at, ended_at, status, summary FROM segments WHERE run_id = ?"
             " ORDER BY seg",
             (run_id,),
-        ).fetchall()
+        )
         return [
             {
                 "segment": r[0],
@@ -510,14 +518,11 @@ class Store:
 
     def points(self, run_id: str) -> list[Point]:
         """The run's figures over time, oldest first, at whatever resolution survives."""
-        rows = self._db.execute(
-            f"SELECT {_POINT_COLS} FROM points WHERE run_id = ? ORDER BY t_start",
-            (run_id,),
-        ).fetchall()
+        rows = self._read(
+            f"SELECT {_POINT_COLS} FROM points WHERE run_id = ? ORDER BY t_start", (run_id,)
+        )
         return [_point_from_row(r) for r in rows]
 
     def point_count(self, run_id: str) -> int:
-        (n,) = self._db.execute(
-            "SELECT COUNT(*) FROM points WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        ((n,),) = self._read("SELECT COUNT(*) FROM points WHERE run_id = ?", (run_id,))
         return int(n)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import servers
 import trio
-from servers import RunningTarget
+from servers import FaultServer, RunningTarget
 from trio_websocket import open_websocket_url
 
 from ballista._config import LoadSpec, RequestSpec, RunConfig, parse_url
@@ -372,6 +372,28 @@ async def test_target_killed_and_restarted_mid_run(daemon: Daemon, nursery: trio
     assert points[-2]["status_codes"].get("200", 0) > 0
     assert any(p["errors"] > 0 for p in points)
     assert summary["connections_opened"] > 4
+
+
+@pytest.mark.parametrize("fault", ["reset", "garbage", "close_immediately", "silent"])
+async def test_misbehaving_targets_are_counted_never_fatal(
+    daemon: Daemon, fault: str, nursery: trio.Nursery
+) -> None:
+    server: FaultServer = await getattr(servers, f"start_{fault}_server")(nursery)
+    assert daemon.port is not None
+    doc = {
+        "name": "fault",
+        "requests": [{"name": "home", "url": server.url}],
+        "defaults": {"timeout": "300ms", "interval": "200ms"},
+        "load": {"concurrency": 2, "duration": "1s"},
+    }
+    status, created = await api(daemon.port, "POST", "/api/runs", doc)
+    assert status == 201
+    final = await wait_status(daemon.port, created["id"], "finished")
+    kinds = {k: v for k, v in final["summary"]["errors_by_kind"].items() if v}
+    assert kinds.get(server.kind.label, 0) > 0, kinds
+    assert final["summary"]["errors"] == final["summary"]["requests"]
+    # and the daemon is still there for the next one
+    assert (await api(daemon.port, "GET", "/api/health"))[0] == 200
 
 
 # -- processes: SIGTERM, SIGKILL, SIGHUP -----------------------------------------------------------
