@@ -663,8 +663,11 @@ class Daemon:
 
             assert config.load.adaptive is not None
             handle.controller = build_controller(config.load.adaptive)
-        # Its own throwaway registry: the daemon's AllRuns collects it.
-        handle.exporter = MetricsExporter(config, run_id=handle.id, registry=CollectorRegistry())
+        # Its own throwaway registry: the daemon's AllRuns collects it. It is shown
+        # request targets with secret query values hidden (run_info's `target`).
+        handle.exporter = MetricsExporter(
+            _redacted_targets(config), run_id=handle.id, registry=CollectorRegistry()
+        )
         handle.hub = LiveHub(config, run_id=handle.id, started_at=handle.started_at)
         handle.sinks.extend([handle.exporter.update, handle.hub.publish, self._store_sink(handle)])
         # The engine copies its sinks: build it once they are all there.
@@ -970,6 +973,18 @@ class Daemon:
         active = [h for h in handles if h.active]
         chosen = active or handles
         return chosen[-1] if chosen else None
+
+
+def _redacted_targets(config: RunConfig) -> RunConfig:
+    from ._live import redact_target
+
+    return dataclasses.replace(
+        config,
+        requests=tuple(
+            dataclasses.replace(r, target=redact_target(r.target), headers=(), body=b"")
+            for r in config.requests
+        ),
+    )
 
 
 def _public_url(config: RunConfig) -> str:

@@ -309,6 +309,7 @@ async def test_secret_headers_are_redacted_everywhere(
     assert port is not None and daemon.live_port is not None
     doc = scenario(target, duration="1s")
     doc["requests"][0]["headers"] = {"X-Api-Key": "key-value-xyz", "Accept": "text/plain"}
+    doc["requests"][0]["path"] = "/?api_token=qs-secret-987&size=10"
     status, created = await api(port, "POST", "/api/runs", doc)
     assert status == 201
     async with open_websocket_url(f"ws://127.0.0.1:{daemon.live_port}/runs/{created['id']}") as ws:
@@ -328,6 +329,7 @@ async def test_secret_headers_are_redacted_everywhere(
     for text in seen:
         assert SECRET not in text
         assert "key-value-xyz" not in text
+        assert "qs-secret-987" not in text
     assert final["scenario"]["defaults"]["headers"]["Authorization"] == "[redacted]"
     assert final["scenario"]["requests"][0]["headers"]["Accept"] == "text/plain"
     # the store keeps the real scenario (it must be able to resume it), under a 0700 dir
