@@ -161,7 +161,9 @@ class Engine:
         self.info: RunInfo | None = None
         self.final: Snapshot | None = None
         self._pick = self._make_picker()
-        self._limit_changed = trio.Event()
+        #: the pool of the run (closed models bind workers to it)
+        self._connections: list[Connection] = []
+        #: open model: set and replaced whenever a request ends (or the run stops)
         self._slot_freed = trio.Event()
         #: called with the RunInfo once the protocol and connections are decided
         self.on_start: list[Callable[[RunInfo], None]] = []
@@ -189,7 +191,6 @@ class Engine:
         if not self._stop_sending and self._started_at is not None:
             self._sending_ended_at = trio.current_time()
         self._stop_sending = True
-        self._limit_changed.set()
         # Wake an open-model scheduler waiting for a free slot: it counts its backlog.
         self._slot_freed.set()
         scope = self._workers_scope
@@ -315,7 +316,6 @@ class Engine:
                         workers.start_soon(self._scheduler, connections, recorder, start)
                     else:
                         self._connections = connections
-                        self._recorder = recorder
                         self._spawn_up_to_limit()
                         if self._ramp is not None:
                             workers.start_soon(self._follow_ramp, recorder, start)
@@ -364,7 +364,7 @@ class Engine:
         try:
             with trio.fail_after(config.timeout):
                 probe = await connect(origin, ctx)
-        except (Exception, trio.TooSlowError):
+        except Exception:  # trio.TooSlowError included
             # The target cannot be reached now: speak HTTP/1.1 and let every
             # request record its own failure.
             ctx = make_ssl_context(
@@ -497,7 +497,8 @@ class Engine:
     async def _closed_worker(self, index: int) -> None:
         """Closed model: send the next request when the last one has ended."""
         conn = self._connection_for(index)
-        recorder = self._recorder
+        recorder = self.recorder
+        assert recorder is not None
         timeout = self.config.timeout
         pick = self._pick
         now = trio.current_time
@@ -550,8 +551,6 @@ class Engine:
             else _IdlePool([c for c in connections if isinstance(c, H1Connection)])
         )
         rr = itertools.cycle(connections) if multiplexed else None
-        slot_freed = trio.Event()
-        self._slot_freed = slot_freed
         end = load.effective_duration
         while not self._stop_sending:
             offset = arrivals.next()
