@@ -544,7 +544,10 @@ class Daemon:
             self._boot[b.name] = b
             if b.name in resumed:
                 continue
-            self._start_boot(b)
+            try:
+                self._start_boot(b)
+            except ApiError as exc:
+                log.error("run %s from --config not started: %s", b.name, exc)
 
     def _start_boot(self, b: BootRun) -> RunHandle:
         doc = {**b.doc, "restart": b.restart}
@@ -1152,7 +1155,22 @@ def main(ns: argparse.Namespace) -> int:
     options = options_from_args(ns)
     try:
         trio.run(run_daemon, options)
-    except* OSError as group:
-        exc = group.exceptions[0]
-        raise ConfigError(f"cannot listen on {options.addr}: {exc}") from None
+    except BaseExceptionGroup as group:
+        leaf = _first_leaf(group)
+        if isinstance(leaf, ConfigError):
+            raise leaf from None
+        if isinstance(leaf, OSError):
+            raise ConfigError(
+                f"cannot listen on {options.addr} (--port/--live-port/--metrics-port): "
+                f"{leaf.strerror or leaf}"
+            ) from None
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {options.addr}: {exc.strerror or exc}") from None
     return 0
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

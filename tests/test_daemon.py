@@ -620,3 +620,45 @@ async def test_engine_tracked_memory_does_not_grow_with_requests(target: Running
     # a few KiB of noise (requests in flight at the instant, histogram buckets first
     # touched); a leak of one small object per request would be > 50 KiB here
     assert growth < 16 * 1024, (sizes, counts)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--port", "abc"], "--port: 'abc' is not a port number"),
+        (["--live-port", "70000"], "--live-port: 70000 is not a TCP port"),
+        (["--config", "nope.toml"], "--config: no such file"),
+        (["--grace", "soon"], "--grace"),
+        (["--max-runs", "0"], "--max-runs: must be at least 1"),
+        (["--data-dir", "{file}/x"], "--data-dir: cannot create"),
+        (["--config", "{bad}"], "runs[0].scenario: must be the path"),
+    ],
+)
+def test_bad_serve_flags_are_one_line_and_exit_2(
+    args: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ballista._cli import main
+
+    (tmp_path / "file").write_text("")
+    (tmp_path / "bad.toml").write_text("[[runs]]\nscenario = 1\n")
+    args = [a.format(file=tmp_path / "file", bad=tmp_path / "bad.toml") for a in args]
+    assert main(["serve", "--port", "0", "--live-port", "0", *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+async def test_a_port_in_use_is_a_config_error(tmp_path: Path) -> None:
+    with trio.socket.socket() as busy:
+        await busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cmd = [sys.executable, "-m", "ballista", "serve", "--port", str(port)]
+        cmd += ["--live-port", "0", "--data-dir", str(tmp_path)]
+        result = await trio.run_process(cmd, capture_stderr=True, check=False)
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert err.startswith("ballista: error: cannot listen on 127.0.0.1")
+    assert "Address already in use" in err
+    assert "Traceback" not in err
