@@ -930,9 +930,16 @@ class Daemon:
             summary = handle.summary or summary
         out["scenario"] = row.scenario_public
         out["summary"] = summary
-        out["segments"] = [
-            {k: v for k, v in s.items() if k != "summary"} for s in store.segments(run_id)
-        ]
+        segments = store.segments(run_id)
+        if handle is not None and handle.active and summary is not None:
+            segments[-1]["requests"] = summary.get("requests")
+            segments[-1]["duration_s"] = summary.get("duration_s")
+        out["segments"] = segments
+        # A resumed run's summary covers its current segment; these cover them all.
+        out["totals"] = {
+            "requests": sum(s["requests"] or 0 for s in segments),
+            "duration_s": round(sum(s["duration_s"] or 0.0 for s in segments), 3),
+        }
         if self.live_port is not None:
             out["live"] = f"/runs/{run_id}"
         if points:

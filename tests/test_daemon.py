@@ -545,6 +545,7 @@ async def test_sigkill_loses_at_most_the_last_interval_and_restart_resumes(
     assert [s["segment"] for s in soak["segments"]] == [1, 2]
     assert soak["segments"][0]["status"] == "interrupted"
     assert soak["segments"][0]["requests"] == on_disk
+    assert soak["totals"]["requests"] == on_disk + soak["summary"]["requests"]
     _, runs = await api(serve2.port, "GET", "/api/runs")
     assert sorted(r["name"] for r in runs["runs"]) == ["oneoff", "soak"]
     await trio.sleep(0.5)
