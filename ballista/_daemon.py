@@ -378,6 +378,9 @@ class RunHandle:
             self._queue.append(point)
         self._queued.set()
 
+    async def wait_for_points(self) -> None:
+        await self._queued.wait()
+
     def take_points(self) -> list[Point]:
         points, self._queue = self._queue, []
         self._queued = trio.Event()
@@ -537,7 +540,11 @@ class Daemon:
             remaining = self._remaining(row, config)
             if remaining is None:
                 continue
-            self._launch(row.id, remaining, row.scenario, row.source, restart=True, resume=True)
+            try:
+                self._launch(row.id, remaining, row.scenario, row.source, restart=True, resume=True)
+            except ApiError as exc:
+                log.error("run %s cannot resume: %s", row.id, exc)
+                continue
             resumed.add(config.scenario)
             log.info("run %s (%s) resumed as a new segment", row.id, row.name)
         for b in boot:
@@ -696,7 +703,7 @@ class Daemon:
         store = self.store
         assert store is not None
         while True:
-            await handle._queued.wait()
+            await handle.wait_for_points()
             try:
                 await self._flush(handle, store)
             except Exception:
