@@ -663,3 +663,44 @@ async def test_a_port_in_use_is_a_config_error(tmp_path: Path) -> None:
     assert err.startswith("ballista: error: cannot listen on 127.0.0.1")
     assert "Address already in use" in err
     assert "Traceback" not in err
+
+
+async def test_runs_client_against_a_daemon(
+    daemon: Daemon, target: RunningTarget, tmp_path: Path
+) -> None:
+    import argparse
+    import io
+
+    from ballista import _runs_client
+
+    server = f"http://127.0.0.1:{daemon.port}"
+
+    async def runs(*argv: str) -> tuple[int, str]:
+        parser = argparse.ArgumentParser()
+        _runs_client.add_arguments(parser)
+        ns = parser.parse_args([*argv, "--server", server])
+        out = io.StringIO()
+        code = await trio.to_thread.run_sync(lambda: _runs_client.main(ns, out=out))
+        return code, out.getvalue()
+
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(scenario(target, name="cli", duration="30s")))
+    code, out = await runs("start", str(path))
+    assert code == 0
+    run_id = out.strip()
+    assert re.fullmatch(r"[0-9a-f]{12}", run_id)
+    code, out = await runs("list")
+    assert code == 0
+    assert run_id in out
+    assert "running" in out
+    await trio.sleep(0.5)
+    code, out = await runs("show", run_id)
+    assert code == 0
+    assert "statuses   200:" in out
+    code, out = await runs("stop", run_id)
+    assert (code, out) == (0, f"{run_id} stopping\n")
+    await wait_status(daemon.port or 0, run_id, "stopped")
+    code, out = await runs("show", run_id, "--json")
+    assert json.loads(out)["status"] == "stopped"
+    assert (await runs("stop", run_id))[0] == 1
+    assert (await runs("show", "nope"))[0] == 1
