@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import tracemalloc
 import urllib.error
 import urllib.request
@@ -522,10 +523,17 @@ async def test_sigkill_loses_at_most_the_last_interval_and_restart_resumes(
     soak_id = next(r["id"] for r in runs["runs"] if r["name"] == "soak")
     _, before = await api(serve.port, "GET", f"/api/runs/{soak_id}")
     assert before["summary"]["requests"] > 0
+    killed_at = time.time()
     await stop_process(serve, signal.SIGKILL)
 
     # what was on disk at the kill: intervals up to it, the summary of the last one
     db = sqlite3.connect(data / "ballista.db")
+    (last_end,) = db.execute(
+        "SELECT MAX(t_end) FROM points WHERE run_id = ?", (soak_id,)
+    ).fetchone()
+    # intervals are 200 ms: the newest one on disk ended at most about one interval
+    # before the kill (a second of slack for a loaded machine)
+    assert killed_at - last_end < 1.0
     (written,) = db.execute(
         "SELECT SUM(requests) FROM points WHERE run_id = ?", (soak_id,)
     ).fetchone()
