@@ -264,6 +264,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # A small page cache (512 KiB): writes touch the newest rows only, and the
+        # daemon's memory must not grow with the database (SQLite's default is 2 MiB).
+        self._db.execute("PRAGMA cache_size=-512")
         self._db.executescript(_DDL)
         with self._tx() as db:
             db.execute(
