@@ -592,6 +592,23 @@ async def test_sighup_reloads_the_config(
     with trio.fail_after(10):
         while await active() != {"a": "stopped", "b": "running"}:
             await trio.sleep(0.1)
+    # b changes: the old b stops, a new b starts; an unchanged file changes nothing
+    write_config(
+        config, [("b.toml", scenario(target, name="b", concurrency=1, duration="30s"), False)]
+    )
+    serve.proc.send_signal(signal.SIGHUP)
+
+    async def by_status() -> list[tuple[str, str]]:
+        _, doc = await api(serve.port, "GET", "/api/runs")
+        return sorted((r["name"], r["status"]) for r in doc["runs"])
+
+    wanted = [("a", "stopped"), ("b", "running"), ("b", "stopped")]
+    with trio.fail_after(10):
+        while await by_status() != wanted:
+            await trio.sleep(0.1)
+    serve.proc.send_signal(signal.SIGHUP)
+    await trio.sleep(0.5)
+    assert await by_status() == wanted
     assert await stop_process(serve, signal.SIGTERM) == 0
 
 
