@@ -24,7 +24,7 @@ from ._http1 import H1Connection, Result
 from ._http2 import H2Connection
 from ._outcome import ErrorKind, Sample
 from ._recorder import Recorder
-from ._report import RunMeta
+from ._report import LAG_WARNING, RunMeta
 from ._schedule import Arrivals, Ramp, constant
 from ._snapshot import Snapshot
 from ._transport import (
@@ -43,9 +43,6 @@ STREAMS_PER_CONNECTION = 100
 
 #: Open model, HTTP/1.1: connections when neither --connections nor --max-in-flight is given.
 OPEN_MODEL_CONNECTIONS = 1000
-
-#: Open model: scheduler lag (with free slots) above this is reported as Ballista's own limit.
-LAG_WARNING = 0.010
 
 SnapshotSink = Callable[[Snapshot], None]
 

@@ -16,6 +16,9 @@ from ._snapshot import LatencySummary, Snapshot
 
 SCHEMA = "ballista.summary/1"
 
+#: Open model: scheduler lag (with free slots) above this is reported as Ballista's own limit.
+LAG_WARNING = 0.010
+
 
 @dataclass(frozen=True, slots=True)
 class RunMeta:
@@ -245,6 +248,9 @@ class LiveLine:
             text += f"  limit {snap.concurrency_limit}"
         if snap.target_rate is not None:
             text += f"  target {snap.target_rate:,.0f}/s"
+        if snap.interval_scheduler_lag > LAG_WARNING:
+            # Open model: requests started late with free slots: Ballista is the limit.
+            text += f"  ! ballista lagging {snap.interval_scheduler_lag * 1e3:.0f}ms"
         return text
 
     def _progress(self, snap: Snapshot) -> float | None:
