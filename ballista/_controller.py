@@ -96,6 +96,8 @@ class AimdController:
         #: requests sent before this instant (the last decrease plus about one latency)
         #: measured an older, larger limit
         self._decreased_at = -math.inf
+        #: no increase before this instant: the target asked for it with Retry-After
+        self._cooldown_until = -math.inf
         self.windows_closed = 0
         self.decreases = 0
         #: the last windows with the latency histogram of each
@@ -144,6 +146,15 @@ class AimdController:
             self._close(now)
         return self._limit
 
+    def on_retry_after(self, now: float, seconds: float) -> None:
+        """A 429/503 said `Retry-After: seconds`: hold the limit (no increase, no
+        slow start) until then. The response itself already counts as a signal."""
+        self._cooldown_until = max(self._cooldown_until, now + max(0.0, seconds))
+
+    @property
+    def cooling_down_until(self) -> float:
+        return self._cooldown_until
+
     # -- windows --------------------------------------------------------------
 
     def _close(self, now: float) -> None:
@@ -169,13 +180,16 @@ class AimdController:
                 # the old load, so it is not held against the new limit either.
                 self._decreased_at = now + min(pct, spec.window_max)
                 self.decreases += 1
+        elif now < self._cooldown_until:
+            new = limit
+            action = "cooldown"
         elif self._slow_start:
             new = min(spec.maximum, limit * 2)
             action = "double"
         else:
             new = min(spec.maximum, limit + spec.increase)
             action = "increase"
-        if new == limit:
+        if new == limit and action != "cooldown":
             action = "hold"
         window = Window(
             start=start,

@@ -59,11 +59,15 @@ class LimitController(Protocol):
 
     def capacity_note(self, final: Snapshot) -> str: ...
 
+    def on_retry_after(self, now: float, seconds: float) -> None: ...
+
 
 class Connection(Protocol):
     """What a worker needs of a connection (H1Connection or H2Connection)."""
 
     multiplexed: bool
+    #: seconds a 429/503 response asked the client to wait (Retry-After), until taken
+    retry_after: float | None
 
     async def request(self, req: PreparedRequest, deadline: float) -> Result: ...
 
@@ -512,6 +516,9 @@ class Engine:
                 sample = Sample(req.index, status, error, t1 - t0, t1 - t0, sent, received)
                 record(sample)
                 if controller is not None:
+                    if conn.retry_after is not None:
+                        controller.on_retry_after(t1, conn.retry_after)
+                        conn.retry_after = None
                     limit = controller.on_sample(t1, sample)
                     if limit != self._limit:
                         self.set_limit(limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterable
 from typing import Protocol
 
 import h11
@@ -12,6 +13,7 @@ import trio
 from ._config import Origin
 from ._outcome import NO_ERROR, ErrorKind
 from ._transport import (
+    BACKOFF_STATUSES,
     READ_SIZE,
     Connected,
     PeerClosed,
@@ -19,6 +21,7 @@ from ._transport import (
     classify,
     close_quietly,
     connect,
+    parse_retry_after,
 )
 
 _EOM = h11.EndOfMessage()
@@ -55,6 +58,13 @@ class H1Connection:
         self.lock = trio.Lock()
         #: True when several workers share this connection and must take `lock`.
         self.shared = False
+        #: seconds from the last 429/503's Retry-After, until the engine takes it
+        self.retry_after: float | None = None
+
+    def _note_retry_after(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        for name, value in headers:
+            if name == b"retry-after":
+                self.retry_after = parse_retry_after(value)
 
     @property
     def is_open(self) -> bool:
@@ -134,6 +144,8 @@ class H1Connection:
                         cls = type(event)
                         if cls is h11.Response:
                             status = event.status_code  # type: ignore[union-attr]
+                            if status in BACKOFF_STATUSES:
+                                self._note_retry_after(event.headers)  # type: ignore[union-attr]
                         elif cls is h11.EndOfMessage:
                             break
                         elif cls is h11.ConnectionClosed:

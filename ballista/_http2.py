@@ -31,6 +31,7 @@ from ._transport import (
     classify,
     close_quietly,
     connect,
+    parse_retry_after,
 )
 
 _WINDOW = 16 * 1024 * 1024
@@ -99,6 +100,8 @@ class H2Connection:
         self._slot_freed = trio.Event()
         self.max_streams = 100
         self.active = 0
+        #: seconds from the last Retry-After seen on this connection, until the engine takes it
+        self.retry_after: float | None = None
 
     @property
     def is_open(self) -> bool:
@@ -203,6 +206,8 @@ class H2Connection:
                                 st.received += len(name) + len(value)
                                 if name == b":status":
                                     st.status = int(value)
+                                elif name == b"retry-after":
+                                    self.retry_after = parse_retry_after(value)
                     elif cls is h2.events.StreamEnded:
                         st = streams.pop(event.stream_id, None)  # type: ignore[attr-defined]
                         if st is not None:

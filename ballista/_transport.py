@@ -7,8 +7,10 @@ the one place where foreign exceptions become outcome kinds.
 
 from __future__ import annotations
 
+import email.utils
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,6 +27,28 @@ USER_AGENT = f"ballista/{__version__}"
 READ_SIZE = 65536
 
 _BACKEND = httpcore.TrioBackend()
+
+
+#: Responses whose Retry-After header the adaptive controller is told about.
+BACKOFF_STATUSES = frozenset({429, 503})
+#: Longest cooldown a Retry-After may ask for (a misconfigured server may say a day).
+MAX_RETRY_AFTER = 300.0
+
+
+def parse_retry_after(value: bytes) -> float | None:
+    """`Retry-After: 120` or an HTTP date -> seconds from now (None if unreadable)."""
+    text = value.decode("latin-1").strip()
+    if text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    # An HTTP date is wall-clock time by nature: the one place the transport reads it.
+    seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 class PeerClosed(Exception):

@@ -159,8 +159,10 @@ class DelayServer:
 async def test_percentiles_match_the_truth(nursery: trio.Nursery) -> None:
     server = DelayServer(0.05)
     port = await nursery.start(server.serve)
-    _, final = await run(f"http://127.0.0.1:{port}/", "-n", "200", "-c", "4")
-    assert final.requests == len(server.held) == 200
+    # One worker: the server shares this trio loop, and more client tasks would add
+    # their own scheduling jitter to what is being checked.
+    _, final = await run(f"http://127.0.0.1:{port}/", "-n", "100", "-c", "1")
+    assert final.requests == len(server.held) == 100
     for q, reported in ((50, final.latency.p50), (99, final.latency.p99)):
         truth = server.percentile(q)
         assert reported >= truth

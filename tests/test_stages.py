@@ -25,6 +25,7 @@ class FakeConnection:
     """Answers 200 after exactly `service` seconds; logs when each request started."""
 
     multiplexed = True
+    retry_after: float | None = None
 
     def __init__(self, starts: list[float], service: float) -> None:
         self._starts = starts
