@@ -43,6 +43,7 @@ from ._config import RunConfig
 from ._engine import Engine, SnapshotSink
 from ._errors import ConfigError
 from ._httpserver import Request, Response, serve_http
+from ._redact import redact_header, redact_target, redact_url
 from ._report import RunMeta, iso_utc, summary_dict
 from ._snapshot import Snapshot
 from ._store import ACTIVE_STATES, Point, RunRow, Store, merge_points
@@ -190,7 +191,6 @@ def config_from_file(path: Path) -> tuple[dict[str, Any], RunConfig]:
 def redact_scenario(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The scenario as the API shows it: secret header values and query values hidden,
     bodies left out."""
-    from ._live import redact_header, redact_target
 
     def headers(value: Any) -> Any:
         if not isinstance(value, dict):
@@ -361,8 +361,6 @@ class RunHandle:
         return not self.done.is_set()
 
     def meta(self, final: bool = False) -> RunMeta:
-        from ._live import redact_url
-
         engine = self.engine
         assert engine is not None
         verdicts: list[dict[str, Any]] = []
@@ -673,11 +671,8 @@ class Daemon:
 
             assert config.load.adaptive is not None
             handle.controller = build_controller(config.load.adaptive)
-        # Its own throwaway registry: the daemon's AllRuns collects it. It is shown
-        # request targets with secret query values hidden (run_info's `target`).
-        handle.exporter = MetricsExporter(
-            _redacted_targets(config), run_id=handle.id, registry=CollectorRegistry()
-        )
+        # Its own throwaway registry: the daemon's AllRuns collects it.
+        handle.exporter = MetricsExporter(config, run_id=handle.id, registry=CollectorRegistry())
         handle.hub = LiveHub(config, run_id=handle.id, started_at=handle.started_at)
         handle.sinks.extend([handle.exporter.update, handle.hub.publish, self._store_sink(handle)])
         # The engine copies its sinks: build it once they are all there.
@@ -992,21 +987,7 @@ class Daemon:
         return chosen[-1] if chosen else None
 
 
-def _redacted_targets(config: RunConfig) -> RunConfig:
-    from ._live import redact_target
-
-    return dataclasses.replace(
-        config,
-        requests=tuple(
-            dataclasses.replace(r, target=redact_target(r.target), headers=(), body=b"")
-            for r in config.requests
-        ),
-    )
-
-
 def _public_url(config: RunConfig) -> str:
-    from ._live import redact_url
-
     return redact_url(config)
 
 

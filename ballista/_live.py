@@ -12,12 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import re
 from collections.abc import Mapping
 from functools import partial
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
@@ -26,6 +24,7 @@ from . import __version__
 from ._config import RunConfig
 from ._engine import RunInfo
 from ._httpserver import Handler, Request, Response
+from ._redact import redact_header, redact_target, redact_url
 from ._report import iso_utc
 from ._snapshot import LatencySummary, Snapshot
 
@@ -33,8 +32,6 @@ from ._snapshot import LatencySummary, Snapshot
 LIVE_SCHEMA = "ballista.live/1"
 
 #: Header and query names whose values are never sent to viewers.
-_SECRET_NAME = re.compile(r"authorization|cookie|token|secret|key|passw|credential|session", re.I)
-REDACTED = "[redacted]"
 
 
 class _Stuck(Exception):
@@ -94,24 +91,6 @@ def snapshot_message(snap: Snapshot) -> dict[str, Any]:
         "interval_errors_by_kind": dict(sorted(snap.interval_errors_by_kind.items())),
         "scheduler_lag_s": round(snap.interval_scheduler_lag, 6),
     }
-
-
-def redact_header(name: str, value: str) -> str:
-    """The value a viewer may see: secrets (Authorization, Cookie, *token*, ...) hidden."""
-    return REDACTED if _SECRET_NAME.search(name) else value
-
-
-def redact_target(target: str) -> str:
-    """A request target with the values of secret-looking query parameters hidden."""
-    path, sep, query = target.partition("?")
-    if not sep:
-        return target
-    pairs = parse_qsl(query, keep_blank_values=True)
-    return (
-        path
-        + "?"
-        + urlencode([(k, REDACTED if _SECRET_NAME.search(k) else v) for k, v in pairs], safe="[]")
-    )
 
 
 def public_config(config: RunConfig) -> dict[str, Any]:
@@ -345,10 +324,6 @@ class LiveHub:
                 await ws.get_message()
         except ConnectionClosed:
             scope.cancel()  # the viewer closed: stop sending to it
-
-
-def redact_url(config: RunConfig) -> str:
-    return config.origin.url(redact_target(config.requests[0].target))
 
 
 async def _abort(ws: WebSocketConnection) -> None:

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from . import __version__
 from ._httpserver import Handler, Request, Response, serve_http, text_response
 from ._outcome import ERROR_LABELS
+from ._redact import redact_url
 
 if TYPE_CHECKING:
     from ._config import RunConfig
@@ -263,7 +264,7 @@ class MetricsExporter(Collector):
             [
                 scenario,
                 self.run_id,
-                self.config.url,
+                redact_url(self.config),  # a label others scrape: no secrets
                 info.model if info is not None else self.config.load.model,
                 info.protocol if info is not None else _configured_protocol(self.config),
             ],

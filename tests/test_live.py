@@ -17,7 +17,8 @@ from ballista._cli import build_parser, config_from_args
 from ballista._config import RunConfig
 from ballista._engine import Engine
 from ballista._httpserver import Request, Response
-from ballista._live import REDACTED, LiveHub, page_routes, serve_live
+from ballista._live import LiveHub, page_routes, serve_live
+from ballista._redact import REDACTED
 from ballista._report import summary_dict
 from ballista._watch import connect
 

@@ -335,3 +335,13 @@ async def test_a_stalled_client_does_not_block_others(nursery: trio.Nursery) -> 
         await stalled.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finishes
         with trio.fail_after(2):
             assert split(await http(port, get("/metrics")))[0] == 200
+
+
+def test_run_info_target_never_shows_a_secret() -> None:
+    config = config_for("http://127.0.0.1:9/api?token=abc123&page=2", "-n", "1")
+    exporter = MetricsExporter(config, run_id="r1", registry=CollectorRegistry())
+    _, body = exporter.render("")
+    text = body.decode()
+    assert "abc123" not in text
+    (info,) = [line for line in text.splitlines() if line.startswith("ballista_run_info{")]
+    assert 'target="http://127.0.0.1:9/api?token=[redacted]&page=2"' in info
