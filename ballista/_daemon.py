@@ -18,11 +18,9 @@ import hmac
 import ipaddress
 import json
 import logging
-import math
 import os
 import signal
 import sys
-import tempfile
 import time
 import tomllib
 import uuid
@@ -79,38 +77,6 @@ class ApiError(Exception):
 # -- scenarios -------------------------------------------------------------------------
 
 
-def _toml_value(value: Any, where: str) -> str:
-    """One JSON value as TOML (inline tables and arrays), for the scenario parser."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"scenario: {where}: must be a finite number")
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v, f"{where}[{i}]") for i, v in enumerate(value)) + "]"
-    if isinstance(value, dict):
-        items = (
-            f"{json.dumps(str(k), ensure_ascii=False)} = {_toml_value(v, f'{where}.{k}')}"
-            for k, v in value.items()
-        )
-        return "{" + ", ".join(items) + "}"
-    if value is None:
-        raise ConfigError(f"scenario: {where}: null is not allowed")
-    raise ConfigError(f"scenario: {where}: unsupported value")  # pragma: no cover
-
-
-def toml_from_mapping(doc: Mapping[str, Any]) -> str:
-    return "".join(
-        f"{json.dumps(str(k), ensure_ascii=False)} = {_toml_value(v, str(k))}\n"
-        for k, v in doc.items()
-    )
-
-
 def _run_namespace() -> argparse.Namespace:
     """The `ballista run` flags at their defaults: a scenario alone decides."""
     from ._cli import build_parser
@@ -150,29 +116,13 @@ def split_daemon_keys(
     return rest, restart
 
 
-def config_from_mapping(
-    doc: Mapping[str, Any], *, allow_files: bool, label: str = "scenario"
-) -> RunConfig:
-    """A scenario table -> RunConfig, through the scenario format's own validation.
+def config_from_mapping(doc: Mapping[str, Any], *, label: str = "scenario") -> RunConfig:
+    """A scenario table (POSTed or stored) -> RunConfig, through the scenario
+    format's own validation. `body_file` is refused: a caller of the API must
+    not make the daemon read its own disk."""
+    from ._scenario import config_from_table
 
-    `allow_files=False` (the API) refuses `body_file`: a caller of the API
-    must not make the daemon read its own disk.
-    """
-    from ._scenario import config_from_scenario
-
-    if not allow_files:
-        requests = doc.get("requests")
-        if isinstance(requests, list):
-            for i, entry in enumerate(requests):
-                if isinstance(entry, dict) and "body_file" in entry:
-                    raise ConfigError(
-                        f"{label}: requests[{i}].body_file: not accepted over the API (use body)"
-                    )
-    text = toml_from_mapping(doc)
-    with tempfile.TemporaryDirectory(prefix="ballista-") as tmp:
-        path = Path(tmp) / label
-        path.write_text(text, encoding="utf-8")
-        return config_from_scenario(str(path), _run_namespace())
+    return config_from_table(doc, _run_namespace(), label=label, base_dir=None)
 
 
 def config_from_file(path: Path) -> tuple[dict[str, Any], RunConfig]:
@@ -527,9 +477,7 @@ class Daemon:
                 config = b.config
             else:
                 try:
-                    config = config_from_mapping(
-                        split_daemon_keys(row.scenario)[0], allow_files=False
-                    )
+                    config = config_from_mapping(split_daemon_keys(row.scenario)[0])
                 except ConfigError as exc:
                     log.error("run %s cannot resume: %s", row.id, exc)
                     continue
@@ -599,17 +547,17 @@ class Daemon:
     def active_runs(self) -> list[RunHandle]:
         return [h for h in self.runs.values() if h.active]
 
-    def start_run(self, doc: Mapping[str, Any], *, source: str = "api") -> RunHandle:
+    def start_run(self, doc: Mapping[str, Any]) -> RunHandle:
         """Validate a scenario table and start it. ConfigError / ApiError when it cannot."""
         if self.shutting_down:
             raise ApiError(503, "the daemon is shutting down")
         scenario, restart = split_daemon_keys(doc)
-        config = config_from_mapping(scenario, allow_files=source != "api")
+        config = config_from_mapping(scenario)
         if config.thresholds:
             from ._thresholds import ThresholdSet
 
             ThresholdSet(config.thresholds, [r.name for r in config.requests])
-        return self._launch(uuid.uuid4().hex[:12], config, dict(doc), source, restart=restart)
+        return self._launch(uuid.uuid4().hex[:12], config, dict(doc), "api", restart=restart)
 
     def _launch(
         self,

@@ -82,9 +82,10 @@ _MODELS = ("closed", "open", "adaptive", "sequential")
 class _File:
     """Error helper bound to one scenario file."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.label = path.name
+    def __init__(self, label: str, base_dir: Path | None) -> None:
+        self.label = label
+        #: where `body_file` paths are relative to; None: `body_file` is refused
+        self.base_dir = base_dir
 
     def error(self, key: str, why: str) -> ConfigError:
         return ConfigError(f"{self.label}: {key}: {why}" if key else f"{self.label}: {why}")
@@ -154,14 +155,14 @@ class _File:
         return tuple(out)
 
 
-def _load_toml(f: _File) -> dict[str, Any]:
+def _load_toml(path: Path, f: _File) -> dict[str, Any]:
     try:
-        with f.path.open("rb") as fh:
+        with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"-f/--scenario: no such file {str(f.path)!r}") from None
+        raise ConfigError(f"-f/--scenario: no such file {str(path)!r}") from None
     except OSError as exc:
-        raise ConfigError(f"-f/--scenario: cannot read {str(f.path)!r}: {exc.strerror}") from None
+        raise ConfigError(f"-f/--scenario: cannot read {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{f.label}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
@@ -239,7 +240,9 @@ def _request(
         body = f.string(entry["body"], f"{key}.body").encode("utf-8")
     elif "body_file" in entry:
         rel = f.string(entry["body_file"], f"{key}.body_file")
-        path_on_disk = f.path.parent / rel
+        if f.base_dir is None:
+            raise f.error(f"{key}.body_file", "not accepted here (use body)")
+        path_on_disk = f.base_dir / rel
         try:
             body = path_on_disk.read_bytes()
         except OSError as exc:
@@ -483,8 +486,44 @@ def config_from_scenario(
     path: str, ns: argparse.Namespace, *, sequential: bool = False
 ) -> RunConfig:
     """Read, validate and build a scenario file's RunConfig; flags in `ns` override it."""
-    f = _File(Path(path))
-    data = _load_toml(f)
+    file = Path(path)
+    f = _File(file.name, file.parent)
+    return _build(f, _load_toml(file, f), ns, sequential=sequential)
+
+
+def config_from_table(
+    data: Mapping[str, Any],
+    ns: argparse.Namespace,
+    *,
+    label: str = "scenario",
+    base_dir: Path | None = None,
+    sequential: bool = False,
+) -> RunConfig:
+    """A scenario already parsed (a TOML or JSON table) -> RunConfig, with the same
+    validation as a file; errors start with `label`. Without `base_dir`,
+    `body_file` is refused (the daemon's API must not read its own disk)."""
+    f = _File(label, base_dir)
+    _check_plain(f, data, "")
+    return _build(f, dict(data), ns, sequential=sequential)
+
+
+def _check_plain(f: _File, value: Any, where: str) -> None:
+    """What JSON can say and TOML cannot (null, NaN, infinities): named, refused."""
+    if value is None:
+        raise f.error(where, "null is not allowed")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise f.error(where, "must be a finite number")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_plain(f, v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_plain(f, v, f"{where}[{i}]")
+
+
+def _build(
+    f: _File, data: dict[str, Any], ns: argparse.Namespace, *, sequential: bool
+) -> RunConfig:
     f.known(data, _TOP_KEYS, "")
     name = "default"
     if "name" in data:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -467,9 +468,39 @@ async def stop_process(serve: Serve, signum: int) -> int:
         return await serve.proc.wait()
 
 
-def write_config(path: Path, entries: list[tuple[str, dict[str, Any], bool]]) -> Path:
-    from ballista._daemon import toml_from_mapping
+def _toml_value(value: Any, where: str) -> str:
+    """One JSON value as TOML (inline tables and arrays): scenario files for these tests."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: must be a finite number")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v, f"{where}[{i}]") for i, v in enumerate(value)) + "]"
+    if isinstance(value, dict):
+        items = (
+            f"{json.dumps(str(k), ensure_ascii=False)} = {_toml_value(v, f'{where}.{k}')}"
+            for k, v in value.items()
+        )
+        return "{" + ", ".join(items) + "}"
+    if value is None:
+        raise ValueError(f"{where}: null is not allowed")
+    raise ValueError(f"{where}: unsupported value")
 
+
+def toml_from_mapping(doc: Mapping[str, Any]) -> str:
+    return "".join(
+        f"{json.dumps(str(k), ensure_ascii=False)} = {_toml_value(v, str(k))}\n"
+        for k, v in doc.items()
+    )
+
+
+def write_config(path: Path, entries: list[tuple[str, dict[str, Any], bool]]) -> Path:
     lines = []
     for file_name, doc, restart in entries:
         (path.parent / file_name).write_text(toml_from_mapping(doc))
