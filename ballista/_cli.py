@@ -334,7 +334,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start an embedded target and run a short test against it")
     demo.add_argument("-d", "--duration", type=_duration("--duration"), default=10.0)
-    demo.add_argument("-c", "--concurrency", type=_positive_int("--concurrency"), default=20)
+    demo.add_argument("-c", "--concurrency", type=_positive_int("--concurrency"), default=5)
     demo.add_argument("--http1", action="store_true", help="use HTTP/1.1 instead of h2c")
     demo.add_argument("--json", default=None, metavar="PATH")
 
