@@ -11,6 +11,7 @@ from servers import FaultServer, RunningTarget
 
 from ballista._cli import build_parser, config_from_args
 from ballista._engine import Engine
+from ballista._outcome import Sample
 from ballista._snapshot import Snapshot
 
 
@@ -341,3 +342,52 @@ async def test_h2_never_exceeds_max_concurrent_streams(nursery: trio.Nursery) ->
     assert final.connections_opened == 1
     # 12 workers on one connection, but never more than the 3 streams the server allows.
     assert app.peak == 3
+
+
+class FixedLimit:
+    """A LimitController that always answers the same limit."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def on_sample(self, now: float, sample: Sample) -> int:
+        return self._limit
+
+    def settled_limit(self) -> int:
+        return self._limit
+
+    def capacity_note(self, final: Snapshot) -> str:
+        return f"fixed at {self._limit}"
+
+    def on_retry_after(self, now: float, seconds: float) -> None:
+        pass
+
+
+async def test_adaptive_h2_opens_connections_only_as_streams_need_them(
+    target: RunningTarget,
+) -> None:
+    # Up to 40 streams over at most 4 connections: 10 streams fill one connection
+    # before the next opens, so a limit of 12 needs exactly 2 of them.
+    ns = build_parser().parse_args(
+        [
+            "run",
+            target.url,
+            "--adaptive",
+            "--http2",
+            "--max-concurrency",
+            "40",
+            "--connections",
+            "4",
+            "-n",
+            "300",
+        ]
+    )
+    engine = Engine(config_from_args(ns), controller=FixedLimit(12))
+    final = await engine.run()
+    assert final.requests == target.stats.requests == 300
+    assert final.max_in_flight == 12
+    assert final.connections_opened == target.stats.connections == 2
