@@ -14,9 +14,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import functools
-import hmac
 import ipaddress
-import json
 import logging
 import os
 import signal
@@ -30,21 +28,21 @@ from typing import Any
 
 import trio
 from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__
+from ._api import ApiError, DaemonApi
 from ._config import RunConfig
 from ._engine import Engine, SnapshotSink
 from ._errors import ConfigError
-from ._httpserver import Request, Response, serve_http
+from ._httpserver import serve_http
 from ._redact import redact_header, redact_target, redact_url
-from ._report import RunMeta, iso_utc, summary_dict
+from ._report import RunMeta, summary_dict
 from ._snapshot import Snapshot
-from ._store import ACTIVE_STATES, Point, RunRow, Store, merge_points
+from ._store import Point, RunRow, Store, merge_points
 
 log = logging.getLogger("ballista.daemon")
 
@@ -65,15 +63,6 @@ DAEMON_KEYS = ("restart",)
 TOKEN_ENV = "BALLISTA_TOKEN"
 
 
-class ApiError(Exception):
-    """An API request that cannot be served: status and a one-line message."""
-
-    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.field = field
-
-
 # -- scenarios -------------------------------------------------------------------------
 
 
@@ -82,27 +71,6 @@ def _run_namespace() -> argparse.Namespace:
     from ._cli import build_parser
 
     return build_parser(["run"]).parse_args(["run"])
-
-
-def parse_scenario_body(body: bytes, content_type: str) -> dict[str, Any]:
-    """A POSTed scenario, JSON or TOML, as a table. ConfigError names what is wrong."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError("scenario: body is not UTF-8 text") from None
-    is_json = "json" in content_type.lower() or text.lstrip().startswith("{")
-    if is_json:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"scenario: not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ConfigError("scenario: must be a JSON object")
-        return doc
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"scenario: not valid TOML: {exc}") from None
 
 
 def split_daemon_keys(
@@ -394,6 +362,8 @@ class Daemon:
         self.options = options
         self.runs: dict[str, RunHandle] = {}
         self.store: Store | None = None
+        #: the HTTP face: /api/, /metrics, the live page, token checks
+        self.api = DaemonApi(self)
         self.registry = CollectorRegistry()
         self.registry.register(AllRuns(self._exporters))
         ProcessCollector(registry=self.registry)
@@ -438,12 +408,12 @@ class Daemon:
                 if self.options.live_port is not None:
                     self.live_port = await nursery.start(self._serve_live)
                 self.port = await nursery.start(
-                    serve_http, self._routes(), self.options.addr, self.options.port
+                    serve_http, self.api.routes(), self.options.addr, self.options.port
                 )
                 if self.options.metrics_port is not None:
                     self.metrics_port = await nursery.start(
                         serve_http,
-                        {"/metrics": self._metrics},
+                        {"/metrics": self.api.metrics},
                         self.options.addr,
                         self.options.metrics_port,
                     )
@@ -755,147 +725,6 @@ class Daemon:
         self._boot = dict(wanted)
         log.info("SIGHUP: config reloaded (%d runs)", len(wanted))
 
-    # -- HTTP ---------------------------------------------------------------------------
-
-    def authorized(self, headers: Sequence[tuple[str, str]], query: str = "") -> bool:
-        token = self.options.token
-        if not token:
-            return True
-        for name, value in headers:
-            if name.lower() == "authorization":
-                scheme, _, given = value.partition(" ")
-                if scheme.lower() == "bearer" and hmac.compare_digest(
-                    given.strip().encode(), token.encode()
-                ):
-                    return True
-        from urllib.parse import parse_qs
-
-        for given in parse_qs(query).get("token", []):
-            if hmac.compare_digest(given.encode(), token.encode()):
-                return True
-        return False
-
-    def _routes(self) -> dict[str, Any]:
-        routes: dict[str, Any] = {"/api/": self._api, "/metrics": self._metrics}
-        if self.live_port is not None:
-            from ._live import page_routes
-
-            try:
-                routes.update(page_routes(self.live_port))
-            except OSError:
-                log.warning("live page files are missing: / is not served")
-        return routes
-
-    def _metrics(self, request: Request) -> Response:
-        encoder, content_type = choose_encoder(request.header("accept"))
-        return Response(200, [("content-type", content_type)], encoder(self.registry))
-
-    async def _api(self, request: Request) -> Response:
-        try:
-            return await self._dispatch(request)
-        except ApiError as exc:
-            return _json(exc.status, _error(str(exc), exc.field))
-        except ConfigError as exc:
-            return _json(400, _error(str(exc), _field_of(str(exc))))
-
-    async def _dispatch(self, request: Request) -> Response:
-        parts = [p for p in request.path.split("/") if p][1:]  # after "api"
-        method = request.method
-        if parts == ["health"]:
-            _allow(method, "GET")
-            return _json(200, self.health())
-        if not self.authorized(request.headers, request.query):
-            return _json(
-                401, _error("missing or wrong bearer token"), [("www-authenticate", "Bearer")]
-            )
-        if parts == ["runs"]:
-            if method == "GET":
-                return _json(200, {"runs": [self.brief(r) for r in self._rows()]})
-            _allow(method, "POST")
-            doc = parse_scenario_body(request.body, request.header("content-type"))
-            handle = self.start_run(doc)
-            return _json(201, {"id": handle.id, "run": self.describe(handle.id)})
-        if len(parts) == 2 and parts[0] == "runs":
-            _allow(method, "GET")
-            described = self.describe(parts[1], points="points" in request.query)
-            if described is None:
-                raise ApiError(404, f"no run {parts[1]!r}", field="id")
-            return _json(200, described)
-        if len(parts) == 3 and parts[0] == "runs" and parts[2] == "stop":
-            _allow(method, "POST")
-            if self.store is None or self.store.get_run(parts[1]) is None:
-                raise ApiError(404, f"no run {parts[1]!r}", field="id")
-            self.stop_run(parts[1])
-            return _json(202, {"id": parts[1], "status": "stopping"})
-        raise ApiError(404, f"no such endpoint: {request.path}")
-
-    def health(self) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "version": __version__,
-            "uptime_s": round(time.time() - self.started, 3),
-            "runs_active": len(self.active_runs()),
-            "max_runs": self.options.max_runs,
-        }
-
-    def _rows(self) -> list[RunRow]:
-        assert self.store is not None
-        return self.store.list_runs(limit=1000)
-
-    def brief(self, row: RunRow) -> dict[str, Any]:
-        handle = self.runs.get(row.id)
-        status = row.status
-        summary = row.summary
-        if handle is not None and handle.active:
-            status = "stopping" if handle.end_status is not None else "running"
-            summary = handle.summary or summary
-        return {
-            "id": row.id,
-            "name": row.name,
-            "status": status,
-            "source": row.source,
-            "restart": row.restart,
-            "target": row.target,
-            "created_at": _iso(row.created_at),
-            "ended_at": None
-            if row.ended_at is None or status in ACTIVE_STATES
-            else _iso(row.ended_at),
-            "reason": row.reason,
-            "segments": row.segments,
-            "requests": (summary or {}).get("requests", 0),
-            "rps": (summary or {}).get("rps", 0.0),
-            "error_rate": (summary or {}).get("error_rate", 0.0),
-        }
-
-    def describe(self, run_id: str, *, points: bool = False) -> dict[str, Any] | None:
-        store = self.store
-        assert store is not None
-        row = store.get_run(run_id)
-        if row is None:
-            return None
-        out = self.brief(row)
-        handle = self.runs.get(run_id)
-        summary = row.summary
-        if handle is not None and handle.active:
-            summary = handle.summary or summary
-        out["scenario"] = row.scenario_public
-        out["summary"] = summary
-        segments = store.segments(run_id)
-        if handle is not None and handle.active and summary is not None:
-            segments[-1]["requests"] = summary.get("requests")
-            segments[-1]["duration_s"] = summary.get("duration_s")
-        out["segments"] = segments
-        # A resumed run's summary covers its current segment; these cover them all.
-        out["totals"] = {
-            "requests": sum(s["requests"] or 0 for s in segments),
-            "duration_s": round(sum(s["duration_s"] or 0.0 for s in segments), 3),
-        }
-        if self.live_port is not None:
-            out["live"] = f"/runs/{run_id}"
-        if points:
-            out["points"] = [p.as_dict() for p in store.points(run_id)]
-        return out
-
     # -- live stream ----------------------------------------------------------------------
 
     async def _serve_live(
@@ -906,7 +735,7 @@ class Daemon:
         async def handler(request: WebSocketRequest) -> None:
             path, _, query = request.path.partition("?")
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
-            if not self.authorized(headers, query):
+            if not self.api.authorized(headers, query):
                 await request.reject(401, body=b"missing or wrong bearer token\n")
                 return
             handle = self._live_target(path)
@@ -937,39 +766,6 @@ class Daemon:
 
 def _public_url(config: RunConfig) -> str:
     return redact_url(config)
-
-
-def _iso(ts: float) -> str:
-    return iso_utc(dt.datetime.fromtimestamp(ts, dt.UTC))
-
-
-def _error(message: str, field: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"error": message}
-    if field is not None:
-        out["field"] = field
-    return out
-
-
-def _field_of(message: str) -> str | None:
-    """`scenario: requests[0].weight: must be ...` -> `requests[0].weight`."""
-    parts = message.split(": ")
-    if len(parts) >= 3 and parts[0] in ("scenario", "scenario.json", "scenario.toml"):
-        return parts[1]
-    return None
-
-
-def _allow(method: str, allowed: str) -> None:
-    if method != allowed:
-        raise ApiError(405, f"method {method} not allowed here (use {allowed})")
-
-
-def _json(status: int, doc: Mapping[str, Any], headers: Sequence[tuple[str, str]] = ()) -> Response:
-    body = (json.dumps(doc, indent=2) + "\n").encode()
-    return Response(
-        status,
-        [("content-type", "application/json"), ("cache-control", "no-store"), *headers],
-        body,
-    )
 
 
 # -- command line ---------------------------------------------------------------------------
