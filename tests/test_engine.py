@@ -6,6 +6,7 @@ import functools
 import math
 from typing import Any
 
+import pytest
 import trio
 from servers import FaultServer, RunningTarget
 
@@ -391,3 +392,60 @@ async def test_adaptive_h2_opens_connections_only_as_streams_need_them(
     assert final.requests == target.stats.requests == 300
     assert final.max_in_flight == 12
     assert final.connections_opened == target.stats.connections == 2
+
+
+# -- HTTP/1.1 framings the target may choose ----------------------------------------
+
+FRAMINGS = {
+    # chunked transfer coding, keep-alive
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    # Content-Length, then the server closes: one connection per request
+    "close": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    # no length at all: the body ends when the connection does (HTTP/1.0 style)
+    "eof": b"HTTP/1.0 200 OK\r\n\r\nhello world",
+}
+
+
+async def serve_framing(
+    nursery: trio.Nursery, answer: bytes, closes: bool, seen: dict[str, int]
+) -> int:
+
+    async def handle(stream: trio.SocketStream) -> None:
+        seen["connections"] += 1
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                seen["requests"] += 1
+                await stream.send_all(answer)
+                if closes:
+                    await stream.aclose()
+                    return
+        except trio.BrokenResourceError:
+            return
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, handle, listeners)
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("framing", sorted(FRAMINGS))
+async def test_http1_framings(nursery: trio.Nursery, framing: str) -> None:
+    seen = {"connections": 0, "requests": 0}
+    port = await serve_framing(nursery, FRAMINGS[framing], framing != "chunked", seen)
+    _, final = await run(f"http://127.0.0.1:{port}/", "-n", "30", "-c", "3")
+    assert final.requests == seen["requests"] == 30
+    assert final.errors == 0
+    assert final.status_codes == {200: 30}
+    if framing == "chunked":
+        assert seen["connections"] == 3  # kept alive
+    else:
+        assert seen["connections"] == 30  # a new connection for every request
+        assert final.connections_opened == 30
