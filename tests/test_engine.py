@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -449,3 +450,19 @@ async def test_http1_framings(nursery: trio.Nursery, framing: str) -> None:
     else:
         assert seen["connections"] == 30  # a new connection for every request
         assert final.connections_opened == 30
+
+
+@pytest.mark.parametrize("protocol", ["--http1", "--http2"])
+async def test_large_bodies_both_ways(target: RunningTarget, tmp_path: Path, protocol: str) -> None:
+    # 1 MB up is far beyond HTTP/2's initial 64 KiB window: the sender must wait
+    # for WINDOW_UPDATEs; 2 MB down needs Ballista's own window updates.
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"x" * 1_000_000)
+    _, up = await run(
+        target.url, protocol, "-m", "POST", "--body-file", str(body), "-n", "8", "-c", "4"
+    )
+    assert up.status_codes == {200: 8}
+    assert target.stats.bytes_received == 8 * 1_000_000
+    _, down = await run(target.url_for("/?size=2000000"), protocol, "-n", "8", "-c", "4")
+    assert down.status_codes == {200: 8}
+    assert down.bytes_received >= 8 * 2_000_000
