@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from typing import Protocol
 
 import h11
-import httpcore
 import trio
 
 from ._config import Origin
@@ -53,7 +52,7 @@ class H1Connection:
         self._origin = origin
         self._ssl_context = ssl_context
         self._events = events
-        self._stream: httpcore.AsyncNetworkStream | None = None
+        self._conn: Connected | None = None
         self._h11 = h11.Connection(h11.CLIENT)
         self.lock = trio.Lock()
         #: True when several workers share this connection and must take `lock`.
@@ -68,29 +67,29 @@ class H1Connection:
 
     @property
     def is_open(self) -> bool:
-        return self._stream is not None
+        return self._conn is not None
 
     def adopt(self, connected: Connected) -> None:
         """Take over a connection opened elsewhere (the engine's ALPN probe)."""
-        self._stream = connected.stream
+        self._conn = connected
         self._h11 = h11.Connection(h11.CLIENT)
         self._events.connection_opened()
 
-    async def _open(self) -> httpcore.AsyncNetworkStream:
+    async def _open(self) -> Connected:
         connected = await connect(self._origin, self._ssl_context)
         if connected.alpn not in (None, "http/1.1"):
             await close_quietly(connected.stream)
             raise PeerClosed(f"ALPN chose {connected.alpn!r} on an HTTP/1.1 connection")
-        self._stream = connected.stream
+        self._conn = connected
         self._h11 = h11.Connection(h11.CLIENT)
         self._events.connection_opened()
-        return connected.stream
+        return connected
 
     async def _drop(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
             self._events.connection_closed()
-            await close_quietly(stream)
+            await close_quietly(conn.stream)
 
     async def aclose(self) -> None:
         await self._drop()
@@ -114,20 +113,21 @@ class H1Connection:
         while True:
             phase = ErrorKind.CONNECT_TIMEOUT
             sent = received = 0
-            reused = self._stream is not None
+            reused = self._conn is not None
             eof = False
             with trio.CancelScope(deadline=deadline):
                 try:
-                    stream = self._stream
-                    if stream is None:
-                        stream = await self._open()
+                    conn = self._conn
+                    if conn is None:
+                        conn = await self._open()
+                    io = conn.io
                     h = self._h11
                     phase = ErrorKind.WRITE_TIMEOUT
                     data = h.send(req.h11_request)
                     if req.body:
                         data += h.send(h11.Data(data=req.body))
                     data += h.send(_EOM)
-                    await stream.write(data)
+                    await io.send_all(data)
                     sent = len(data)
                     phase = ErrorKind.READ_TIMEOUT
                     status = 0
@@ -135,11 +135,12 @@ class H1Connection:
                     while True:
                         event = next_event()
                         if event is h11.NEED_DATA:
-                            chunk = await stream.read(READ_SIZE)
+                            chunk = await io.receive_some(READ_SIZE)
                             if not chunk:
                                 eof = True
                             received += len(chunk)
-                            h.receive_data(chunk)
+                            # TLS streams hand out bytearrays; h11 appends them as is.
+                            h.receive_data(chunk)  # type: ignore[arg-type]
                             continue
                         cls = type(event)
                         if cls is h11.Response:
@@ -181,4 +182,4 @@ class H1Connection:
 
 
 def _is_stale(exc: Exception) -> bool:
-    return isinstance(exc, PeerClosed | httpcore.ReadError | httpcore.WriteError)
+    return isinstance(exc, PeerClosed | trio.BrokenResourceError | trio.ClosedResourceError)

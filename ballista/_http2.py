@@ -16,7 +16,6 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-import httpcore
 import trio
 
 from ._config import Origin
@@ -59,8 +58,10 @@ class _Stream:
 class _Session:
     """One established HTTP/2 connection: socket, state machine, open streams."""
 
-    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
-        self.stream = stream
+    def __init__(self, connected: Connected) -> None:
+        #: httpcore's stream, for closing; `io` is what frames are read from and written to
+        self.stream = connected.stream
+        self.io = connected.io
         self.h2 = h2.connection.H2Connection(config=_CONFIG)
         self.streams: dict[int, _Stream] = {}
         #: set when h2 has frames queued; the writer task waits on it.
@@ -143,13 +144,13 @@ class H2Connection:
         if connected.alpn not in (None, "h2"):
             await close_quietly(connected.stream)
             raise ProtocolViolation(f"ALPN chose {connected.alpn!r}, not h2")
-        session = _Session(connected.stream)
+        session = _Session(connected)
         conn = session.h2
         conn.initiate_connection()
         conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW})
         conn.increment_flow_control_window(_WINDOW - 65535)
         try:
-            await connected.stream.write(conn.data_to_send())
+            await connected.io.send_all(conn.data_to_send())
         except BaseException:
             await close_quietly(connected.stream)
             raise
@@ -174,7 +175,7 @@ class H2Connection:
                 session.pending = trio.Event()
                 out = conn.data_to_send()
                 if out:
-                    await stream.write(out)
+                    await session.io.send_all(out)
         except Exception as exc:
             self._kill(session, _failure_kind(exc))
             await close_quietly(stream)
@@ -185,7 +186,7 @@ class H2Connection:
         streams = session.streams
         try:
             while session.alive:
-                data = await stream.read(READ_SIZE)
+                data = await session.io.receive_some(READ_SIZE)
                 if not data:
                     raise PeerClosed("server closed the HTTP/2 connection")
                 for event in conn.receive_data(data):
@@ -275,7 +276,7 @@ class H2Connection:
             try:
                 session.h2.close_connection()
                 with trio.move_on_after(0.2):
-                    await session.stream.write(session.h2.data_to_send())
+                    await session.io.send_all(session.h2.data_to_send())
             except Exception:
                 pass
             self._kill(session, ErrorKind.OTHER)
