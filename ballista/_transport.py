@@ -105,7 +105,10 @@ def classify(exc: BaseException) -> ErrorKind:
         return ErrorKind.OTHER
     if isinstance(
         exc,
-        httpcore.ReadError | httpcore.WriteError | trio.BrokenResourceError | trio.ClosedResourceError,
+        httpcore.ReadError
+        | httpcore.WriteError
+        | trio.BrokenResourceError
+        | trio.ClosedResourceError,
     ):
         # A broken stream with no more specific cause: the peer went away.
         return ErrorKind.RESET
