@@ -165,6 +165,15 @@ class View:
         self.summary: dict[str, Any] | None = None
         self._seen_seq: int | None = None
 
+    def interval_rps(self) -> float | None:
+        """The last interval's rate. The final snapshot covers only the sliver of an
+        interval since the one before it, so its rate is noise: keep the last full one."""
+        s = self.snap or {}
+        if s.get("final") and self.rps:
+            return self.rps[-1]
+        rps = s.get("rps")
+        return float(rps) if rps is not None else None
+
     def take(self, message: Mapping[str, Any]) -> str:
         """Feed one message; returns its type."""
         kind = str(message.get("type"))
@@ -211,7 +220,7 @@ class View:
             f"elapsed    {elapsed:8.1f}s" + (f" / {float(duration):g}s" if duration else "")
         )
         lines.append(
-            f"requests   {s.get('requests', 0):>12,}   rps {fmt_num(s.get('rps')):>10}"
+            f"requests   {s.get('requests', 0):>12,}   rps {fmt_num(self.interval_rps()):>10}"
             f"   mean rps {fmt_num(s.get('mean_rps')):>10}"
         )
         lines.append(
@@ -246,7 +255,7 @@ class View:
         limit = s.get("concurrency_limit")
         return (
             f"t={float(s.get('elapsed') or 0):.1f}s requests={s.get('requests', 0)}"
-            f" rps={fmt_num(s.get('rps'))} failed={s.get('failed', 0)}"
+            f" rps={fmt_num(self.interval_rps())} failed={s.get('failed', 0)}"
             f" p50={fmt_ms(il.get('p50'))} p99={fmt_ms(il.get('p99'))}"
             f" in_flight={s.get('in_flight', 0)}"
             f" limit={limit if limit is not None else '-'}"

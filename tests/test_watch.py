@@ -180,3 +180,17 @@ def test_view_ignores_snapshots_seen_before_a_reconnect() -> None:
     assert list(view.rps) == [10.0, 11.0, 12.0]
     view.take({"type": "hello", "run_id": "b", "interval": 1.0})  # a new run: fresh history
     assert list(view.rps) == []
+
+
+def test_the_final_slivers_rate_is_not_shown_as_the_interval_rate() -> None:
+    from ballista._watch import View
+
+    view = View(history_s=60)
+    view.take({"type": "hello", "interval_s": 1.0})
+    view.take({"type": "snapshot", "elapsed": 1.0, "rps": 200.0, "requests": 200})
+    view.take({"type": "snapshot", "elapsed": 2.0, "rps": 210.0, "requests": 410})
+    assert view.interval_rps() == 210.0
+    # 2 ms after the last tick, 1 request: "500/s" would be noise.
+    view.take({"type": "snapshot", "elapsed": 2.002, "rps": 500.0, "requests": 411, "final": True})
+    assert view.interval_rps() == 210.0
+    assert "rps=210.0" in view.line()
