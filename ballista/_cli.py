@@ -533,7 +533,22 @@ class Outputs:
 DEFAULT_LINGER = 11.0
 
 
+def check_output_path(path: str | None, flag: str) -> None:
+    """Fail before the run, not after it, when a result file cannot be written."""
+    if path is None or path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag}: {path!r} is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag}: no such directory {str(parent)!r}")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ConfigError(f"{flag}: cannot write {path!r} (permission denied)")
+
+
 def outputs_from_args(ns: argparse.Namespace) -> Outputs:
+    check_output_path(ns.json, "--json")
     for flag, port in (("--metrics-port", ns.metrics_port), ("--live-port", ns.live_port)):
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"{flag}: {port} is not a TCP port (0-65535)")
@@ -644,7 +659,18 @@ async def run_and_report(
             text_out.write(format_summary(final, meta))
             text_out.flush()
         if outputs.json_path is not None:
-            write_json(doc, outputs.json_path, stdout)
+            try:
+                write_json(doc, outputs.json_path, stdout)
+            except OSError as exc:
+                # Checked before the run, yet it failed (disk full, removed directory):
+                # say so in one line and keep the figures, on stderr.
+                print(
+                    f"ballista: error: --json: cannot write {outputs.json_path!r}: "
+                    f"{exc.strerror}; the summary follows on stderr",
+                    file=stderr,
+                )
+                write_json(doc, "-", stderr)
+                exit_code = EXIT_USAGE
         if hub is not None:
             await hub.finish(doc)
         if exporter is not None:
@@ -689,6 +715,7 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     from ._compare import run_compare
 
     config_from_args(ns)  # validate once, before anything starts
+    check_output_path(ns.json, "--json")
     try:
         return run_compare(ns)
     except BallistaError as exc:

@@ -42,6 +42,9 @@ BALLISTA = [sys.executable, "-m", "ballista"]
         (["run", "http://127.0.0.1/", "--stages", "10s:abc"], "not a number"),
         (["run", "http://127.0.0.1/", "--frobnicate"], "unrecognized arguments"),
         (["run", "http://127.0.0.1/", "--cacert", "/nonexistent.pem"], "--cacert"),
+        (["run", "http://127.0.0.1/", "--json", "/nonexistent/dir/out.json"], "no such directory"),
+        (["run", "http://127.0.0.1/", "--json", "/tmp"], "is a directory"),
+        (["compare", "http://127.0.0.1/", "--json", "/nonexistent/out.json"], "no such directory"),
         (["bogus"], "invalid choice"),
     ],
 )
