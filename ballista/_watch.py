@@ -378,6 +378,9 @@ def main(ns: argparse.Namespace) -> int:
     retry_for = parse_duration(ns.retry_for, what="--retry-for")
     if history <= 0:
         raise ConfigError("--history: must be longer than 0")
+    from ._cli import check_output_path
+
+    check_output_path(ns.json, "--json")
     tty = sys.stdout.isatty() and not ns.plain
     try:
         return trio.run(

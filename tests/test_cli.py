@@ -45,6 +45,7 @@ BALLISTA = [sys.executable, "-m", "ballista"]
         (["run", "http://127.0.0.1/", "--json", "/nonexistent/dir/out.json"], "no such directory"),
         (["run", "http://127.0.0.1/", "--json", "/tmp"], "is a directory"),
         (["compare", "http://127.0.0.1/", "--json", "/nonexistent/out.json"], "no such directory"),
+        (["watch", "ws://127.0.0.1:1/", "--json", "/nonexistent/out.json"], "no such directory"),
         (["bogus"], "invalid choice"),
     ],
 )
