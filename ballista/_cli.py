@@ -32,7 +32,7 @@ from ._config import (
 from ._durations import parse_duration
 from ._engine import Engine, SnapshotSink
 from ._errors import BallistaError, ConfigError
-from ._report import LiveLine, format_summary, summary_dict, write_json
+from ._report import LiveLine, check_output_path, format_summary, summary_dict, write_json
 from ._schedule import parse_stages
 from ._snapshot import Snapshot
 
@@ -531,20 +531,6 @@ class Outputs:
 
 #: Default time /metrics stays up after a run: two scrapes at a 5 s interval.
 DEFAULT_LINGER = 11.0
-
-
-def check_output_path(path: str | None, flag: str) -> None:
-    """Fail before the run, not after it, when a result file cannot be written."""
-    if path is None or path == "-":
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise ConfigError(f"{flag}: {path!r} is a directory")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"{flag}: no such directory {str(parent)!r}")
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise ConfigError(f"{flag}: cannot write {path!r} (permission denied)")
 
 
 def outputs_from_args(ns: argparse.Namespace) -> Outputs:

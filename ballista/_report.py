@@ -5,13 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
 from ._config import RunConfig
 from ._durations import format_duration
+from ._errors import ConfigError
 from ._snapshot import LatencySummary, Snapshot
 
 SCHEMA = "ballista.summary/1"
@@ -105,6 +108,20 @@ def summary_dict(snap: Snapshot, meta: RunMeta, config: RunConfig | None = None)
     if meta.notes:
         doc["notes"] = list(meta.notes)
     return doc
+
+
+def check_output_path(path: str | None, flag: str) -> None:
+    """Fail before the run, not after it, when a result file cannot be written."""
+    if path is None or path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag}: {path!r} is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag}: no such directory {str(parent)!r}")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ConfigError(f"{flag}: cannot write {path!r} (permission denied)")
 
 
 def write_json(doc: Mapping[str, Any], path: str, stdout: TextIO) -> None:

@@ -28,6 +28,7 @@ from trio_websocket import (
 
 from ._durations import parse_duration
 from ._errors import ConfigError
+from ._report import check_output_path
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
@@ -378,8 +379,6 @@ def main(ns: argparse.Namespace) -> int:
     retry_for = parse_duration(ns.retry_for, what="--retry-for")
     if history <= 0:
         raise ConfigError("--history: must be longer than 0")
-    from ._cli import check_output_path
-
     check_output_path(ns.json, "--json")
     tty = sys.stdout.isatty() and not ns.plain
     try:
