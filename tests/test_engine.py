@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import random
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,22 @@ async def test_post_body_and_headers(target: RunningTarget) -> None:
 # -- latency against known delays ---------------------------------------------------
 
 
+async def request_heads(stream: trio.SocketStream) -> AsyncGenerator[bytes, None]:
+    """Each request head a client sends on `stream` (bodiless GETs), until it closes."""
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            yield head
+    except trio.BrokenResourceError:
+        return
+
+
 class DelayServer:
     """A minimal HTTP/1.1 server that holds each response for `delay` seconds (plus
     up to `jitter`, so that concurrent responses do not all come back at once) and
@@ -139,23 +157,13 @@ class DelayServer:
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        buf = b""
-        body = b"ok"
-        head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                _, _, buf = buf.partition(b"\r\n\r\n")
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        async with contextlib.aclosing(request_heads(stream)) as heads:
+            async for _ in heads:
                 t0 = trio.current_time()
                 await trio.sleep(self.delay + self.jitter * self._rng.random())
-                await stream.send_all(head + body)
+                await stream.send_all(answer)
                 self.held.append(trio.current_time() - t0)
-        except trio.BrokenResourceError:
-            return
 
     def percentile(self, q: float) -> float:
         values = sorted(self.held)
@@ -418,22 +426,13 @@ async def serve_framing(
 
     async def handle(stream: trio.SocketStream) -> None:
         seen["connections"] += 1
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                _, _, buf = buf.partition(b"\r\n\r\n")
+        async with contextlib.aclosing(request_heads(stream)) as heads:
+            async for _ in heads:
                 seen["requests"] += 1
                 await stream.send_all(answer)
                 if closes:
                     await stream.aclose()
                     return
-        except trio.BrokenResourceError:
-            return
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     nursery.start_soon(trio.serve_listeners, handle, listeners)
