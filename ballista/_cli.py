@@ -53,43 +53,37 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _positive_int(what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-        return value
-
-    return parse
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (argparse prefixes the flag's name)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
-def _positive_float(what: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (value > 0 and value < float("inf")):
-            raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-        return value
-
-    return parse
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
 
 
-def _duration(what: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = parse_duration(text, what="")
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be longer than 0, got {text!r}")
-        return value
-
-    return parse
+def _duration(text: str) -> float:
+    """argparse type: a duration longer than 0 (`500ms`, `30s`, `5m`)."""
+    try:
+        value = parse_duration(text, what="")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be longer than 0, got {text!r}")
+    return value
 
 
 def add_request_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,21 +94,21 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-c",
         "--concurrency",
-        type=_positive_int("--concurrency"),
+        type=_positive_int,
         default=None,
         help="closed model: number of workers (default 10)",
     )
     p.add_argument(
         "-n",
         "--requests",
-        type=_positive_int("--requests"),
+        type=_positive_int,
         default=None,
         help="stop after this many requests in total",
     )
     p.add_argument(
         "-d",
         "--duration",
-        type=_duration("--duration"),
+        type=_duration,
         default=None,
         help="stop after this long (500ms, 30s, 5m, 2h); default 10s without -n",
     )
@@ -131,14 +125,14 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--connections",
-        type=_positive_int("--connections"),
+        type=_positive_int,
         default=None,
         help="connections to open (default: one per worker on HTTP/1.1, "
         "one per 100 streams on HTTP/2)",
     )
     p.add_argument(
         "--timeout",
-        type=_duration("--timeout"),
+        type=_duration,
         default=None,
         help="per-request timeout (default 30s)",
     )
@@ -158,7 +152,7 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cacert", default=None, help="CA bundle to verify the target with")
     p.add_argument(
         "--interval",
-        type=_duration("--interval"),
+        type=_duration,
         default=None,
         help="snapshot interval (default 1s)",
     )
@@ -192,14 +186,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     open_model.add_argument(
         "-r",
         "--rate",
-        type=_positive_float("--rate"),
+        type=_positive_float,
         default=None,
         help="open model: requests per second, scheduled in advance; latency counts "
         "from the scheduled time",
     )
     open_model.add_argument(
         "--max-in-flight",
-        type=_positive_int("--max-in-flight"),
+        type=_positive_int,
         default=None,
         help="open model: cap on outstanding requests; what cannot start within "
         "--timeout of its schedule is dropped",
@@ -224,7 +218,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     adaptive.add_argument(
         "--latency-target",
-        type=_duration("--latency-target"),
+        type=_duration,
         default=None,
         help="adaptive: the latency the controller keeps under (default 250ms)",
     )
@@ -234,18 +228,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         default=None,
         help="adaptive: which percentile of a window to compare (default 95)",
     )
-    adaptive.add_argument(
-        "--min-concurrency", type=_positive_int("--min-concurrency"), default=None
-    )
-    adaptive.add_argument(
-        "--max-concurrency", type=_positive_int("--max-concurrency"), default=None
-    )
-    adaptive.add_argument(
-        "--initial-concurrency", type=_positive_int("--initial-concurrency"), default=None
-    )
+    adaptive.add_argument("--min-concurrency", type=_positive_int, default=None)
+    adaptive.add_argument("--max-concurrency", type=_positive_int, default=None)
+    adaptive.add_argument("--initial-concurrency", type=_positive_int, default=None)
     adaptive.add_argument(
         "--increase",
-        type=_positive_int("--increase"),
+        type=_positive_int,
         default=None,
         help="adaptive: limit added after a window without congestion (default 1)",
     )
@@ -257,21 +245,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     adaptive.add_argument(
         "--window-min",
-        type=_duration("--window-min"),
+        type=_duration,
         default=None,
         metavar="DUR",
         help="adaptive: shortest window; windows last about 2x the median latency (500ms)",
     )
     adaptive.add_argument(
         "--window-max",
-        type=_duration("--window-max"),
+        type=_duration,
         default=None,
         metavar="DUR",
         help="adaptive: longest window, whatever the sample count (5s)",
     )
     adaptive.add_argument(
         "--window-samples",
-        type=_positive_int("--window-samples"),
+        type=_positive_int,
         default=None,
         metavar="N",
         help="adaptive: samples a window needs before it closes (20)",
@@ -318,7 +306,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     outputs.add_argument(
         "--linger",
-        type=_duration("--linger"),
+        type=_duration,
         default=None,
         help="keep /metrics up this long after the run (default 11s when --metrics-port)",
     )
@@ -333,8 +321,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser("demo", help="start an embedded target and run a short test against it")
-    demo.add_argument("-d", "--duration", type=_duration("--duration"), default=10.0)
-    demo.add_argument("-c", "--concurrency", type=_positive_int("--concurrency"), default=5)
+    demo.add_argument("-d", "--duration", type=_duration, default=10.0)
+    demo.add_argument("-c", "--concurrency", type=_positive_int, default=5)
     demo.add_argument("--http1", action="store_true", help="use HTTP/1.1 instead of h2c")
     demo.add_argument("--json", default=None, metavar="PATH")
 
@@ -640,7 +628,7 @@ async def run_and_report(
             if not all(v["ok"] for v in verdicts):
                 exit_code = EXIT_THRESHOLD
         meta = engine.run_meta(started_at, thresholds=verdicts)
-        doc = summary_dict(final, meta, config)
+        doc = summary_dict(final, meta)
         if not outputs.quiet:
             text_out.write(format_summary(final, meta))
             text_out.flush()

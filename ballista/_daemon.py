@@ -602,7 +602,7 @@ class Daemon:
     def _store_sink(self, handle: RunHandle) -> SnapshotSink:
         def sink(snap: Snapshot) -> None:
             now = time.time()
-            handle.summary = summary_dict(snap, handle.meta(), handle.config)
+            handle.summary = summary_dict(snap, handle.meta())
             if not snap.final or (snap.interval > 0 and snap.interval_requests):
                 handle.queue_point(point_from_snapshot(snap, now, handle.segment))
 
@@ -647,7 +647,7 @@ class Daemon:
                     log.exception("run %s failed", handle.id)
                     reason = f"{type(exc).__name__}: {exc}"
                 else:
-                    summary = summary_dict(final, handle.meta(final=True), handle.config)
+                    summary = summary_dict(final, handle.meta(final=True))
                     handle.summary = summary
                     if handle.end_status is not None:
                         status, reason = handle.end_status, handle.end_reason

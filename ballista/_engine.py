@@ -319,7 +319,7 @@ class Engine:
                         self._connections = connections
                         self._spawn_up_to_limit()
                         if self._ramp is not None:
-                            workers.start_soon(self._follow_ramp, recorder, start)
+                            workers.start_soon(self._follow_ramp, start)
             self._stop_sending = True
             final = recorder.snapshot(trio.current_time(), final=True)
             self.final = final
@@ -479,7 +479,7 @@ class Engine:
                 self._running_workers.add(i)
                 nursery.start_soon(self._closed_worker, i)
 
-    async def _follow_ramp(self, recorder: Recorder, start: float) -> None:
+    async def _follow_ramp(self, start: float) -> None:
         ramp = self._ramp
         assert ramp is not None
         while not self._stop_sending:

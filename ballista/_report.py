@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from ._config import RunConfig
 from ._durations import format_duration
 from ._errors import ConfigError
 from ._snapshot import LatencySummary, Snapshot
@@ -55,7 +54,7 @@ def _latency(summary: LatencySummary) -> dict[str, float]:
     return {k: round(v, 9) for k, v in summary.as_dict().items()}
 
 
-def summary_dict(snap: Snapshot, meta: RunMeta, config: RunConfig | None = None) -> dict[str, Any]:
+def summary_dict(snap: Snapshot, meta: RunMeta) -> dict[str, Any]:
     """The `ballista.summary/1` document of DESIGN.md."""
     names: dict[str, Any] = {}
     for stats in snap.by_request:

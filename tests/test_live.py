@@ -41,7 +41,7 @@ async def run_with_hub(config: RunConfig, hub: LiveHub) -> dict[str, Any]:
     with trio.fail_after(30):
         final = await engine.run()
     meta = engine.run_meta(hub.started_at)
-    return summary_dict(final, meta, config)
+    return summary_dict(final, meta)
 
 
 @dataclass

@@ -123,7 +123,7 @@ async def test_live_page_follows_a_run_and_shows_the_summary(
             engine.on_start.extend([hub.on_start, exporter.on_start])
             final = await engine.run()
             meta = engine.run_meta(started_at)
-            summary.update(summary_dict(final, meta, config))
+            summary.update(summary_dict(final, meta))
             await hub.finish(summary)
 
         def text(element_id: str) -> str:

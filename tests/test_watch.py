@@ -139,7 +139,7 @@ async def test_watch_reconnects_when_the_stream_drops(
     nursery.start_soon(drop_and_restore)
     final = await engine.run()
     meta = engine.run_meta(hub.started_at)
-    doc = summary_dict(final, meta, config)
+    doc = summary_dict(final, meta)
     with trio.fail_after(10):
         await hub.finish(doc)
         while not result:
