@@ -296,7 +296,9 @@ class H2Connection:
             try:
                 while True:
                     phase = ErrorKind.CONNECT_TIMEOUT
-                    session = await self._get_session()
+                    session = self._session
+                    if session is None or not session.alive or session.draining:
+                        session = await self._get_session()
                     if self.active < self.max_streams:
                         break
                     phase = ErrorKind.POOL_TIMEOUT
