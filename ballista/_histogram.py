@@ -19,6 +19,9 @@ from ._snapshot import PERCENTILES, LatencySummary
 _SUB_BITS = 7
 _SUB = 1 << _SUB_BITS  # sub-buckets per power of two above the exact range
 _EXACT = 2 * _SUB  # values below this many nanoseconds have a bucket each
+#: Largest relative distance between a value and its bucket's midpoint (half a
+#: bucket of width 1/128 of its lowest value): the error bound of a percentile.
+RELATIVE_ERROR = 1 / (2 * _SUB)
 #: Values from this many nanoseconds (~78 h) up share the top bucket.
 _LIMIT_BITS = 48
 _LIMIT = 1 << _LIMIT_BITS

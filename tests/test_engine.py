@@ -16,6 +16,7 @@ from servers import FaultServer, RunningTarget
 
 from ballista._cli import build_parser, config_from_args
 from ballista._engine import Engine
+from ballista._histogram import RELATIVE_ERROR
 from ballista._outcome import Sample
 from ballista._snapshot import Snapshot
 
@@ -180,7 +181,10 @@ async def test_percentiles_match_the_truth(nursery: trio.Nursery) -> None:
     assert final.requests == len(server.held) == 800
     for q, reported in ((50, final.latency.p50), (99, final.latency.p99)):
         truth = server.percentile(q)
-        assert reported >= truth
+        # The client sees at least the server's hold time, but the histogram reports
+        # its bucket's midpoint, which may lie up to RELATIVE_ERROR below the sample:
+        # that is the whole of the allowed shortfall.
+        assert reported >= truth * (1 - RELATIVE_ERROR), (q, reported, truth)
         assert reported - truth <= 0.001 + 0.02 * truth, (q, reported, truth)
 
 
