@@ -11,6 +11,8 @@ from ballista._config import LoadSpec, RequestSpec, RunConfig, parse_url
 from ballista._engine import Engine
 
 MAX_HEAD = 64 * 1024
+#: Upper slack for the stall test: time to work through 200 responses released at once.
+BURST = 0.4
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n"
 
 
@@ -63,34 +65,40 @@ def open_config(url: str, *, rate: float, duration: float, **load: object) -> Ru
 
 
 async def test_a_stall_is_reported_as_users_feel_it(nursery: trio.Nursery) -> None:
-    """200 req/s for 10 s; every response is held from t=4 s to t=6 s.
+    """100 req/s for 10 s; every response is held from t=4 s to t=6 s.
 
-    The 400 requests scheduled during the stall go out on schedule, and each
+    The 200 requests scheduled during the stall go out on schedule, and each
     one's latency is the time from its schedule to the end of the stall: 20% of
     requests spread evenly over 0-2 s, so p90 is about 1.0 s and p99 about 1.9 s.
     A closed-loop tool would report a few milliseconds.
     """
     server = StallServer()
     await nursery.start(server.serve)
-    config = open_config(f"http://{HOST}:{server.port}/", rate=200.0, duration=10.0)
+    config = open_config(f"http://{HOST}:{server.port}/", rate=100.0, duration=10.0)
     engine = Engine(config)
     start = trio.current_time()
     server.stall_from, server.stall_until = start + 4.0, start + 6.0
     final = await engine.run()
 
+    lat = final.latency
+    seen = (final.max_scheduler_lag, lat, final.service_time)
     sent_in_stall = sum(1 for t in server.received if start + 4.0 <= t < start + 6.0)
-    assert 390 <= sent_in_stall <= 410
-    assert 1980 <= final.requests <= 2001
+    assert 190 <= sent_in_stall <= 205, seen
+    assert 990 <= final.requests <= 1001
     assert final.errors == 0
     assert final.dropped == 0
-    assert abs(final.latency.p90 - 1.0) <= 0.15 * 1.0
-    assert abs(final.latency.p99 - 1.9) <= 0.15 * 1.9
-    assert final.latency.max <= 2.2
+    assert final.max_in_flight >= 190
+    # From below, the bounds are the stall itself, less the histogram's error and
+    # the few ms between `start` and the engine's first schedule. From above they
+    # allow BURST: the 200 held responses all come back at t=6 s, and this one
+    # process (the server's side too) works through them while it goes on sending.
+    assert 0.9 <= lat.p90 <= 1.0 + BURST, seen
+    assert 1.8 <= lat.p99 <= 1.9 + BURST, seen
+    assert lat.max <= 2.0 + BURST, seen
     # Service time is measured from the actual send: it sees the same stall,
     # because requests were sent on schedule, not held back behind slow ones.
     assert final.service_time is not None
-    assert abs(final.service_time.p99 - 1.9) <= 0.15 * 1.9
-    assert final.max_in_flight >= 380
+    assert 1.8 <= final.service_time.p99 <= 1.9 + BURST, seen
 
 
 async def test_achieved_rate_is_within_one_percent(target: RunningTarget) -> None:
