@@ -242,26 +242,22 @@ def test_snapshots_are_immutable_and_independent() -> None:
     s = rec.snapshot(1.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.requests = 0  # type: ignore[misc]
-    before = (
-        s.histogram.count,
-        s.histogram.max,
-        s.by_request[0].histogram.count,
-        dict(s.status_codes),
-        dict(s.errors_by_kind),
-        dict(s.by_request[0].status_codes),
-        dict(s.interval_status_codes),
-    )
+
+    def contents() -> tuple[object, ...]:
+        return (
+            s.histogram.count,
+            s.histogram.max,
+            s.by_request[0].histogram.count,
+            dict(s.status_codes),
+            dict(s.errors_by_kind),
+            dict(s.by_request[0].status_codes),
+            dict(s.interval_status_codes),
+        )
+
+    before = contents()
     finish(rec, ok(latency=5.0), ok(status=500), err(ErrorKind.RESET))
     later = rec.snapshot(2.0)
-    after = (
-        s.histogram.count,
-        s.histogram.max,
-        s.by_request[0].histogram.count,
-        dict(s.status_codes),
-        dict(s.errors_by_kind),
-        dict(s.by_request[0].status_codes),
-        dict(s.interval_status_codes),
-    )
+    after = contents()
     assert before == after == (2, 1.0, 2, {200: 1}, kinds(reset=1), {200: 1}, {200: 1})
     assert later.histogram.count == 5
     # the snapshot's histograms are copies: a consumer changing them changes nothing else
