@@ -1,5 +1,5 @@
 """`python -m ballista`: the same as the `ballista` command."""
 
-from ._cli import main
+from ballista.cli.main import main
 
 raise SystemExit(main())

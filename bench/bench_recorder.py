@@ -10,10 +10,10 @@ import sys
 import time
 from collections.abc import Callable
 
-from ballista._config import RequestSpec
-from ballista._histogram import Histogram
-from ballista._outcome import NO_ERROR, ErrorKind, Sample
-from ballista._recorder import Recorder
+from ballista.core.config import RequestSpec
+from ballista.core.histogram import Histogram
+from ballista.core.outcome import NO_ERROR, ErrorKind, Sample
+from ballista.core.recorder import Recorder
 
 
 def latencies(n: int, seed: int = 1) -> list[float]:

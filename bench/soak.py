@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ballista._durations import parse_duration
+from ballista.core.durations import parse_duration
 
 
 def free_port() -> int:

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import httpcore
 import trio
 
-from ballista._config import LoadSpec, RequestSpec, RunConfig, parse_url
-from ballista._engine import Engine
+from ballista.core.config import LoadSpec, RequestSpec, RunConfig, parse_url
+from ballista.engine.engine import Engine
 
 
 def cpu() -> float:

@@ -25,8 +25,8 @@ import h2.exceptions
 import trio
 import trustme
 
-from ballista._outcome import ErrorKind
-from ballista._target import TargetConfig, TargetStats, serve_target
+from ballista.core.outcome import ErrorKind
+from ballista.target.app import TargetConfig, TargetStats, serve_target
 
 HOST = "127.0.0.1"
 #: No fault handler keeps a connection longer than this, whatever the client does.

@@ -23,9 +23,9 @@ import pytest
 import trio
 import trio.testing
 
-from ballista._config import AdaptiveSpec
-from ballista._controller import AimdController, Window
-from ballista._outcome import NO_ERROR, Sample
+from ballista.core.config import AdaptiveSpec
+from ballista.core.controller import AimdController, Window
+from ballista.core.outcome import NO_ERROR, Sample
 
 # --- the simulated target -------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 from servers import RunningTarget
 
-from ballista._cli import main
+from ballista.cli.main import main
 
 BALLISTA = [sys.executable, "-m", "ballista"]
 

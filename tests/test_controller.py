@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from ballista._cli import build_parser, load_from_args, main
-from ballista._config import AdaptiveSpec, RequestSpec
-from ballista._controller import (
+from ballista.cli.main import build_parser, load_from_args, main
+from ballista.core.config import AdaptiveSpec, RequestSpec
+from ballista.core.controller import (
     SETTLE_WINDOWS,
     AimdController,
     Window,
@@ -17,9 +17,9 @@ from ballista._controller import (
     parse_share,
     parse_statuses,
 )
-from ballista._errors import ConfigError
-from ballista._outcome import NO_ERROR, ErrorKind, Sample
-from ballista._recorder import Recorder
+from ballista.core.errors import ConfigError
+from ballista.core.outcome import NO_ERROR, ErrorKind, Sample
+from ballista.core.recorder import Recorder
 
 #: Windows of at least 1 s and 5 samples; p95 under 100 ms; no slow start; any signal counts.
 SPEC = AdaptiveSpec(

@@ -27,11 +27,11 @@ import trio
 from servers import FaultServer, RunningTarget
 from trio_websocket import open_websocket_url
 
-from ballista._config import LoadSpec, RequestSpec, RunConfig, parse_url
-from ballista._daemon import Daemon, ServeOptions, options_from_args
-from ballista._engine import Engine
-from ballista._errors import ConfigError
-from ballista._store import Store
+from ballista.core.config import LoadSpec, RequestSpec, RunConfig, parse_url
+from ballista.core.errors import ConfigError
+from ballista.daemon.daemon import Daemon, ServeOptions, options_from_args
+from ballista.daemon.store import Store
+from ballista.engine.engine import Engine
 
 SECRET = "s3cr3t-token-value"
 
@@ -247,7 +247,7 @@ async def test_run_limit(nursery: trio.Nursery, tmp_path: Path, target: RunningT
 
 
 def test_non_loopback_bind_refuses_to_start_without_a_token(tmp_path: Path) -> None:
-    from ballista._cli import main
+    from ballista.cli.main import main
 
     for addr in ("0.0.0.0", "192.0.2.1", "::"):
         with pytest.raises(ConfigError, match="needs a token"):
@@ -672,7 +672,7 @@ async def test_engine_tracked_memory_does_not_grow_with_requests(target: Running
     # Ballista's own allocations; the in-process target is not under test
     filters = [
         tracemalloc.Filter(True, "*/ballista/*"),
-        tracemalloc.Filter(False, "*/ballista/_target.py"),
+        tracemalloc.Filter(False, "*/ballista/target/app.py"),
     ]
 
     def measure(snap: Any) -> None:
@@ -712,7 +712,7 @@ async def test_engine_tracked_memory_does_not_grow_with_requests(target: Running
 def test_bad_serve_flags_are_one_line_and_exit_2(
     args: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ballista._cli import main
+    from ballista.cli.main import main
 
     (tmp_path / "file").write_text("")
     (tmp_path / "bad.toml").write_text("[[runs]]\nscenario = 1\n")
@@ -745,7 +745,7 @@ async def test_runs_client_against_a_daemon(
     import argparse
     import io
 
-    from ballista import _runs_client
+    from ballista.cli import runs as _runs_client
 
     server = f"http://127.0.0.1:{daemon.port}"
 

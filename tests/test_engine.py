@@ -14,11 +14,11 @@ import pytest
 import trio
 from servers import FaultServer, RunningTarget
 
-from ballista._cli import build_parser, config_from_args
-from ballista._engine import Engine
-from ballista._histogram import RELATIVE_ERROR
-from ballista._outcome import Sample
-from ballista._snapshot import Snapshot
+from ballista.cli.main import build_parser, config_from_args
+from ballista.core.histogram import RELATIVE_ERROR
+from ballista.core.outcome import Sample
+from ballista.core.snapshot import Snapshot
+from ballista.engine.engine import Engine
 
 
 def engine_for(*argv: str) -> Engine:

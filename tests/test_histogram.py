@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ballista._histogram import Histogram
-from ballista._snapshot import LatencySummary
+from ballista.core.histogram import Histogram
+from ballista.core.snapshot import LatencySummary
 
 QUANTILES = (0.0, 1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0)
 

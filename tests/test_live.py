@@ -13,14 +13,14 @@ import trio
 from servers import RunningTarget
 from trio_websocket import ConnectionClosed
 
-from ballista._cli import build_parser, config_from_args
-from ballista._config import RunConfig
-from ballista._engine import Engine
-from ballista._httpserver import Request, Response
-from ballista._live import LiveHub, page_routes, serve_live
-from ballista._redact import REDACTED
-from ballista._report import summary_dict
-from ballista._watch import connect
+from ballista.cli.main import build_parser, config_from_args
+from ballista.cli.watch import connect
+from ballista.core.config import RunConfig
+from ballista.core.redact import REDACTED
+from ballista.engine.engine import Engine
+from ballista.observe.httpserver import Request, Response
+from ballista.observe.live import LiveHub, page_routes, serve_live
+from ballista.observe.summary import summary_dict
 
 INTERVAL = 0.25
 
@@ -290,7 +290,7 @@ def test_page_routes_serve_the_page_and_its_files() -> None:
     assert isinstance(js, Response) and js.status == 200
     assert js.body.startswith(b"/*! https://github.com/leeoniya/uPlot")
     assert ("content-type", "text/javascript; charset=utf-8") in js.headers
-    for path in ("/static/nope.js", "/static/../_live.py", "/static/"):
+    for path in ("/static/nope.js", "/static/../live.py", "/static/"):
         missing = routes["/static/"](Request("GET", path, ""))
         assert isinstance(missing, Response) and missing.status == 404
     post = routes["/"](Request("POST", "/", ""))

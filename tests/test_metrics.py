@@ -13,13 +13,13 @@ from prometheus_client.samples import Sample
 from servers import FaultServer, RunningTarget
 
 from ballista import __version__
-from ballista._cli import build_parser, config_from_args
-from ballista._config import LoadSpec, RequestSpec, RunConfig, parse_url
-from ballista._engine import Engine
-from ballista._httpserver import MAX_BODY, Request, Response, serve_http
-from ballista._metrics import LATENCY_BUCKETS, MetricsExporter, serve_metrics
-from ballista._outcome import ERROR_LABELS
-from ballista._snapshot import Snapshot
+from ballista.cli.main import build_parser, config_from_args
+from ballista.core.config import LoadSpec, RequestSpec, RunConfig, parse_url
+from ballista.core.outcome import ERROR_LABELS
+from ballista.core.snapshot import Snapshot
+from ballista.engine.engine import Engine
+from ballista.observe.httpserver import MAX_BODY, Request, Response, serve_http
+from ballista.observe.metrics import LATENCY_BUCKETS, MetricsExporter, serve_metrics
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 

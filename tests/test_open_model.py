@@ -7,8 +7,8 @@ import trio.testing
 from servers import HOST, RunningTarget
 from test_stages import ORIGIN, FakeConnection
 
-from ballista._config import LoadSpec, RequestSpec, RunConfig, parse_url
-from ballista._engine import Engine
+from ballista.core.config import LoadSpec, RequestSpec, RunConfig, parse_url
+from ballista.engine.engine import Engine
 
 MAX_HEAD = 64 * 1024
 #: Upper slack for the stall test: time to work through 200 responses released at once.

@@ -19,11 +19,11 @@ import pytest
 import trio
 from conftest import TargetFactory
 
-from ballista._cli import build_parser, config_from_args
-from ballista._engine import Engine
-from ballista._live import LiveHub, page_routes, serve_live
-from ballista._metrics import MetricsExporter, serve_metrics
-from ballista._report import summary_dict
+from ballista.cli.main import build_parser, config_from_args
+from ballista.engine.engine import Engine
+from ballista.observe.live import LiveHub, page_routes, serve_live
+from ballista.observe.metrics import MetricsExporter, serve_metrics
+from ballista.observe.summary import summary_dict
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -28,9 +28,9 @@ import trio
 from prometheus_client.registry import CollectorRegistry
 from servers import RunningTarget
 
-from ballista._cli import build_parser, config_from_args
-from ballista._engine import Engine
-from ballista._metrics import MetricsExporter
+from ballista.cli.main import build_parser, config_from_args
+from ballista.engine.engine import Engine
+from ballista.observe.metrics import MetricsExporter
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "prometheus"

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from ballista._config import RequestSpec
-from ballista._outcome import ERROR_LABELS, NO_ERROR, ErrorKind, Sample
-from ballista._recorder import Recorder
+from ballista.core.config import RequestSpec
+from ballista.core.outcome import ERROR_LABELS, NO_ERROR, ErrorKind, Sample
+from ballista.core.recorder import Recorder
 
 HOME = RequestSpec("home", "GET", "/")
 LOGIN = RequestSpec("login", "POST", "/login", expected=frozenset({200, 401}))

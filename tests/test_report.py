@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import io
 
-from ballista._config import RequestSpec
-from ballista._outcome import NO_ERROR, ErrorKind, Sample
-from ballista._recorder import Recorder
-from ballista._report import LAG_WARNING, LiveLine, RunMeta, format_summary, summary_dict
-from ballista._snapshot import Snapshot
+from ballista.core.config import RequestSpec
+from ballista.core.outcome import NO_ERROR, ErrorKind, Sample
+from ballista.core.recorder import Recorder
+from ballista.core.runmeta import LAG_WARNING, RunMeta
+from ballista.core.snapshot import Snapshot
+from ballista.observe.summary import LiveLine, format_summary, summary_dict
 
 SPECS = (RequestSpec(name="home", method="GET", target="/"),)
 STARTED = dt.datetime(2026, 11, 27, 5, 0, tzinfo=dt.UTC)

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import trio
 
-from ballista._config import AdaptiveSpec, LoadSpec, Origin, RequestSpec, RunConfig
-from ballista._controller import AimdController
-from ballista._engine import Engine
-from ballista._outcome import NO_ERROR, Sample
-from ballista._transport import MAX_RETRY_AFTER, parse_retry_after
+from ballista.core.config import AdaptiveSpec, LoadSpec, Origin, RequestSpec, RunConfig
+from ballista.core.controller import AimdController
+from ballista.core.outcome import NO_ERROR, Sample
+from ballista.engine.engine import Engine
+from ballista.transport.connect import MAX_RETRY_AFTER, parse_retry_after
 
 
 def test_parse_delta_seconds() -> None:

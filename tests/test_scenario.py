@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from servers import RunningTarget
 
-from ballista._cli import Outputs, build_parser, config_from_args, run_and_report
-from ballista._config import RunConfig, Stage
-from ballista._errors import ConfigError
-from ballista._scenario import config_from_scenario
+from ballista.cli.main import Outputs, build_parser, config_from_args, run_and_report
+from ballista.core.config import RunConfig, Stage
+from ballista.core.errors import ConfigError
+from ballista.core.scenario import config_from_scenario
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ballista._config import Stage
-from ballista._errors import ConfigError
-from ballista._schedule import Arrivals, Ramp, constant, parse_stages
+from ballista.core.config import Stage
+from ballista.core.errors import ConfigError
+from ballista.core.schedule import Arrivals, Ramp, constant, parse_stages
 
 
 def test_parse_stages_units_and_targets() -> None:

@@ -12,11 +12,11 @@ from collections import Counter
 import trio
 import trio.testing
 
-from ballista._config import LoadSpec, Origin, RequestSpec, RunConfig
-from ballista._engine import Engine, RunInfo
-from ballista._outcome import NO_ERROR
-from ballista._schedule import Ramp, parse_stages
-from ballista._transport import PreparedRequest
+from ballista.core.config import LoadSpec, Origin, RequestSpec, RunConfig
+from ballista.core.outcome import NO_ERROR
+from ballista.core.schedule import Ramp, parse_stages
+from ballista.engine.engine import Engine, RunInfo
+from ballista.transport.connect import PreparedRequest
 
 ORIGIN = Origin("http", "127.0.0.1", 9)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ballista._store import Point, Store, merge_points
+from ballista.daemon.store import Point, Store, merge_points
 
 
 class FakeClock:

@@ -28,8 +28,8 @@ import trio
 import trio.testing
 from servers import FaultServer, RunningTarget, TlsFiles
 
-from ballista._errors import ConfigError
-from ballista._target import (
+from ballista.core.errors import ConfigError
+from ballista.target.app import (
     Z99,
     TargetConfig,
     TargetStats,
@@ -229,7 +229,7 @@ def test_run_target_forever_refuses_a_busy_port() -> None:
 
 def test_run_target_forever_prints_and_stops_on_sigterm() -> None:
     code = (
-        "from ballista._target import TargetConfig, run_target_forever\n"
+        "from ballista.target.app import TargetConfig, run_target_forever\n"
         "raise SystemExit(run_target_forever(TargetConfig(port=0)))\n"
     )
     with subprocess.Popen(

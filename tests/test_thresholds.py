@@ -14,13 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from servers import RunningTarget
 
-from ballista._cli import Outputs, build_parser, config_from_args, run_and_report
-from ballista._config import RequestSpec
-from ballista._errors import ConfigError
-from ballista._outcome import NO_ERROR, ErrorKind, Sample
-from ballista._recorder import Recorder
-from ballista._snapshot import Snapshot
-from ballista._thresholds import SETTLE_REQUESTS, SETTLE_SECONDS, ThresholdSet, parse_threshold
+from ballista.cli.main import Outputs, build_parser, config_from_args, run_and_report
+from ballista.core.config import RequestSpec
+from ballista.core.errors import ConfigError
+from ballista.core.outcome import NO_ERROR, ErrorKind, Sample
+from ballista.core.recorder import Recorder
+from ballista.core.snapshot import Snapshot
+from ballista.core.thresholds import SETTLE_REQUESTS, SETTLE_SECONDS, ThresholdSet, parse_threshold
 
 NAMES = ["home", "checkout"]
 SPECS = [RequestSpec("home", "GET", "/"), RequestSpec("checkout", "POST", "/checkout")]

@@ -19,12 +19,12 @@ import servers
 import trio
 from servers import RunningTarget
 
-from ballista._cli import build_parser, config_from_args
-from ballista._engine import Engine
-from ballista._errors import ConfigError
-from ballista._live import LiveHub, serve_live
-from ballista._report import summary_dict
-from ballista._watch import View, sparkline, watch, ws_url
+from ballista.cli.main import build_parser, config_from_args
+from ballista.cli.watch import View, sparkline, watch, ws_url
+from ballista.core.errors import ConfigError
+from ballista.engine.engine import Engine
+from ballista.observe.live import LiveHub, serve_live
+from ballista.observe.summary import summary_dict
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -183,7 +183,7 @@ def test_view_ignores_snapshots_seen_before_a_reconnect() -> None:
 
 
 def test_the_final_slivers_rate_is_not_shown_as_the_interval_rate() -> None:
-    from ballista._watch import View
+    from ballista.cli.watch import View
 
     view = View(history_s=60)
     view.take({"type": "hello", "interval_s": 1.0})

@@ -1,0 +1,1 @@
+"""The `ballista` command line: one module per command, flags turned into configuration."""

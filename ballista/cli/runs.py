@@ -1,0 +1,172 @@
+"""`ballista runs`: a command-line client of a daemon's API (list, start, show, stop).
+
+Plain blocking HTTP (urllib): one request per command, no trio needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from ballista.core.errors import BallistaError, ConfigError
+
+DEFAULT_SERVER = "http://127.0.0.1:8089"
+TIMEOUT = 10.0
+
+
+class ApiFailure(BallistaError):
+    """The daemon answered with an error, or could not be reached."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("list", "start", "show", "stop"), help="what to do")
+    parser.add_argument(
+        "arg", nargs="?", default=None, metavar="FILE|ID", help="scenario or run id"
+    )
+    parser.add_argument(
+        "--server",
+        default=None,
+        help=f"daemon URL (default $BALLISTA_SERVER or {DEFAULT_SERVER})",
+    )
+    parser.add_argument("--token", default=None, help="bearer token (default $BALLISTA_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print the API's JSON as it is")
+
+
+def _server(ns: argparse.Namespace) -> str:
+    url = (ns.server or os.environ.get("BALLISTA_SERVER") or DEFAULT_SERVER).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--server: {url!r} is not an http:// URL")
+    return url
+
+
+def call(
+    server: str,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    content_type: str | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """One API request -> its JSON answer. ApiFailure with the daemon's message otherwise."""
+    request = urllib.request.Request(server + path, data=body, method=method)
+    request.add_header("accept", "application/json")
+    if content_type:
+        request.add_header("content-type", content_type)
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+            doc: dict[str, Any] = json.loads(resp.read() or b"{}")
+            return doc
+    except urllib.error.HTTPError as exc:
+        with exc:  # it holds the connection
+            raw = exc.read()
+        try:
+            message = json.loads(raw).get("error", raw.decode(errors="replace"))
+        except (ValueError, AttributeError):
+            message = raw.decode(errors="replace").strip()
+        raise ApiFailure(f"{server}: {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ApiFailure(f"{server}: cannot reach the daemon: {reason}") from None
+
+
+def _row(run: dict[str, Any]) -> str:
+    return (
+        f"{run['id']:<12}  {run['name']:<20.20}  {run['status']:<11}  "
+        f"{run.get('requests', 0):>10,}  {run.get('rps', 0.0):>9,.1f}/s  "
+        f"{100 * run.get('error_rate', 0.0):>6.2f}%  {run.get('created_at', '')}"
+    )
+
+
+def print_list(doc: dict[str, Any], out: TextIO) -> None:
+    out.write(
+        f"{'ID':<12}  {'NAME':<20}  {'STATUS':<11}  {'REQUESTS':>10}  {'RATE':>11}  "
+        f"{'FAILED':>7}  CREATED\n"
+    )
+    for run in doc.get("runs", []):
+        out.write(_row(run) + "\n")
+
+
+def print_run(doc: dict[str, Any], out: TextIO) -> None:
+    out.write(_row(doc) + "\n")
+    out.write(f"  target     {doc.get('target')}\n")
+    if doc.get("reason"):
+        out.write(f"  reason     {doc['reason']}\n")
+    segments = doc.get("segments") or []
+    if len(segments) > 1:
+        out.write(f"  segments   {len(segments)}\n")
+    summary = doc.get("summary") or {}
+    lat = summary.get("latency_s") or {}
+    if lat:
+        out.write(
+            "  latency    "
+            + "  ".join(f"{k} {v * 1e3:.1f}ms" for k, v in lat.items() if k != "mean")
+            + "\n"
+        )
+    if summary.get("status_codes"):
+        out.write(
+            "  statuses   "
+            + "  ".join(f"{k}: {v}" for k, v in summary["status_codes"].items())
+            + "\n"
+        )
+    errors = {k: v for k, v in (summary.get("errors_by_kind") or {}).items() if v}
+    if errors:
+        out.write("  errors     " + "  ".join(f"{k}: {v}" for k, v in errors.items()) + "\n")
+
+
+def main(ns: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    server = _server(ns)
+    token = ns.token or os.environ.get("BALLISTA_TOKEN") or None
+    action = ns.action
+    if action == "list":
+        if ns.arg is not None:
+            raise ConfigError("runs list: takes no argument")
+    elif ns.arg is None:
+        raise ConfigError(
+            f"runs {action}: needs {'a scenario FILE' if action == 'start' else 'a run ID'}"
+        )
+    try:
+        if action == "list":
+            doc = call(server, "GET", "/api/runs", token=token)
+            if ns.json:
+                out.write(json.dumps(doc, indent=2) + "\n")
+            else:
+                print_list(doc, out)
+        elif action == "start":
+            path = Path(str(ns.arg))
+            try:
+                body = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"runs start: cannot read {ns.arg!r}: {exc.strerror}") from None
+            ctype = "application/json" if path.suffix == ".json" else "application/toml"
+            doc = call(server, "POST", "/api/runs", body=body, content_type=ctype, token=token)
+            if ns.json:
+                out.write(json.dumps(doc, indent=2) + "\n")
+            else:
+                out.write(f"{doc['id']}\n")
+        elif action == "show":
+            doc = call(server, "GET", f"/api/runs/{ns.arg}", token=token)
+            if ns.json:
+                out.write(json.dumps(doc, indent=2) + "\n")
+            else:
+                print_run(doc, out)
+        else:
+            doc = call(server, "POST", f"/api/runs/{ns.arg}/stop", token=token)
+            out.write(
+                json.dumps(doc, indent=2) + "\n" if ns.json else f"{doc['id']} {doc['status']}\n"
+            )
+    except ApiFailure as exc:
+        print(f"ballista: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,148 @@
+"""Load shapes as plain functions of time: stage ramps and open-model arrival times.
+
+Sans-IO: nothing here reads a clock or sleeps. Times are seconds from the
+start of the run; the engine adds its own start time.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+from ballista.core.config import Stage
+from ballista.core.durations import parse_duration
+from ballista.core.errors import ConfigError
+
+
+def parse_stages(text: str) -> tuple[Stage, ...]:
+    """`30s:100,2m:100,30s:0` -> stages (ramp to 100 over 30 s, hold 2 min, ramp to 0)."""
+    stages: list[Stage] = []
+    for i, part in enumerate(p.strip() for p in text.split(",")):
+        dur, sep, value = part.partition(":")
+        if not sep:
+            raise ConfigError(f"--stages: stage {i + 1} {part!r} must be DURATION:TARGET")
+        duration = parse_duration(dur, what=f"--stages: stage {i + 1} duration")
+        try:
+            target = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"--stages: stage {i + 1} target {value.strip()!r} is not a number"
+            ) from None
+        if not math.isfinite(target) or target < 0:
+            raise ConfigError(f"--stages: stage {i + 1} target must be a number >= 0")
+        stages.append(Stage(duration, target))
+    if not any(s.duration > 0 for s in stages):
+        raise ConfigError("--stages: the stages last no time at all")
+    return tuple(stages)
+
+
+class Ramp:
+    """A piecewise-linear value over time: starts at `start`, then follows the stages.
+
+    After the last stage the value holds at the last target.
+    """
+
+    def __init__(self, stages: Sequence[Stage], start: float = 0.0) -> None:
+        # Segments as (t0, t1, v0, v1).
+        self.segments: list[tuple[float, float, float, float]] = []
+        t, v = 0.0, start
+        for s in stages:
+            self.segments.append((t, t + s.duration, v, s.target))
+            t, v = t + s.duration, s.target
+        self.end = t
+        self.final = v
+        self.start = start
+
+    def value(self, t: float) -> float:
+        for t0, t1, v0, v1 in self.segments:
+            if t < t1:
+                if t1 == t0:
+                    return v1
+                return v0 + (v1 - v0) * (max(t, t0) - t0) / (t1 - t0)
+        return self.final
+
+    def integral(self, t: float) -> float:
+        """The area under the value from 0 to t (requests, when the value is a rate)."""
+        total = 0.0
+        for t0, t1, v0, v1 in self.segments:
+            if t <= t0:
+                return total
+            end = min(t, t1)
+            if t1 > t0:
+                v_end = v0 + (v1 - v0) * (end - t0) / (t1 - t0)
+                total += (v0 + v_end) * (end - t0) / 2
+            if t < t1:
+                return total
+        return total + self.final * (t - self.end)
+
+    def time_of_integral(self, area: float) -> float | None:
+        """The first time t with integral(t) == area, or None if it is never reached."""
+        total = 0.0
+        for t0, t1, v0, v1 in self.segments:
+            dt = t1 - t0
+            seg = (v0 + v1) * dt / 2
+            if total + seg >= area and dt > 0 and seg > 0:
+                need = area - total
+                slope = (v1 - v0) / dt
+                # v0*x + slope*x^2/2 = need, the root in [0, dt], in the form that
+                # neither divides by a zero slope nor cancels when v0 is large.
+                root = v0 + math.sqrt(max(v0 * v0 + 2 * slope * need, 0.0))
+                x = 2 * need / root if root > 0 else 0.0
+                return t0 + min(max(x, 0.0), dt)
+            total += seg
+        if self.final <= 0:
+            return None
+        return self.end + (area - total) / self.final
+
+    def next_step(self, t: float, current: int) -> float | None:
+        """The first time after t when floor(value) differs from `current`, or None."""
+        for t0, t1, v0, v1 in self.segments:
+            if t1 <= t or t1 == t0:
+                continue
+            lo = max(t, t0)
+            v_lo = v0 + (v1 - v0) * (lo - t0) / (t1 - t0)
+            if math.floor(v_lo + 1e-9) != current:
+                return lo
+            if v1 > v0:
+                goal = current + 1
+                if v1 + 1e-9 >= goal:
+                    return t0 + (goal - v0) * (t1 - t0) / (v1 - v0)
+            elif v1 < v0:
+                goal = current  # falls below `current` when it drops under it
+                if v1 < goal - 1e-9:
+                    # floor drops as soon as the value goes below `current`.
+                    return t0 + (goal - v0) * (t1 - t0) / (v1 - v0) + 1e-9
+        if math.floor(self.final + 1e-9) != current and t < self.end:
+            return self.end
+        return None
+
+    def level(self, t: float) -> int:
+        """The whole number the value stands at (concurrency is counted in workers)."""
+        return math.floor(self.value(t) + 1e-9)
+
+
+class Arrivals:
+    """The open model's send times: the k-th request is due when the rate's
+    integral reaches k (constant gaps), or a Poisson process with that intensity."""
+
+    def __init__(self, ramp: Ramp, *, poisson: bool = False, seed: int | None = None) -> None:
+        self._ramp = ramp
+        self._poisson = poisson
+        self._rng = random.Random(seed)
+        self._area = 0.0
+        self.count = 0
+
+    def next(self) -> float | None:
+        """The time of the next request (seconds from the start), or None if none comes."""
+        t = self._ramp.time_of_integral(self._area)
+        if t is None:
+            return None
+        self.count += 1
+        self._area += self._rng.expovariate(1.0) if self._poisson else 1.0
+        return t
+
+
+def constant(rate: float) -> Ramp:
+    """A flat rate from the start."""
+    return Ramp((), start=rate)

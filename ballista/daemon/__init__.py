@@ -1,0 +1,1 @@
+"""`ballista serve`: runs and their lifecycle, the HTTP API, and the SQLite store."""

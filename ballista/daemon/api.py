@@ -1,0 +1,236 @@
+"""The daemon's HTTP face: the JSON API under /api/, /metrics and the live page,
+with bearer-token checks. It answers from the Daemon's runs and store; it owns
+no state of its own."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import logging
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.exposition import choose_encoder
+
+from ballista import __version__
+from ballista.core.errors import ConfigError
+from ballista.core.runmeta import iso_utc
+from ballista.daemon.store import ACTIVE_STATES, RunRow
+from ballista.observe.httpserver import Request, Response
+
+if TYPE_CHECKING:
+    from ballista.daemon.daemon import Daemon
+
+log = logging.getLogger("ballista.daemon")
+
+
+class ApiError(Exception):
+    """An API request that cannot be served: status and a one-line message."""
+
+    def __init__(self, status: int, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+
+def parse_scenario_body(body: bytes, content_type: str) -> dict[str, Any]:
+    """A POSTed scenario, JSON or TOML, as a table. ConfigError names what is wrong."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("scenario: body is not UTF-8 text") from None
+    is_json = "json" in content_type.lower() or text.lstrip().startswith("{")
+    if is_json:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"scenario: not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError("scenario: must be a JSON object")
+        return doc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"scenario: not valid TOML: {exc}") from None
+
+
+class DaemonApi:
+    """Routes for the daemon's HTTP listener, answered from `daemon`."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def authorized(self, headers: Sequence[tuple[str, str]], query: str = "") -> bool:
+        token = self.daemon.options.token
+        if not token:
+            return True
+        for name, value in headers:
+            if name.lower() == "authorization":
+                scheme, _, given = value.partition(" ")
+                if scheme.lower() == "bearer" and hmac.compare_digest(
+                    given.strip().encode(), token.encode()
+                ):
+                    return True
+        from urllib.parse import parse_qs
+
+        for given in parse_qs(query).get("token", []):
+            if hmac.compare_digest(given.encode(), token.encode()):
+                return True
+        return False
+
+    def routes(self) -> dict[str, Any]:
+        routes: dict[str, Any] = {"/api/": self._api, "/metrics": self.metrics}
+        if self.daemon.live_port is not None:
+            from ballista.observe.live import page_routes
+
+            try:
+                routes.update(page_routes(self.daemon.live_port))
+            except OSError:
+                log.warning("live page files are missing: / is not served")
+        return routes
+
+    def metrics(self, request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.header("accept"))
+        return Response(200, [("content-type", content_type)], encoder(self.daemon.registry))
+
+    async def _api(self, request: Request) -> Response:
+        try:
+            return await self._dispatch(request)
+        except ApiError as exc:
+            return _json(exc.status, _error(str(exc), exc.field))
+        except ConfigError as exc:
+            return _json(400, _error(str(exc), _field_of(str(exc))))
+
+    async def _dispatch(self, request: Request) -> Response:
+        parts = [p for p in request.path.split("/") if p][1:]  # after "api"
+        method = request.method
+        if parts == ["health"]:
+            _allow(method, "GET")
+            return _json(200, self.health())
+        if not self.authorized(request.headers, request.query):
+            return _json(
+                401, _error("missing or wrong bearer token"), [("www-authenticate", "Bearer")]
+            )
+        if parts == ["runs"]:
+            if method == "GET":
+                return _json(200, {"runs": [self.brief(r) for r in self._rows()]})
+            _allow(method, "POST")
+            doc = parse_scenario_body(request.body, request.header("content-type"))
+            handle = self.daemon.start_run(doc)
+            return _json(201, {"id": handle.id, "run": self.describe(handle.id)})
+        if len(parts) == 2 and parts[0] == "runs":
+            _allow(method, "GET")
+            described = self.describe(parts[1], points="points" in request.query)
+            if described is None:
+                raise ApiError(404, f"no run {parts[1]!r}", field="id")
+            return _json(200, described)
+        if len(parts) == 3 and parts[0] == "runs" and parts[2] == "stop":
+            _allow(method, "POST")
+            if self.daemon.store is None or self.daemon.store.get_run(parts[1]) is None:
+                raise ApiError(404, f"no run {parts[1]!r}", field="id")
+            self.daemon.stop_run(parts[1])
+            return _json(202, {"id": parts[1], "status": "stopping"})
+        raise ApiError(404, f"no such endpoint: {request.path}")
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.time() - self.daemon.started, 3),
+            "runs_active": len(self.daemon.active_runs()),
+            "max_runs": self.daemon.options.max_runs,
+        }
+
+    def _rows(self) -> list[RunRow]:
+        assert self.daemon.store is not None
+        return self.daemon.store.list_runs(limit=1000)
+
+    def brief(self, row: RunRow) -> dict[str, Any]:
+        handle = self.daemon.runs.get(row.id)
+        status = row.status
+        summary = row.summary
+        if handle is not None and handle.active:
+            status = "stopping" if handle.end_status is not None else "running"
+            summary = handle.summary or summary
+        return {
+            "id": row.id,
+            "name": row.name,
+            "status": status,
+            "source": row.source,
+            "restart": row.restart,
+            "target": row.target,
+            "created_at": _iso(row.created_at),
+            "ended_at": None
+            if row.ended_at is None or status in ACTIVE_STATES
+            else _iso(row.ended_at),
+            "reason": row.reason,
+            "segments": row.segments,
+            "requests": (summary or {}).get("requests", 0),
+            "rps": (summary or {}).get("rps", 0.0),
+            "error_rate": (summary or {}).get("error_rate", 0.0),
+        }
+
+    def describe(self, run_id: str, *, points: bool = False) -> dict[str, Any] | None:
+        store = self.daemon.store
+        assert store is not None
+        row = store.get_run(run_id)
+        if row is None:
+            return None
+        out = self.brief(row)
+        handle = self.daemon.runs.get(run_id)
+        summary = row.summary
+        if handle is not None and handle.active:
+            summary = handle.summary or summary
+        out["scenario"] = row.scenario_public
+        out["summary"] = summary
+        segments = store.segments(run_id)
+        if handle is not None and handle.active and summary is not None:
+            segments[-1]["requests"] = summary.get("requests")
+            segments[-1]["duration_s"] = summary.get("duration_s")
+        out["segments"] = segments
+        # A resumed run's summary covers its current segment; these cover them all.
+        out["totals"] = {
+            "requests": sum(s["requests"] or 0 for s in segments),
+            "duration_s": round(sum(s["duration_s"] or 0.0 for s in segments), 3),
+        }
+        if self.daemon.live_port is not None:
+            out["live"] = f"/runs/{run_id}"
+        if points:
+            out["points"] = [p.as_dict() for p in store.points(run_id)]
+        return out
+
+
+def _iso(ts: float) -> str:
+    return iso_utc(dt.datetime.fromtimestamp(ts, dt.UTC))
+
+
+def _error(message: str, field: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"error": message}
+    if field is not None:
+        out["field"] = field
+    return out
+
+
+def _field_of(message: str) -> str | None:
+    """`scenario: requests[0].weight: must be ...` -> `requests[0].weight`."""
+    parts = message.split(": ")
+    if len(parts) >= 3 and parts[0] in ("scenario", "scenario.json", "scenario.toml"):
+        return parts[1]
+    return None
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise ApiError(405, f"method {method} not allowed here (use {allowed})")
+
+
+def _json(status: int, doc: Mapping[str, Any], headers: Sequence[tuple[str, str]] = ()) -> Response:
+    body = (json.dumps(doc, indent=2) + "\n").encode()
+    return Response(
+        status,
+        [("content-type", "application/json"), ("cache-control", "no-store"), *headers],
+        body,
+    )

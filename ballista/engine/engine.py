@@ -1,0 +1,648 @@
+"""The engine: runs a load model's workers in one trio nursery over Ballista's own connections.
+
+It owns the run's lifetime (duration, request budget, graceful stop), binds
+workers to connections, feeds every finished request to the recorder and
+hands a snapshot to each sink once per interval.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import itertools
+import math
+import random
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from ballista.core.config import RunConfig
+from ballista.core.outcome import ErrorKind, Sample
+from ballista.core.recorder import Recorder
+from ballista.core.runmeta import LAG_WARNING, RunMeta
+from ballista.core.schedule import Arrivals, Ramp, constant
+from ballista.core.snapshot import Snapshot
+from ballista.transport.connect import (
+    Connected,
+    PreparedRequest,
+    close_quietly,
+    connect,
+    make_ssl_context,
+    prepare,
+)
+from ballista.transport.http1 import H1Connection, Result
+from ballista.transport.http2 import H2Connection
+
+#: How long in-flight requests may go on after a stop before they are abandoned.
+DEFAULT_GRACE = 5.0
+#: HTTP/2 streams per connection when --connections is not given.
+STREAMS_PER_CONNECTION = 100
+
+#: Open model, HTTP/1.1: connections when neither --connections nor --max-in-flight is given.
+OPEN_MODEL_CONNECTIONS = 1000
+
+SnapshotSink = Callable[[Snapshot], None]
+
+
+class LimitController(Protocol):
+    """Adaptive concurrency (sans-IO): fed every finished request, answers the limit."""
+
+    @property
+    def limit(self) -> int: ...
+
+    def on_sample(self, now: float, sample: Sample) -> int: ...
+
+    def settled_limit(self) -> int: ...
+
+    def capacity_note(self, final: Snapshot) -> str: ...
+
+    def on_retry_after(self, now: float, seconds: float) -> None: ...
+
+
+class Connection(Protocol):
+    """What a worker needs of a connection (H1Connection or H2Connection)."""
+
+    multiplexed: bool
+    #: seconds a 429/503 response asked the client to wait (Retry-After), until taken
+    retry_after: float | None
+
+    async def request(self, req: PreparedRequest, deadline: float) -> Result: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the engine decided at start-up, for reports."""
+
+    protocol: str  # "HTTP/1.1" or "HTTP/2"
+    connections: int
+    concurrency: int
+    model: str
+
+
+def protocol_label(http2: bool) -> str:
+    return "HTTP/2" if http2 else "HTTP/1.1"
+
+
+class _IdlePool:
+    """HTTP/1.1 connections for the open model: take an idle one, or wait for one.
+
+    O(1) per request: a stack of idle connections and a FIFO of waiters.
+    """
+
+    def __init__(self, connections: Sequence[H1Connection]) -> None:
+        self._idle = list(connections)
+        self._freed = trio.Event()
+
+    async def acquire(self, deadline: float) -> H1Connection | None:
+        while not self._idle:
+            with trio.CancelScope(deadline=deadline) as scope:
+                await self._freed.wait()
+            if scope.cancelled_caught:
+                return None
+        return self._idle.pop()
+
+    def release(self, conn: H1Connection) -> None:
+        self._idle.append(conn)
+        self._freed.set()
+        self._freed = trio.Event()
+
+
+class Engine:
+    """One run of one configuration. Create, then `await run()` once."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        sinks: Sequence[SnapshotSink] = (),
+        grace: float | None = None,
+        controller: LimitController | None = None,
+        seed: int | None = None,
+        connection_factory: Callable[[int], Connection] | None = None,
+    ) -> None:
+        self.config = config
+        #: test seam: builds connection i instead of the transport (no sockets)
+        self._connection_factory = connection_factory
+        self._sinks = list(sinks)
+        self._grace = DEFAULT_GRACE if grace is None else grace
+        self._controller = controller
+        load = config.load
+        self.model = load.model
+        if controller is not None:
+            self.model = "adaptive"
+        self._ramp: Ramp | None = None
+        if load.stages:
+            start = (load.rate or 0.0) if self.model == "open" else 0.0
+            self._ramp = Ramp(load.stages, start=start)
+        if self.model == "sequential":
+            self.concurrency = 1
+        elif self.model == "adaptive":
+            self.concurrency = load.adaptive.maximum if load.adaptive else load.concurrency
+        elif self.model == "open":
+            self.concurrency = load.max_in_flight or 0
+        elif self._ramp is not None:
+            self.concurrency = max(1, math.ceil(max(s.target for s in load.stages)))
+        else:
+            self.concurrency = load.concurrency
+        #: how many workers may run now (closed models)
+        self._limit = self._initial_limit()
+        self._prepared = [prepare(i, spec, config.origin) for i, spec in enumerate(config.requests)]
+        self._remaining: int | None = load.requests
+        self._stop_sending = False
+        self._workers_scope: trio.CancelScope | None = None
+        self._workers_nursery: trio.Nursery | None = None
+        self._running_workers: set[int] = set()
+        self._rng = random.Random(seed)
+        self.recorder: Recorder | None = None
+        self.info: RunInfo | None = None
+        self.final: Snapshot | None = None
+        self._pick = self._make_picker()
+        #: the pool of the run (closed models bind workers to it)
+        self._connections: list[Connection] = []
+        #: open model: set and replaced whenever a request ends (or the run stops)
+        self._slot_freed = trio.Event()
+        #: called with the RunInfo once the protocol and connections are decided
+        self.on_start: list[Callable[[RunInfo], None]] = []
+        self._started_at: float | None = None
+        self._sending_ended_at: float | None = None
+        #: set by signal handling: a person asked the run to stop
+        self.interrupted = False
+        self._signalled = trio.Event()
+
+    def _initial_limit(self) -> int:
+        if self._controller is not None:
+            return self._controller.limit
+        if self._ramp is not None and self.model != "open":
+            return self._ramp.level(0.0)
+        return self.concurrency
+
+    # -- control from outside -------------------------------------------------
+
+    def add_sink(self, sink: SnapshotSink) -> None:
+        """Deliver every snapshot from now on to `sink` too (called synchronously)."""
+        self._sinks.append(sink)
+
+    def stop(self, *, grace: float | None = None) -> None:
+        """Stop sending now; in-flight requests get `grace` seconds to finish."""
+        if not self._stop_sending and self._started_at is not None:
+            self._sending_ended_at = trio.current_time()
+        self._stop_sending = True
+        # Wake an open-model scheduler waiting for a free slot: it counts its backlog.
+        self._slot_freed.set()
+        scope = self._workers_scope
+        if scope is not None:
+            g = self._grace if grace is None else grace
+            scope.deadline = min(scope.deadline, trio.current_time() + g)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_sending
+
+    @property
+    def sending_duration(self) -> float | None:
+        """Seconds from the start until sending stopped (the end of -d, or a stop());
+        the whole run when it ended by itself (-n). Requests still in flight at the
+        stop finish after it, but were sent within it: rates are per this window."""
+        if self._started_at is None or self.final is None:
+            return None
+        if self._sending_ended_at is None:
+            return self.final.elapsed
+        return min(self._sending_ended_at - self._started_at, self.final.elapsed)
+
+    def signal(self) -> None:
+        """A person asked to stop (SIGINT/SIGTERM): first time graceful, then at once."""
+        if self.interrupted:
+            self.stop(grace=0)
+        else:
+            self.interrupted = True
+            self.stop()
+        self._signalled.set()
+
+    async def wait_for_signal(self) -> None:
+        await self._signalled.wait()
+
+    def notes(self) -> list[str]:
+        """Warnings about the run itself, for the summary (e.g. Ballista was the bottleneck)."""
+        notes: list[str] = []
+        final = self.final
+        if final is None:
+            return notes
+        if self.model == "open" and final.max_scheduler_lag > LAG_WARNING:
+            notes.append(
+                f"Ballista started requests up to {final.max_scheduler_lag * 1e3:.0f} ms later "
+                "than scheduled while slots were free: this machine, not the target, limited "
+                "the rate (fewer workers elsewhere, more CPU, or a lower -r)"
+            )
+        if self._controller is not None:
+            notes.append(self._controller.capacity_note(final))
+        if self.interrupted:
+            notes.append("stopped early by a signal; figures cover what was done")
+        return notes
+
+    def run_meta(
+        self,
+        started_at: dt.datetime,
+        *,
+        target: str | None = None,
+        thresholds: Sequence[Mapping[str, Any]] = (),
+    ) -> RunMeta:
+        """What reports need besides the statistics, once the run has started."""
+        info = self.info
+        assert info is not None, "run_meta() before the run started"
+        controller = self._controller
+        return RunMeta(
+            target=self.config.url if target is None else target,
+            model=info.model,
+            protocol=info.protocol,
+            started_at=started_at,
+            concurrency=info.concurrency,
+            connections=info.connections,
+            final_limit=controller.settled_limit() if controller is not None else None,
+            thresholds=thresholds,
+            notes=tuple(self.notes()),
+            duration=self.sending_duration,
+        )
+
+    @property
+    def limit(self) -> int:
+        """The number of workers allowed to run now (closed and adaptive models)."""
+        return self._limit
+
+    # -- the run --------------------------------------------------------------
+
+    async def run(self) -> Snapshot:
+        """Run to the end (duration, request count or stop()) and return the final snapshot."""
+        config = self.config
+        load = config.load
+        async with trio.open_nursery() as background:
+            http2, ssl_context, probe = await self._negotiate()
+            n_conn = self._connection_count(http2)
+            start = trio.current_time()
+            self._started_at = start
+            recorder = Recorder(
+                config.requests, track_service_time=self.model == "open", start=start
+            )
+            self.recorder = recorder
+            if self.model == "open":
+                recorder.target_rate = self._rate_at(0.0)
+            else:
+                recorder.concurrency_limit = self._limit
+            self.info = RunInfo(
+                protocol=protocol_label(http2),
+                connections=n_conn,
+                concurrency=self.concurrency,
+                model=self.model,
+            )
+            for hook in self.on_start:
+                hook(self.info)
+            connections = await self._open_pool(
+                http2, n_conn, ssl_context, probe, recorder, background
+            )
+            background.start_soon(self._ticker, recorder, start)
+            duration = load.effective_duration
+            with trio.CancelScope() as workers_scope:
+                self._workers_scope = workers_scope
+                if self._stop_sending:  # stopped before it began
+                    workers_scope.deadline = trio.current_time() + self._grace
+                if duration is not None:
+                    background.start_soon(self._stop_at, start + duration)
+                async with trio.open_nursery() as workers:
+                    self._workers_nursery = workers
+                    if self.model == "open":
+                        workers.start_soon(self._scheduler, connections, recorder, start)
+                    else:
+                        self._connections = connections
+                        self._spawn_up_to_limit()
+                        if self._ramp is not None:
+                            workers.start_soon(self._follow_ramp, start)
+            self._stop_sending = True
+            final = recorder.snapshot(trio.current_time(), final=True)
+            self.final = final
+            self._emit(final)
+            with trio.CancelScope(shield=True):
+                for conn in connections:
+                    await conn.aclose()
+            background.cancel_scope.cancel()
+        return final
+
+    async def _stop_at(self, when: float) -> None:
+        await trio.sleep_until(when)
+        self.stop()
+
+    async def _ticker(self, recorder: Recorder, start: float) -> None:
+        interval = self.config.interval
+        tick = 1
+        while True:
+            await trio.sleep_until(start + tick * interval)
+            tick += 1
+            now = trio.current_time()
+            if self.model == "open":
+                recorder.target_rate = self._rate_at(now - start)
+            self._emit(recorder.snapshot(now))
+
+    def _emit(self, snapshot: Snapshot) -> None:
+        for sink in self._sinks:
+            sink(snapshot)
+
+    # -- connections ----------------------------------------------------------
+
+    async def _negotiate(self) -> tuple[bool, ssl.SSLContext | None, Connected | None]:
+        """Decide the protocol. On https without a forced protocol, ALPN decides:
+        one connection is opened to ask, and kept as the first of the pool."""
+        config = self.config
+        origin = config.origin
+        if not origin.tls:
+            return config.protocol == "http2", None, None
+        offer = {"http1": ("http/1.1",), "http2": ("h2",)}.get(config.protocol, ("h2", "http/1.1"))
+        ctx = make_ssl_context(insecure=config.insecure, alpn=offer, ca_file=config.ca_file)
+        if config.protocol != "auto":
+            return config.protocol == "http2", ctx, None
+        try:
+            with trio.fail_after(config.timeout):
+                probe = await connect(origin, ctx)
+        except Exception:  # trio.TooSlowError included
+            # The target cannot be reached now: speak HTTP/1.1 and let every
+            # request record its own failure.
+            ctx = make_ssl_context(
+                insecure=config.insecure, alpn=("http/1.1",), ca_file=config.ca_file
+            )
+            return False, ctx, None
+        http2 = probe.alpn == "h2"
+        ctx = make_ssl_context(
+            insecure=config.insecure,
+            alpn=("h2",) if http2 else ("http/1.1",),
+            ca_file=config.ca_file,
+        )
+        return http2, ctx, probe
+
+    def _connection_count(self, http2: bool) -> int:
+        if self.model == "sequential":
+            return 1
+        if self.config.connections is not None:
+            return self.config.connections
+        if self.model == "open":
+            if http2:
+                return max(1, math.ceil((self.concurrency or 100) / STREAMS_PER_CONNECTION))
+            return self.concurrency or OPEN_MODEL_CONNECTIONS
+        if http2:
+            return max(1, math.ceil(self.concurrency / STREAMS_PER_CONNECTION))
+        return self.concurrency
+
+    async def _open_pool(
+        self,
+        http2: bool,
+        n: int,
+        ssl_context: ssl.SSLContext | None,
+        probe: Connected | None,
+        recorder: Recorder,
+        nursery: trio.Nursery,
+    ) -> list[Connection]:
+        """Create the connection objects; each connects on its first request."""
+        if self._connection_factory is not None:
+            return [self._connection_factory(i) for i in range(n)]
+        origin = self.config.origin
+        pool: list[Connection] = []
+        for i in range(n):
+            if http2:
+                h2c = H2Connection(origin, ssl_context, recorder, nursery)
+                if i == 0 and probe is not None:
+                    await h2c.adopt(probe)
+                pool.append(h2c)
+            else:
+                h1c = H1Connection(origin, ssl_context, recorder)
+                if i == 0 and probe is not None:
+                    h1c.adopt(probe)
+                h1c.shared = self.model != "open" and self.concurrency > n
+                pool.append(h1c)
+        if probe is not None and n == 0:
+            await close_quietly(probe.stream)
+        return pool
+
+    def _connection_for(self, worker: int) -> Connection:
+        """Workers are bound to connections. HTTP/1.1 spreads them round-robin; HTTP/2
+        fills each connection before the next one opens, so that a growing limit
+        (ramps, adaptive) adds connections only as streams need them."""
+        pool = self._connections
+        n = len(pool)
+        if n and pool[0].multiplexed and self.concurrency > n:
+            per = math.ceil(self.concurrency / n)
+            return pool[min(worker // per, n - 1)]
+        return pool[worker % n]
+
+    # -- request choice -------------------------------------------------------
+
+    def _make_picker(self) -> Callable[[], PreparedRequest]:
+        prepared = self._prepared
+        if len(prepared) == 1:
+            only = prepared[0]
+            return lambda: only
+        cumulative = list(itertools.accumulate(p.spec.weight for p in prepared))
+        total = cumulative[-1]
+        rnd = self._rng.random
+        choose = bisect.bisect_right
+        last = len(prepared) - 1
+        return lambda: prepared[min(choose(cumulative, rnd() * total), last)]
+
+    def _take_budget(self) -> bool:
+        """Claim one request of the -n budget; False when it is spent."""
+        if self._remaining is None:
+            return True
+        if self._remaining <= 0:
+            return False
+        self._remaining -= 1
+        return True
+
+    # -- closed models: workers under a limit ----------------------------------
+
+    def set_limit(self, limit: int) -> None:
+        """Change how many workers may run. Extra workers retire after their current
+        request; new ones start at once. Never cancels a request."""
+        limit = max(0, min(limit, self.concurrency))
+        if limit == self._limit:
+            return
+        self._limit = limit
+        if self.recorder is not None:
+            self.recorder.concurrency_limit = limit
+        self._spawn_up_to_limit()
+
+    def _spawn_up_to_limit(self) -> None:
+        nursery = self._workers_nursery
+        if nursery is None or self._stop_sending:
+            return
+        for i in range(self._limit):
+            if i not in self._running_workers:
+                self._running_workers.add(i)
+                nursery.start_soon(self._closed_worker, i)
+
+    async def _follow_ramp(self, start: float) -> None:
+        ramp = self._ramp
+        assert ramp is not None
+        while not self._stop_sending:
+            t = trio.current_time() - start
+            when = ramp.next_step(t, self._limit)
+            if when is None:
+                return
+            await trio.sleep_until(start + max(when, t))
+            level = ramp.level(trio.current_time() - start + 1e-9)
+            if level == self._limit and when <= t:
+                # Guard against rounding at a boundary: move past it.
+                await trio.sleep_until(start + t + 1e-6)
+                continue
+            self.set_limit(level)
+
+    async def _closed_worker(self, index: int) -> None:
+        """Closed model: send the next request when the last one has ended."""
+        conn = self._connection_for(index)
+        recorder = self.recorder
+        assert recorder is not None
+        timeout = self.config.timeout
+        pick = self._pick
+        now = trio.current_time
+        record = recorder.record
+        started = recorder.request_started
+        controller = self._controller
+        try:
+            while not self._stop_sending and index < self._limit and self._take_budget():
+                req = pick()
+                t0 = now()
+                started()
+                status, error, sent, received = await conn.request(req, t0 + timeout)
+                t1 = now()
+                sample = Sample(req.index, status, error, t1 - t0, t1 - t0, sent, received)
+                record(sample)
+                if controller is not None:
+                    if conn.retry_after is not None:
+                        controller.on_retry_after(t1, conn.retry_after)
+                        conn.retry_after = None
+                    limit = controller.on_sample(t1, sample)
+                    if limit != self._limit:
+                        self.set_limit(limit)
+        finally:
+            self._running_workers.discard(index)
+
+    # -- open model: requests on a schedule ------------------------------------
+
+    def _rate_at(self, t: float) -> float:
+        if self._ramp is not None:
+            return self._ramp.value(t)
+        return self.config.load.rate or 0.0
+
+    async def _scheduler(
+        self, connections: Sequence[Connection], recorder: Recorder, start: float
+    ) -> None:
+        """Start each request at its scheduled time, whatever earlier ones are doing.
+
+        The backlog is never a list: the schedule is generated one time at a
+        time, and a request that cannot start within the timeout of its
+        scheduled time is counted as dropped.
+        """
+        load = self.config.load
+        ramp = self._ramp or constant(load.rate or 0.0)
+        arrivals = Arrivals(ramp, poisson=load.arrival == "poisson", seed=self._rng.getrandbits(64))
+        cap = load.max_in_flight
+        timeout = self.config.timeout
+        nursery = self._workers_nursery
+        assert nursery is not None
+        multiplexed = bool(connections) and connections[0].multiplexed
+        idle = (
+            None
+            if multiplexed
+            else _IdlePool([c for c in connections if isinstance(c, H1Connection)])
+        )
+        rr = itertools.cycle(connections) if multiplexed else None
+        end = load.effective_duration
+        while not self._stop_sending:
+            offset = arrivals.next()
+            if offset is None or (end is not None and offset >= end):
+                return
+            due = start + offset
+            if not self._take_budget():
+                return
+            now = trio.current_time()
+            if due > now:
+                await trio.sleep_until(due)
+                now = trio.current_time()
+            if self._stop_sending:
+                self._drop_backlog(arrivals, start, end, recorder, pending=offset < now - start)
+                return
+            waited = False
+            if cap is not None:
+                while recorder.in_flight >= cap:
+                    waited = True
+                    if now >= due + timeout:  # the same sum as the deadline below: no float gap
+                        break
+                    with trio.move_on_at(due + timeout):
+                        await self._slot_freed.wait()
+                    now = trio.current_time()
+                    if self._stop_sending:
+                        self._drop_backlog(arrivals, start, end, recorder, pending=True)
+                        return
+                if recorder.in_flight >= cap:
+                    recorder.record_dropped()
+                    continue
+            if not waited:
+                # Late with a free slot: Ballista itself could not keep up.
+                recorder.record_lag(max(0.0, now - due))
+            recorder.request_started()
+            conn = next(rr) if rr is not None else None
+            nursery.start_soon(self._open_request, due, conn, idle, recorder)
+        self._drop_backlog(arrivals, start, end, recorder, pending=False)
+
+    def _drop_backlog(
+        self,
+        arrivals: Arrivals,
+        start: float,
+        end: float | None,
+        recorder: Recorder,
+        *,
+        pending: bool,
+    ) -> None:
+        """At a stop, requests that were already due but never started (the one in
+        hand when `pending`, and any a lagging scheduler had not reached) count as
+        dropped, so that requests + dropped = what was scheduled until the stop."""
+        horizon = trio.current_time() - start
+        if end is not None:
+            horizon = min(horizon, end)
+        dropped = int(pending)
+        while (nxt := arrivals.next()) is not None and nxt < horizon and self._take_budget():
+            dropped += 1
+        if dropped:
+            recorder.record_dropped(dropped)
+
+    async def _open_request(
+        self,
+        due: float,
+        conn: Connection | None,
+        idle: _IdlePool | None,
+        recorder: Recorder,
+    ) -> None:
+        req = self._pick()
+        deadline = due + self.config.timeout
+        h1: H1Connection | None = None
+        try:
+            if conn is None:
+                assert idle is not None
+                h1 = await idle.acquire(deadline)
+                if h1 is None:
+                    now = trio.current_time()
+                    recorder.record(
+                        Sample(req.index, 0, ErrorKind.POOL_TIMEOUT, now - due, 0.0, 0, 0)
+                    )
+                    return
+                conn = h1
+            sent_at = trio.current_time()
+            status, error, sent, received = await conn.request(req, deadline)
+            now = trio.current_time()
+            recorder.record(
+                Sample(req.index, status, error, now - due, now - sent_at, sent, received)
+            )
+        finally:
+            if h1 is not None and idle is not None:
+                idle.release(h1)
+            self._slot_freed.set()
+            self._slot_freed = trio.Event()

@@ -1,0 +1,408 @@
+"""The live stream: batched snapshots of a run over a websocket, one message per interval.
+
+`LiveHub` turns each Snapshot into one JSON message and keeps, per client, only
+the newest unsent one; `serve_live` runs the trio-websocket server whose
+handlers drain those slots. A slow or stuck client costs the engine nothing: it
+only ever loses intermediate snapshots, and is disconnected when it stops
+answering.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping
+from functools import partial
+from importlib import resources
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from ballista import __version__
+from ballista.core.config import RunConfig
+from ballista.core.redact import redact_header, redact_target, redact_url
+from ballista.core.runmeta import iso_utc
+from ballista.core.snapshot import LatencySummary, Snapshot
+from ballista.engine.engine import RunInfo
+from ballista.observe.httpserver import Handler, Request, Response
+
+#: Names the `type` of the first message every client receives.
+LIVE_SCHEMA = "ballista.live/1"
+
+#: Header and query names whose values are never sent to viewers.
+
+
+class _Stuck(Exception):
+    """A client did not take a message, or answer a ping, in time."""
+
+
+def _latency(summary: LatencySummary | None) -> dict[str, float] | None:
+    if summary is None:
+        return None
+    return {
+        "count": summary.count,
+        **{k: round(v, 9) for k, v in summary.as_dict().items()},
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, 6)
+
+
+def snapshot_message(snap: Snapshot) -> dict[str, Any]:
+    """The `snapshot` message for one Snapshot (README, "Watching a run live", lists every field)."""
+    return {
+        "type": "snapshot",
+        "seq": snap.seq,
+        "elapsed": round(snap.elapsed, 6),
+        "interval": round(snap.interval, 6),
+        "final": snap.final,
+        # cumulative, from the start of the run
+        "requests": snap.requests,
+        "responses": snap.responses,
+        "errors": snap.errors,
+        "failed": snap.failed,
+        "error_rate": snap.error_rate,
+        "mean_rps": round(snap.rps, 3),
+        "status_codes": {str(k): v for k, v in sorted(snap.status_codes.items())},
+        "errors_by_kind": dict(sorted(snap.errors_by_kind.items())),
+        "latency_s": _latency(snap.latency),
+        "dropped": snap.dropped,
+        "connections_opened": snap.connections_opened,
+        "open_connections": snap.open_connections,
+        "bytes_sent": snap.bytes_sent,
+        "bytes_received": snap.bytes_received,
+        # gauges at the instant of the snapshot
+        "in_flight": snap.in_flight,
+        "max_in_flight": snap.max_in_flight,
+        "concurrency_limit": snap.concurrency_limit,
+        "target_rate": _finite(snap.target_rate),
+        # this interval only
+        "rps": round(snap.interval_rps, 3),
+        "interval_requests": snap.interval_requests,
+        "interval_failed": snap.interval_failed,
+        "interval_errors": snap.interval_errors,
+        "interval_latency_s": _latency(snap.interval_latency),
+        "interval_status_codes": {str(k): v for k, v in sorted(snap.interval_status_codes.items())},
+        "interval_errors_by_kind": dict(sorted(snap.interval_errors_by_kind.items())),
+        "scheduler_lag_s": round(snap.interval_scheduler_lag, 6),
+    }
+
+
+def public_config(config: RunConfig) -> dict[str, Any]:
+    """The run's configuration as viewers see it: no secret headers, no bodies."""
+    load = config.load
+    adaptive = load.adaptive
+    return {
+        "origin": config.origin.url(""),
+        "scenario": config.scenario,
+        "protocol": config.protocol,
+        "connections": config.connections,
+        "timeout_s": config.timeout,
+        "insecure": config.insecure,
+        "interval_s": config.interval,
+        "thresholds": list(config.thresholds),
+        "load": {
+            "model": load.model,
+            "concurrency": load.concurrency,
+            "rate": load.rate,
+            "duration_s": load.effective_duration,
+            "requests": load.requests,
+            "max_in_flight": load.max_in_flight,
+            "arrival": load.arrival,
+            "stages": [{"duration_s": s.duration, "target": s.target} for s in load.stages],
+            "adaptive": None
+            if adaptive is None
+            else {
+                "latency_target_s": adaptive.latency_target,
+                "percentile": adaptive.percentile,
+                "initial": adaptive.initial,
+                "minimum": adaptive.minimum,
+                "maximum": adaptive.maximum,
+            },
+        },
+        "requests": [
+            {
+                "name": r.name,
+                "method": r.method,
+                "target": redact_target(r.target),
+                "headers": [[k, redact_header(k, v)] for k, v in r.headers],
+                "body_bytes": len(r.body),
+                "weight": r.weight,
+            }
+            for r in config.requests
+        ],
+    }
+
+
+def _dumps(doc: Mapping[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+
+
+class _Client:
+    """One viewer: a slot for the newest unsent snapshot, and a bell."""
+
+    __slots__ = ("pending", "wake")
+
+    def __init__(self, pending: str | None) -> None:
+        self.pending = pending
+        self.wake = trio.Event()
+
+    def offer(self, message: str) -> None:
+        self.pending = message  # latest wins: an unsent older snapshot is dropped
+        self.wake.set()
+
+
+class LiveHub:
+    """Fans snapshots of one run out to any number of websocket clients.
+
+    `publish` is the engine's snapshot sink: synchronous, O(clients), never
+    blocks. Each client's handler (`handle`) sends `hello`, then whatever
+    snapshot is newest when it is ready to send, then `summary`, then closes
+    with code 1000.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        run_id: str,
+        started_at: dt.datetime,
+        send_timeout: float = 5.0,
+        ping_interval: float = 5.0,
+        pong_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        finish_timeout: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.run_id = run_id
+        self.started_at = started_at
+        self.send_timeout = send_timeout
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.close_timeout = close_timeout
+        self.finish_timeout = finish_timeout
+        self.info: RunInfo | None = None
+        self._clients: set[_Client] = set()
+        self._latest: str | None = None
+        self._summary: str | None = None
+        self._ready = trio.Event()  # the hello can be written (run started, or over)
+        self._idle = trio.Event()  # no client is connected
+        self._idle.set()
+        #: snapshots published so far
+        self.published = 0
+        #: clients disconnected because they stopped reading
+        self.dropped_clients = 0
+        #: clients that connected, ever
+        self.accepted_clients = 0
+
+    # -- engine side (synchronous, cheap) ----------------------------------------
+
+    def on_start(self, info: RunInfo) -> None:
+        """Engine hook: protocol, connections and concurrency are now known."""
+        self.info = info
+        self._ready.set()
+
+    def publish(self, snap: Snapshot) -> None:
+        """Snapshot sink: encode once, offer to every client, return at once."""
+        message = _dumps(snapshot_message(snap))
+        self._latest = message
+        self.published += 1
+        for client in self._clients:
+            client.offer(message)
+
+    @property
+    def clients(self) -> int:
+        """Clients connected now."""
+        return len(self._clients)
+
+    def hello(self) -> dict[str, Any]:
+        """The first message of every connection: what is being run, and how."""
+        info = self.info
+        config = self.config
+        return {
+            "type": "hello",
+            "schema": LIVE_SCHEMA,
+            "version": __version__,
+            "run_id": self.run_id,
+            "target": redact_url(config),
+            "scenario": config.scenario,
+            "model": info.model if info else config.load.model,
+            "protocol": info.protocol if info else None,
+            "connections": info.connections if info else config.connections,
+            "concurrency": info.concurrency if info else config.load.concurrency,
+            "started_at": iso_utc(self.started_at),
+            "interval": config.interval,
+            "duration_s": config.load.effective_duration,
+            "config": public_config(config),
+        }
+
+    async def finish(self, summary: Mapping[str, Any]) -> None:
+        """Send `summary` to every client, close each with 1000; bounded by finish_timeout.
+
+        Clients that connect afterwards (while the server still runs) get the
+        hello, the final snapshot and the summary at once.
+        """
+        self._summary = _dumps({"type": "summary", **summary})
+        self._ready.set()
+        for client in self._clients:
+            client.wake.set()
+        with trio.move_on_after(self.finish_timeout):
+            await self._idle.wait()
+
+    # -- one connection ------------------------------------------------------------
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        """trio-websocket handler: one viewer, from hello to close."""
+        ws = await request.accept()
+        client = _Client(self._latest)
+        self._clients.add(client)
+        self._idle = trio.Event() if len(self._clients) == 1 else self._idle
+        self.accepted_clients += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._discard_incoming, ws, nursery.cancel_scope)
+                nursery.start_soon(self._keepalive, ws)
+                await self._send_all(ws, client)
+                nursery.cancel_scope.cancel()
+            with trio.move_on_after(self.close_timeout):
+                await ws.aclose(1000)
+        except* _Stuck:
+            self.dropped_clients += 1
+            await _abort(ws)
+        except* ConnectionClosed:
+            pass  # the viewer left
+        finally:
+            self._clients.discard(client)
+            if not self._clients:
+                self._idle.set()
+
+    async def _send(self, ws: WebSocketConnection, message: str) -> None:
+        try:
+            with trio.fail_after(self.send_timeout):
+                await ws.send_message(message)
+        except trio.TooSlowError:
+            raise _Stuck from None
+
+    async def _send_all(self, ws: WebSocketConnection, client: _Client) -> None:
+        with trio.move_on_after(self.send_timeout + self.pong_timeout) as waited:
+            await self._ready.wait()
+        if waited.cancelled_caught:
+            raise _Stuck  # cannot happen unless the engine never starts: do not hold the socket
+        await self._send(ws, _dumps(self.hello()))
+        while True:
+            message = client.pending
+            if message is not None:
+                client.pending = None
+                await self._send(ws, message)
+                continue
+            if self._summary is not None:
+                await self._send(ws, self._summary)
+                return
+            await client.wake.wait()
+            client.wake = trio.Event()
+
+    async def _keepalive(self, ws: WebSocketConnection) -> None:
+        """A client that does not answer a ping in time has stopped reading: drop it."""
+        while True:
+            await trio.sleep(self.ping_interval)
+            try:
+                with trio.fail_after(self.pong_timeout):
+                    await ws.ping()
+            except trio.TooSlowError:
+                raise _Stuck from None
+
+    @staticmethod
+    async def _discard_incoming(ws: WebSocketConnection, scope: trio.CancelScope) -> None:
+        """Viewers have nothing to say; reading keeps pongs and closes flowing."""
+        try:
+            while True:
+                await ws.get_message()
+        except ConnectionClosed:
+            scope.cancel()  # the viewer closed: stop sending to it
+
+
+async def _abort(ws: WebSocketConnection) -> None:
+    """Close the TCP connection now, without waiting for a client that does not read."""
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await ws.aclose(1008)
+
+
+async def serve_live(
+    hub: LiveHub,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `hub` over websocket on host:port (0: a free port) until cancelled.
+
+    Reports the bound port through `task_status.started`.
+    """
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            partial(
+                serve_websocket,
+                hub.handle,
+                host,
+                port,
+                None,
+                disconnect_timeout=hub.close_timeout,
+                connect_timeout=hub.send_timeout,
+            )
+        )
+        task_status.started(server.port)
+
+
+# -- the web page ----------------------------------------------------------------------
+
+#: Static files of the page: name -> content type.
+STATIC_FILES: dict[str, str] = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "uPlot.min.css": "text/css; charset=utf-8",
+    "uPlot.LICENSE": "text/plain; charset=utf-8",
+}
+
+
+def static_file(name: str) -> bytes:
+    return resources.files("ballista.observe").joinpath("static", name).read_bytes()
+
+
+def page_routes(live_port: int) -> dict[str, Handler]:
+    """Routes for the live page on the metrics listener: `/` and `/static/...`.
+
+    `/` is index.html told the live port (the page connects to
+    ws://<the page's host>:<live_port>/); the files are read once, here.
+    """
+    files = {name: static_file(name) for name in STATIC_FILES}
+    index = files["index.html"].replace(b"{{LIVE_PORT}}", str(live_port).encode())
+
+    def headers(content_type: str) -> list[tuple[str, str]]:
+        return [
+            ("content-type", content_type),
+            ("cache-control", "no-cache"),
+            ("x-content-type-options", "nosniff"),
+        ]
+
+    def page(request: Request) -> Response:
+        if request.method != "GET":
+            return Response(405, [("allow", "GET, HEAD")], b"")
+        return Response(200, headers(STATIC_FILES["index.html"]), index)
+
+    def static(request: Request) -> Response:
+        name = request.path.removeprefix("/static/")
+        if request.method != "GET":
+            return Response(405, [("allow", "GET, HEAD")], b"")
+        if name not in files:  # a fixed set: no path ever reaches the file system
+            return Response(404, headers("text/plain; charset=utf-8"), b"not found\n")
+        return Response(200, headers(STATIC_FILES[name]), files[name])
+
+    return {"/": page, "/static/": static}

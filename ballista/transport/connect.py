@@ -1,0 +1,263 @@
+"""Opening connections (TCP, TLS with ALPN) and mapping every network failure to an ErrorKind.
+
+Connections are established with httpcore's trio network backend; the HTTP
+exchanges themselves are driven by `_http1` (h11) and `_http2` (h2). This is
+the one place where foreign exceptions become outcome kinds.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import h2.exceptions
+import h11
+import httpcore
+import trio
+
+from ballista import __version__
+from ballista.core.config import Origin, RequestSpec
+from ballista.core.outcome import ErrorKind
+
+USER_AGENT = f"ballista/{__version__}"
+READ_SIZE = 65536
+
+_BACKEND = httpcore.TrioBackend()
+
+
+#: Responses whose Retry-After header the adaptive controller is told about.
+BACKOFF_STATUSES = frozenset({429, 503})
+#: Longest cooldown a Retry-After may ask for (a misconfigured server may say a day).
+MAX_RETRY_AFTER = 300.0
+
+
+def parse_retry_after(value: bytes) -> float | None:
+    """`Retry-After: 120` or an HTTP date -> seconds from now (None if unreadable)."""
+    text = value.decode("latin-1").strip()
+    if text.isdigit():
+        return min(float(text), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    # An HTTP date is wall-clock time by nature: the one place the transport reads it.
+    seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class PeerClosed(Exception):
+    """The peer closed the connection before the response was complete."""
+
+
+class ProtocolViolation(Exception):
+    """The peer broke HTTP in a way the state machines did not catch themselves."""
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, its causes and contexts, and members of any exception group, once each."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        if e.__cause__ is not None:
+            todo.append(e.__cause__)
+        if e.__context__ is not None:
+            todo.append(e.__context__)
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """Map an exception raised while talking to the target to its outcome kind."""
+    connecting = isinstance(exc, httpcore.ConnectError | httpcore.ConnectTimeout)
+    for e in _chain(exc):
+        if isinstance(e, socket.gaierror):
+            return ErrorKind.DNS
+        if isinstance(e, ConnectionRefusedError):
+            return ErrorKind.CONNECT_REFUSED
+        if isinstance(e, ssl.SSLError | ssl.CertificateError):
+            return ErrorKind.TLS
+    for e in _chain(exc):
+        if isinstance(e, httpcore.ConnectTimeout):
+            return ErrorKind.CONNECT_TIMEOUT
+        if isinstance(e, httpcore.ReadTimeout):
+            return ErrorKind.READ_TIMEOUT
+        if isinstance(e, httpcore.WriteTimeout):
+            return ErrorKind.WRITE_TIMEOUT
+        if isinstance(e, h11.RemoteProtocolError | h2.exceptions.ProtocolError | ProtocolViolation):
+            return ErrorKind.PROTOCOL
+        if isinstance(e, ConnectionResetError | BrokenPipeError | PeerClosed):
+            return ErrorKind.RESET
+        if isinstance(e, TimeoutError):
+            return ErrorKind.CONNECT_TIMEOUT if connecting else ErrorKind.READ_TIMEOUT
+    if connecting:
+        return ErrorKind.OTHER
+    if isinstance(
+        exc,
+        httpcore.ReadError
+        | httpcore.WriteError
+        | trio.BrokenResourceError
+        | trio.ClosedResourceError,
+    ):
+        # A broken stream with no more specific cause: the peer went away.
+        return ErrorKind.RESET
+    return ErrorKind.OTHER
+
+
+def make_ssl_context(
+    *, insecure: bool, alpn: tuple[str, ...], ca_file: str | None = None
+) -> ssl.SSLContext:
+    """A client TLS context offering `alpn`; verification off only when asked."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+@dataclass(slots=True)
+class Connected:
+    """An established connection: httpcore's stream (for closing), the byte stream
+    the HTTP state machines read and write, and what ALPN chose (None on plain TCP)."""
+
+    stream: httpcore.AsyncNetworkStream
+    alpn: str | None
+    io: ByteStream
+
+
+class ByteStream(Protocol):
+    """What the HTTP/1.1 and HTTP/2 drivers need of a connection: trio's Stream calls."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+
+class _NetworkStreamIO:
+    """httpcore's stream API presented as trio's, when the trio stream is not reachable."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.write(bytes(data))
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self._stream.read(max_bytes or READ_SIZE)
+
+
+def _io_of(stream: httpcore.AsyncNetworkStream) -> ByteStream:
+    """The trio stream inside httpcore's TrioStream, read and written directly.
+
+    httpcore's read() and write() wrap every call in a cancel scope and two
+    context managers (a timeout and an exception map): about a fifth of
+    Ballista's CPU per request on HTTP/1.1. Ballista already bounds each request
+    with one cancel scope and classifies failures itself (`classify`), so the
+    hot path uses the trio stream; httpcore still opens TCP and TLS. Should a
+    future httpcore keep its stream elsewhere, its own API is used instead.
+    """
+    raw = getattr(stream, "_stream", None)
+    if isinstance(raw, trio.abc.Stream):
+        return raw
+    return _NetworkStreamIO(stream)
+
+
+async def connect(origin: Origin, ssl_context: ssl.SSLContext | None) -> Connected:
+    """Open TCP (TCP_NODELAY is trio's default) and, for https, TLS. Raises on failure."""
+    stream = await _BACKEND.connect_tcp(origin.host, origin.port)
+    if ssl_context is None:
+        return Connected(stream, None, _io_of(stream))
+    try:
+        tls = await stream.start_tls(ssl_context, server_hostname=origin.host)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
+    ssl_object = tls.get_extra_info("ssl_object")
+    alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+    return Connected(tls, alpn, _io_of(tls))
+
+
+async def close_quietly(stream: httpcore.AsyncNetworkStream | None) -> None:
+    """Close without waiting on the peer and without raising."""
+    if stream is None:
+        return
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + 0.5
+        try:
+            await stream.aclose()
+        except Exception:
+            pass
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """Everything about one named request that can be computed before the run.
+
+    Built once per RequestSpec: the hot path never validates or encodes headers.
+    """
+
+    index: int
+    method: bytes
+    target: bytes
+    body: bytes
+    h11_request: h11.Request
+    h2_headers: tuple[tuple[bytes, bytes], ...]
+    h2_header_bytes: int
+    spec: RequestSpec
+
+
+def prepare(index: int, spec: RequestSpec, origin: Origin) -> PreparedRequest:
+    """Encode a request's method, target and headers once for both protocols."""
+    names = {k.lower() for k, _ in spec.headers}
+    headers: list[tuple[str, str]] = []
+    if "host" not in names:
+        headers.append(("Host", origin.authority))
+    if "user-agent" not in names:
+        headers.append(("User-Agent", USER_AGENT))
+    if "accept" not in names:
+        headers.append(("Accept", "*/*"))
+    headers.extend(spec.headers)
+    if spec.body and "content-length" not in names and "transfer-encoding" not in names:
+        headers.append(("Content-Length", str(len(spec.body))))
+    method = spec.method.encode("ascii")
+    target = spec.target.encode("ascii")
+    encoded = [(k.encode("ascii"), v.encode("latin-1")) for k, v in headers]
+    h11_request = h11.Request(method=method, target=target, headers=encoded)
+    authority = origin.authority.encode("ascii")
+    h2_headers: list[tuple[bytes, bytes]] = [
+        (b":method", method),
+        (b":scheme", origin.scheme.encode("ascii")),
+        (b":authority", authority),
+        (b":path", target),
+    ]
+    hop_by_hop = {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
+    for k, v in encoded:
+        lk = k.lower()
+        if lk == b"host":
+            # :authority carries it; a user-supplied Host overrides the URL's.
+            h2_headers[2] = (b":authority", v)
+        elif lk not in hop_by_hop:
+            h2_headers.append((lk, v))
+    return PreparedRequest(
+        index=index,
+        method=method,
+        target=target,
+        body=spec.body,
+        h11_request=h11_request,
+        h2_headers=tuple(h2_headers),
+        h2_header_bytes=sum(len(k) + len(v) for k, v in h2_headers),
+        spec=spec,
+    )

@@ -1,0 +1,185 @@
+"""One HTTP/1.1 connection that Ballista owns, driven with h11: keep-alive, lazy reconnect."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from typing import Protocol
+
+import h11
+import trio
+
+from ballista.core.config import Origin
+from ballista.core.outcome import NO_ERROR, ErrorKind
+from ballista.transport.connect import (
+    BACKOFF_STATUSES,
+    READ_SIZE,
+    Connected,
+    PeerClosed,
+    PreparedRequest,
+    classify,
+    close_quietly,
+    connect,
+    parse_retry_after,
+)
+
+_EOM = h11.EndOfMessage()
+
+#: (status, error kind or NO_ERROR, bytes sent, bytes received)
+Result = tuple[int, int, int, int]
+
+
+class ConnectionEvents(Protocol):
+    """Where connections report their lifecycle (the recorder)."""
+
+    def connection_opened(self) -> None: ...
+
+    def connection_closed(self) -> None: ...
+
+
+class H1Connection:
+    """A single HTTP/1.1 connection, reused with keep-alive and reopened when lost.
+
+    Serves one request at a time; when several workers share it they take
+    `lock` first (their wait is part of their latency).
+    """
+
+    multiplexed = False
+
+    def __init__(
+        self, origin: Origin, ssl_context: ssl.SSLContext | None, events: ConnectionEvents
+    ) -> None:
+        self._origin = origin
+        self._ssl_context = ssl_context
+        self._events = events
+        self._conn: Connected | None = None
+        self._h11 = h11.Connection(h11.CLIENT)
+        self.lock = trio.Lock()
+        #: True when several workers share this connection and must take `lock`.
+        self.shared = False
+        #: seconds from the last 429/503's Retry-After, until the engine takes it
+        self.retry_after: float | None = None
+
+    def _note_retry_after(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        for name, value in headers:
+            if name == b"retry-after":
+                self.retry_after = parse_retry_after(value)
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    def adopt(self, connected: Connected) -> None:
+        """Take over a connection opened elsewhere (the engine's ALPN probe)."""
+        self._conn = connected
+        self._h11 = h11.Connection(h11.CLIENT)
+        self._events.connection_opened()
+
+    async def _open(self) -> Connected:
+        connected = await connect(self._origin, self._ssl_context)
+        if connected.alpn not in (None, "http/1.1"):
+            await close_quietly(connected.stream)
+            raise PeerClosed(f"ALPN chose {connected.alpn!r} on an HTTP/1.1 connection")
+        self._conn = connected
+        self._h11 = h11.Connection(h11.CLIENT)
+        self._events.connection_opened()
+        return connected
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._events.connection_closed()
+            await close_quietly(conn.stream)
+
+    async def aclose(self) -> None:
+        await self._drop()
+
+    async def request(self, req: PreparedRequest, deadline: float) -> Result:
+        """Send `req` and read the whole response before `deadline`. Never raises for
+        the target's failures: they come back as an error kind."""
+        if not self.shared:
+            return await self._exchange(req, deadline)
+        with trio.CancelScope(deadline=deadline) as scope:
+            await self.lock.acquire()
+        if scope.cancelled_caught:
+            return 0, ErrorKind.POOL_TIMEOUT, 0, 0
+        try:
+            return await self._exchange(req, deadline)
+        finally:
+            self.lock.release()
+
+    async def _exchange(self, req: PreparedRequest, deadline: float) -> Result:
+        retried = False
+        while True:
+            phase = ErrorKind.CONNECT_TIMEOUT
+            sent = received = 0
+            reused = self._conn is not None
+            eof = False
+            with trio.CancelScope(deadline=deadline):
+                try:
+                    conn = self._conn
+                    if conn is None:
+                        conn = await self._open()
+                    io = conn.io
+                    h = self._h11
+                    phase = ErrorKind.WRITE_TIMEOUT
+                    data = h.send(req.h11_request)
+                    if req.body:
+                        data += h.send(h11.Data(data=req.body))
+                    data += h.send(_EOM)
+                    await io.send_all(data)
+                    sent = len(data)
+                    phase = ErrorKind.READ_TIMEOUT
+                    status = 0
+                    next_event = h.next_event
+                    while True:
+                        event = next_event()
+                        if event is h11.NEED_DATA:
+                            chunk = await io.receive_some(READ_SIZE)
+                            if not chunk:
+                                eof = True
+                            received += len(chunk)
+                            # TLS streams hand out bytearrays; h11 appends them as is.
+                            h.receive_data(chunk)  # type: ignore[arg-type]
+                            continue
+                        cls = type(event)
+                        if cls is h11.Response:
+                            status = event.status_code  # type: ignore[union-attr]
+                            if status in BACKOFF_STATUSES:
+                                self._note_retry_after(event.headers)  # type: ignore[union-attr]
+                        elif cls is h11.EndOfMessage:
+                            break
+                        elif cls is h11.ConnectionClosed:
+                            raise PeerClosed("connection closed before the response ended")
+                    if h.our_state is h11.DONE and h.their_state is h11.DONE:
+                        h.start_next_cycle()
+                    else:
+                        await self._drop()
+                    return status, NO_ERROR, sent, received
+                except h11.RemoteProtocolError as exc:
+                    await self._drop()
+                    if not eof:
+                        return 0, ErrorKind.PROTOCOL, sent, received
+                    if reused and received == 0 and not retried:
+                        # The server closed an idle keep-alive connection as we reused it:
+                        # open a fresh one and send again, as browsers and httpcore do.
+                        retried = True
+                        continue
+                    return 0, classify(PeerClosed(str(exc))), sent, received
+                except Exception as exc:
+                    await self._drop()
+                    if reused and received == 0 and not retried and _is_stale(exc):
+                        retried = True
+                        continue
+                    return 0, classify(exc), sent, received
+                except BaseException:
+                    # Cancelled from outside (the run is over): the exchange is unfinished.
+                    await self._drop()
+                    raise
+            # Only reached when the deadline cancelled the exchange.
+            await self._drop()
+            return 0, phase, sent, received
+
+
+def _is_stale(exc: Exception) -> bool:
+    return isinstance(exc, PeerClosed | trio.BrokenResourceError | trio.ClosedResourceError)
