@@ -35,7 +35,7 @@ BALLISTA = [sys.executable, "-m", "ballista"]
         (["run", "http://127.0.0.1/", "-m", "GE T"], "not a valid HTTP method"),
         (["run", "http://127.0.0.1/", "--body-file", "/nonexistent/file"], "cannot read"),
         (["run", "http://127.0.0.1/", "--http1", "--http2"], "not allowed with"),
-        (["run", "http://127.0.0.1/", "--sequential", "-c", "5"], "--sequential"),
+        (["run", "http://127.0.0.1/", "--sequential", "-c", "5"], "sequential model"),
         (["run", "http://127.0.0.1/", "-r", "10", "-c", "5"], "choose one"),
         (["run", "http://127.0.0.1/", "--max-in-flight", "5"], "open model"),
         (["run", "http://127.0.0.1/", "--stages", "30s"], "DURATION:TARGET"),

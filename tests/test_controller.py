@@ -7,16 +7,17 @@ import re
 
 import pytest
 
-from ballista.cli.main import build_parser, load_from_args, main
+from ballista.cli.main import build_parser, main
+from ballista.cli.run import config_from_args
 from ballista.core.config import AdaptiveSpec, RequestSpec
 from ballista.core.controller import (
     SETTLE_WINDOWS,
     AimdController,
     Window,
     build_controller,
-    parse_share,
     parse_statuses,
 )
+from ballista.core.durations import parse_share
 from ballista.core.errors import ConfigError
 from ballista.core.outcome import NO_ERROR, ErrorKind, Sample
 from ballista.core.recorder import Recorder
@@ -345,44 +346,45 @@ def test_capacity_note_before_any_window_uses_the_whole_run() -> None:
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"),
+    ("flags", "message"),
     [
-        ({"latency_target": 0.0}, "--latency-target: must be above 0"),
-        ({"percentile": 100.0}, "--latency-percentile: must be between 0 and 100"),
-        ({"minimum": 0}, "--min-concurrency: must be at least 1"),
-        ({"minimum": 200}, "--min-concurrency is above --max-concurrency"),
-        ({"increase": 0}, "--increase: must be at least 1"),
-        ({"backoff": 1.0}, "--backoff: must be between 0 and 1 (e.g. 0.9)"),
-        ({"window_min": 0.0}, "--window-min: must be above 0"),
-        ({"window_max": 0.5}, "--window-max: must be at least --window-min"),
-        ({"window_samples": 0}, "--window-samples: must be at least 1"),
-        ({"congestion_statuses": frozenset({99})}, "--congestion-status: 99 is not"),
-        ({"congestion_tolerance": 1.0}, "--congestion-tolerance: must be between"),
+        (["--latency-percentile", "100"], "--latency-percentile: must be between 0 and 100"),
+        (["--latency-percentile", "nan"], "--latency-percentile: must be between 0 and 100"),
+        (
+            ["--min-concurrency", "200", "--max-concurrency", "100"],
+            "--min-concurrency: the minimum (200) is above the maximum (100)",
+        ),
+        (["--backoff", "1.0"], "--backoff: must be between 0 and 1 (e.g. 0.9)"),
+        (
+            ["--window-min", "2s", "--window-max", "1s"],
+            "--window-max: the longest window must be at least the shortest",
+        ),
+        (["--congestion-status", "99"], "--congestion-status: '99' is not an HTTP status"),
+        (["--congestion-tolerance", "100%"], "--congestion-tolerance: must be between"),
     ],
 )
-def test_bad_parameters_are_one_line_config_errors(
-    changes: dict[str, object], message: str
-) -> None:
+def test_bad_parameters_are_one_line_config_errors(flags: list[str], message: str) -> None:
+    argv = ["run", "http://127.0.0.1:1/", "--adaptive", *flags]
     with pytest.raises(ConfigError) as info:
-        AimdController(spec(**changes))
+        config_from_args(build_parser(argv).parse_args(argv))
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
 
 
 def test_share_and_status_parsers() -> None:
-    assert parse_share("0.8", "--backoff") == 0.8
-    assert parse_share("80%", "--backoff") == pytest.approx(0.8)
+    assert parse_share("0.8", what="--backoff") == 0.8
+    assert parse_share("80%", what="--backoff") == pytest.approx(0.8)
     assert parse_statuses("429, 503,502") == frozenset({429, 502, 503})
     assert parse_statuses("none") == frozenset()
     with pytest.raises(ConfigError, match="--backoff: 'x' is not a number"):
-        parse_share("x", "--backoff")
+        parse_share("x", what="--backoff")
     with pytest.raises(ConfigError, match="--congestion-status: '5o3' is not an HTTP status"):
         parse_statuses("429,5o3")
 
 
 def _adaptive(*flags: str) -> AdaptiveSpec:
     argv = ["run", "http://127.0.0.1:1/", *flags]
-    load = load_from_args(build_parser(argv).parse_args(argv))
+    load = config_from_args(build_parser(argv).parse_args(argv)).load
     assert load.adaptive is not None
     return load.adaptive
 
@@ -442,9 +444,9 @@ def test_flags_build_the_spec_with_documented_defaults() -> None:
     [
         (["--adaptive", "--backoff", "1.5"], "--backoff: must be between 0 and 1"),
         (["--adaptive", "--congestion-status", "42"], "--congestion-status: '42' is not"),
-        (["--adaptive", "--window-min", "2s", "--window-max", "1s"], "--window-max: must be"),
-        (["--backoff", "0.5"], "need --adaptive"),
-        (["--no-slow-start"], "need --adaptive"),
+        (["--adaptive", "--window-min", "2s", "--window-max", "1s"], "--window-max: the longest"),
+        (["--backoff", "0.5"], "--backoff: applies to the adaptive model, not closed"),
+        (["--no-slow-start"], "--no-slow-start: applies to the adaptive model, not closed"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(

@@ -14,7 +14,8 @@ import pytest
 import trio
 from servers import FaultServer, RunningTarget
 
-from ballista.cli.main import build_parser, config_from_args
+from ballista.cli.main import build_parser
+from ballista.cli.run import config_from_args
 from ballista.core.histogram import RELATIVE_ERROR
 from ballista.core.outcome import Sample
 from ballista.core.snapshot import Snapshot

@@ -13,7 +13,8 @@ import trio
 from servers import RunningTarget
 from trio_websocket import ConnectionClosed
 
-from ballista.cli.main import build_parser, config_from_args
+from ballista.cli.main import build_parser
+from ballista.cli.run import config_from_args
 from ballista.cli.watch import connect
 from ballista.core.config import RunConfig
 from ballista.core.redact import REDACTED

@@ -13,7 +13,8 @@ from prometheus_client.samples import Sample
 from servers import FaultServer, RunningTarget
 
 from ballista import __version__
-from ballista.cli.main import build_parser, config_from_args
+from ballista.cli.main import build_parser
+from ballista.cli.run import config_from_args
 from ballista.core.config import LoadSpec, RequestSpec, RunConfig, parse_url
 from ballista.core.outcome import ERROR_LABELS
 from ballista.core.snapshot import Snapshot

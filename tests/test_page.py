@@ -19,7 +19,8 @@ import pytest
 import trio
 from conftest import TargetFactory
 
-from ballista.cli.main import build_parser, config_from_args
+from ballista.cli.main import build_parser
+from ballista.cli.run import config_from_args
 from ballista.engine.engine import Engine
 from ballista.observe.live import LiveHub, page_routes, serve_live
 from ballista.observe.metrics import MetricsExporter, serve_metrics

@@ -28,7 +28,8 @@ import trio
 from prometheus_client.registry import CollectorRegistry
 from servers import RunningTarget
 
-from ballista.cli.main import build_parser, config_from_args
+from ballista.cli.main import build_parser
+from ballista.cli.run import config_from_args
 from ballista.engine.engine import Engine
 from ballista.observe.metrics import MetricsExporter
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from servers import RunningTarget
 
-from ballista.cli.main import Outputs, build_parser, config_from_args, run_and_report
+from ballista.cli.main import build_parser
+from ballista.cli.run import config_from_args
 from ballista.core.config import RunConfig, Stage
 from ballista.core.errors import ConfigError
-from ballista.core.scenario import config_from_scenario
+from ballista.engine.run import Run
+from ballista.observe.outputs import Outputs, run_with_outputs
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
 
@@ -39,7 +41,7 @@ def load(tmp_path: Path, text: str, *flags: str, filename: str = "api.toml") -> 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_loads(example: Path) -> None:
-    config = config_from_scenario(str(example), ns_for("-f", str(example)))
+    config = config_from_args(ns_for("-f", str(example)))
     assert config.scenario != "default"
     assert len(config.requests) >= 2
     assert config.thresholds
@@ -118,7 +120,11 @@ order = ["error_rate<1%", "p95<200ms"]
     assert config.load.max_in_flight == 300
     assert config.load.arrival == "poisson"
     assert config.load.stages == (Stage(30.0, 240.0), Stage(60.0, 240.0))
-    assert config.thresholds == ("p99<300ms", "order.error_rate<1%", "order.p95<200ms")
+    assert tuple(t.expr for t in config.thresholds) == (
+        "p99<300ms",
+        "order.error_rate<1%",
+        "order.p95<200ms",
+    )
 
 
 def test_stage_tables_and_rateless_open_ramp(tmp_path: Path) -> None:
@@ -229,7 +235,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
     assert (config.load.concurrency, config.load.duration) == (7, 5.0)
     assert (config.timeout, config.connections, config.protocol) == (3.0, 4, "http1")
     assert config.scenario == "night"
-    assert config.thresholds == ("p99<1s", "error_rate<1%")
+    assert tuple(t.expr for t in config.thresholds) == ("p99<1s", "error_rate<1%")
 
 
 def test_a_flag_that_picks_another_model_replaces_the_files(tmp_path: Path) -> None:
@@ -239,9 +245,7 @@ def test_a_flag_that_picks_another_model_replaces_the_files(tmp_path: Path) -> N
     assert config.load.rate == 50
     assert config.load.stages == ()
     assert config.load.duration == 60.0
-    seq = config_from_scenario(
-        str(tmp_path / "api.toml"), ns_for("-f", str(tmp_path / "api.toml")), sequential=True
-    )
+    seq = config_from_args(ns_for("-f", str(tmp_path / "api.toml")), sequential=True)
     assert seq.load.model == "sequential"
 
 
@@ -378,7 +382,7 @@ def test_a_flag_that_picks_another_model_replaces_the_files(tmp_path: Path) -> N
             BASE + "[load]\nduration = '5 parsecs'\n",
             "api.toml: load.duration: '5 parsecs' is not a duration",
         ),
-        (BASE + "[load]\nmodel = 'open'\n", "api.toml: load.rate: the open model needs a rate"),
+        (BASE + "[load]\nmodel = 'open'\n", "api.toml: load.model: the open model needs a rate"),
         (
             BASE + "[load]\nmax_in_flight = 5\n",
             "api.toml: load.max_in_flight: applies to the open model, not closed",
@@ -409,7 +413,7 @@ def test_a_flag_that_picks_another_model_replaces_the_files(tmp_path: Path) -> N
         ),
         (
             BASE + "[load]\nmodel = 'sequential'\nstages = '1s:1'\n",
-            "api.toml: load.stages: ramps the rate or the concurrency: not with sequential",
+            "api.toml: load.stages: ramps the rate or the concurrency: not with the sequential model",
         ),
         (
             BASE + "[load.adaptive]\nbackoff = 1.5\n",
@@ -425,7 +429,7 @@ def test_a_flag_that_picks_another_model_replaces_the_files(tmp_path: Path) -> N
         ),
         (
             BASE + "[load]\nmodel = 'closed'\n[load.adaptive]\nmin = 2\n",
-            "api.toml: load.adaptive: applies to the adaptive model, not closed",
+            "api.toml: load.adaptive.min: applies to the adaptive model, not closed",
         ),
         (
             BASE + "[thresholds]\nall = ['p99<abc']\n",
@@ -467,7 +471,7 @@ def test_missing_file_and_conflicting_flags(tmp_path: Path) -> None:
         load(tmp_path, BASE, "http://127.0.0.1:9000/v2")
     with pytest.raises(ConfigError, match="-b/--body-file: the scenario file defines"):
         load(tmp_path, BASE, "-b", "x")
-    with pytest.raises(ConfigError, match=r"^api.toml: --max-in-flight applies to the open model"):
+    with pytest.raises(ConfigError, match=r"^--max-in-flight: applies to the open model"):
         load(tmp_path, BASE + "[load]\nconcurrency = 3\n", "--max-in-flight", "5")
 
 
@@ -488,8 +492,8 @@ async def test_weights_hold_at_the_server_and_every_name_is_reported(
         '[thresholds]\nall = ["error_rate<1%"]\nrarely = ["p99<5s"]\n'
     )
     config = config_from_args(ns_for("-f", str(scenario)))
-    doc, code = await run_and_report(
-        config, Outputs(quiet=True), stdout=io.StringIO(), stderr=io.StringIO()
+    doc, code = await run_with_outputs(
+        Run(config), Outputs(quiet=True), stdout=io.StringIO(), stderr=io.StringIO()
     )
     assert code == 0
     n = 3000

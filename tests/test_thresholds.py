@@ -14,13 +14,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from servers import RunningTarget
 
-from ballista.cli.main import Outputs, build_parser, config_from_args, run_and_report
+from ballista.cli.main import build_parser
+from ballista.cli.run import config_from_args
 from ballista.core.config import RequestSpec
 from ballista.core.errors import ConfigError
 from ballista.core.outcome import NO_ERROR, ErrorKind, Sample
 from ballista.core.recorder import Recorder
 from ballista.core.snapshot import Snapshot
 from ballista.core.thresholds import SETTLE_REQUESTS, SETTLE_SECONDS, ThresholdSet, parse_threshold
+from ballista.engine.run import Run
+from ballista.observe.outputs import Outputs, run_with_outputs
 
 NAMES = ["home", "checkout"]
 SPECS = [RequestSpec("home", "GET", "/"), RequestSpec("checkout", "POST", "/checkout")]
@@ -97,9 +100,9 @@ def test_parse(expr: str, name: str | None, metric: str, op: str, bound: float) 
 )
 def test_parse_errors_name_the_expression(expr: str, needle: str) -> None:
     with pytest.raises(ConfigError) as info:
-        ThresholdSet([expr], NAMES)
+        parse_threshold(expr, NAMES)
     message = str(info.value)
-    assert message.startswith(f"--threshold {expr!r}: ")
+    assert message.startswith(f"--threshold: {expr!r}: ")
     assert needle in message
     assert "\n" not in message
 
@@ -135,7 +138,7 @@ def test_parser_only_raises_config_errors(text: str) -> None:
     try:
         t = parse_threshold(text, NAMES)
     except ConfigError as exc:
-        assert str(exc).startswith("--threshold ")
+        assert str(exc).startswith("--threshold: ")
         assert "\n" not in str(exc).split(": ", 1)[1]
     else:
         assert t.bound >= 0
@@ -144,10 +147,14 @@ def test_parser_only_raises_config_errors(text: str) -> None:
 # -- verdicts ------------------------------------------------------------------------
 
 
+def checks_of(exprs: list[str]) -> ThresholdSet:
+    return ThresholdSet([parse_threshold(e, NAMES) for e in exprs])
+
+
 def test_evaluate_reports_value_verdict_and_display() -> None:
     samples = [ok(0, 0.010)] * 90 + [ok(1, 0.300)] * 9 + [ok(1, 0.5, status=503)]
     snap = snapshot(samples, elapsed=10.0, dropped=3)
-    checks = ThresholdSet(
+    checks = checks_of(
         [
             "p50<20ms",
             "p99<250ms",
@@ -158,8 +165,7 @@ def test_evaluate_reports_value_verdict_and_display() -> None:
             "checkout.p50<100ms",
             "home.p99<20ms",
             "checkout.error_rate<5%",
-        ],
-        NAMES,
+        ]
     )
     verdicts = {v["expr"]: v for v in checks.evaluate(snap)}
     assert [v["ok"] for v in verdicts.values()] == [
@@ -187,7 +193,7 @@ def test_evaluate_reports_value_verdict_and_display() -> None:
 
 def test_no_data_fails_rather_than_passes() -> None:
     snap = snapshot([ok(0, 0.01)] * 10)
-    verdicts = ThresholdSet(["checkout.p99<1s", "checkout.error_rate<1%", "home.p99<1s"], NAMES)
+    verdicts = checks_of(["checkout.p99<1s", "checkout.error_rate<1%", "home.p99<1s"])
     result = verdicts.evaluate(snap)
     assert [(v["value"], v["ok"], v["display"]) for v in result[:2]] == [
         (None, False, "no data"),
@@ -199,7 +205,7 @@ def test_no_data_fails_rather_than_passes() -> None:
 def test_errors_count_in_error_rate_but_not_in_latency() -> None:
     timeouts = [Sample(0, 0, ErrorKind.READ_TIMEOUT, 5.0, 5.0, 10, 0)] * 5
     snap = snapshot([ok(0, 0.01)] * 95 + timeouts)
-    [rate] = ThresholdSet(["error_rate<1%"], NAMES).evaluate(snap)
+    [rate] = checks_of(["error_rate<1%"]).evaluate(snap)
     assert rate["value"] == pytest.approx(0.05)
     assert rate["ok"] is False
 
@@ -209,16 +215,16 @@ def test_errors_count_in_error_rate_but_not_in_latency() -> None:
 
 def test_max_and_dropped_fail_for_good_once_crossed() -> None:
     rec = Recorder(SPECS, start=0.0)
-    checks = ThresholdSet(["max<100ms", "dropped<=2"], NAMES)
+    checks = checks_of(["max<100ms", "dropped<=2"])
     assert not checks.known_failed(snapshot([ok(0, 0.05)], elapsed=1.0, recorder=rec))
     assert not checks.known_failed(snapshot([], elapsed=2.0, dropped=2, recorder=rec))
     assert checks.known_failed(snapshot([], elapsed=3.0, dropped=1, recorder=rec))
-    only_max = ThresholdSet(["max<100ms"], NAMES)
+    only_max = checks_of(["max<100ms"])
     assert only_max.known_failed(snapshot([ok(1, 0.2)], elapsed=1.0))
 
 
 def test_lower_bounds_and_rps_are_judged_at_the_end_only() -> None:
-    checks = ThresholdSet(["rps>1000", "dropped>5", "max>1s"], NAMES)
+    checks = checks_of(["rps>1000", "dropped>5", "max>1s"])
     rec = Recorder(SPECS, start=0.0)
     for second in range(1, 60):
         assert not checks.known_failed(snapshot([ok(0, 0.01)] * 10, elapsed=second, recorder=rec))
@@ -227,7 +233,7 @@ def test_lower_bounds_and_rps_are_judged_at_the_end_only() -> None:
 def test_recoverable_thresholds_settle_before_they_abort() -> None:
     """error_rate (and percentiles, mean) abort only after failing at every snapshot
     for SETTLE_SECONDS with SETTLE_REQUESTS requests behind them."""
-    checks = ThresholdSet(["error_rate<1%"], NAMES)
+    checks = checks_of(["error_rate<1%"])
     rec = Recorder(SPECS, start=0.0)
     per_second = SETTLE_REQUESTS // 5
     bad = [ok(0, 0.01)] * (per_second - 10) + [ok(0, 0.01, status=500)] * 10  # 5%: failing
@@ -237,7 +243,7 @@ def test_recoverable_thresholds_settle_before_they_abort() -> None:
     first = verdicts.index(True) + 1
     assert first == 1 + SETTLE_SECONDS  # failing since t=1 s, settled at t=11 s
     # A recovery resets the clock.
-    checks = ThresholdSet(["error_rate<1%"], NAMES)
+    checks = checks_of(["error_rate<1%"])
     rec = Recorder(SPECS, start=0.0)
     good = [ok(0, 0.01)] * (per_second * 60)  # brings the run under 1% again
     for second in range(1, 9):
@@ -248,7 +254,7 @@ def test_recoverable_thresholds_settle_before_they_abort() -> None:
 
 
 def test_few_requests_never_settle() -> None:
-    checks = ThresholdSet(["p99<10ms"], NAMES)
+    checks = checks_of(["p99<10ms"])
     rec = Recorder(SPECS, start=0.0)
     for second in range(1, 100):
         assert not checks.known_failed(snapshot([ok(0, 0.5)], elapsed=second, recorder=rec))
@@ -290,7 +296,7 @@ async def test_exit_codes_end_to_end(target: RunningTarget, tmp_path: Path) -> N
     bad = await run_cli("run", target.url, "-n", "10", "--threshold", "p99<abc")
     assert bad.returncode == 2
     assert bad.stderr.decode().strip() == (
-        "ballista: error: --threshold 'p99<abc': 'abc' is not a duration (e.g. 250ms, 1.5s, 800us)"
+        "ballista: error: --threshold: 'p99<abc': 'abc' is not a duration (e.g. 250ms, 1.5s, 800us)"
     )
     assert bad.stdout == b""
     assert target.stats.requests == 80  # the bad one never started
@@ -306,8 +312,8 @@ async def test_abort_on_fail_stops_early(
     config = config_from_args(ns)
     out, err = io.StringIO(), io.StringIO()
     with trio.fail_after(10):
-        doc, code = await run_and_report(
-            config, Outputs(quiet=True, abort_on_fail=True), stdout=out, stderr=err
+        doc, code = await run_with_outputs(
+            Run(config, abort_on_fail=True), Outputs(quiet=True), stdout=out, stderr=err
         )
     assert code == 1
     assert doc["duration_s"] < 5  # stopped at the first snapshot, not after 30 s

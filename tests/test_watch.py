@@ -19,7 +19,8 @@ import servers
 import trio
 from servers import RunningTarget
 
-from ballista.cli.main import build_parser, config_from_args
+from ballista.cli.main import build_parser
+from ballista.cli.run import config_from_args
 from ballista.cli.watch import View, sparkline, watch, ws_url
 from ballista.core.errors import ConfigError
 from ballista.engine.engine import Engine

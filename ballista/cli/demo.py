@@ -15,10 +15,9 @@ import trio
 
 from ballista.core.config import LoadSpec, Origin, RequestSpec, RunConfig
 from ballista.core.errors import BallistaError
+from ballista.engine.run import Run
+from ballista.observe.outputs import Outputs, run_with_outputs
 
-#: Few enough workers that the demo target (hypercorn, about 1 ms of CPU per
-#: request) is not saturated and answers with its own latency distribution.
-DEMO_CONCURRENCY = 5
 _LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
 
 
@@ -42,9 +41,7 @@ async def _start_target() -> tuple[trio.Process, int]:
     raise BallistaError("demo: the embedded target did not start")
 
 
-async def _demo(duration: float, concurrency: int, http2: bool, json_path: str | None) -> None:
-    from ballista.cli.main import Outputs, run_and_report
-
+async def _demo(duration: float, concurrency: int, http2: bool, json_path: str | None) -> int:
     proc, port = await _start_target()
     try:
         print(
@@ -61,9 +58,10 @@ async def _demo(duration: float, concurrency: int, http2: bool, json_path: str |
             protocol="http2" if http2 else "http1",
             timeout=10.0,
         )
-        await run_and_report(
-            config, Outputs(json_path=json_path), stdout=sys.stdout, stderr=sys.stderr
+        _, code = await run_with_outputs(
+            Run(config), Outputs(json_path=json_path), stdout=sys.stdout, stderr=sys.stderr
         )
+        return code
     finally:
         proc.terminate()
         with trio.move_on_after(5) as waited:
@@ -74,5 +72,4 @@ async def _demo(duration: float, concurrency: int, http2: bool, json_path: str |
 
 def run_demo(*, duration: float, concurrency: int, http2: bool, json_path: str | None) -> int:
     """Run the demo to the end; returns the exit code."""
-    trio.run(_demo, duration, concurrency, http2, json_path)
-    return 0
+    return trio.run(_demo, duration, concurrency, http2, json_path)

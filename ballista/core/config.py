@@ -4,16 +4,36 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import quote, urlsplit
 
 from ballista.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ballista.core.thresholds import Threshold
 
 Model = Literal["closed", "open", "adaptive", "sequential"]
 Protocol = Literal["auto", "http1", "http2"]
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: Defaults, in one place: every front end (flags, files, the API) leaves them to this module.
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_INTERVAL = 1.0
+DEFAULT_CONCURRENCY = 10
+#: a run with neither -d nor -n lasts this long
+DEFAULT_DURATION = 10.0
+#: how long in-flight requests may go on after a stop before they are abandoned
+DEFAULT_GRACE = 5.0
+#: statuses that mean "overloaded" to the adaptive controller
+DEFAULT_CONGESTION_STATUSES = frozenset({429, 503})
+#: statuses that count as success when a request names none
+DEFAULT_EXPECTED = range(200, 400)
+
+#: Characters left as they are in a request target; anything else (non-ASCII,
+#: spaces are refused earlier) is percent-encoded as UTF-8, as curl and browsers do.
+_TARGET_SAFE = "/?#[]@!$&'()*+,;=:-._~%"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +60,16 @@ class Origin:
 
 
 def parse_url(text: str, *, what: str = "URL") -> tuple[Origin, str]:
-    """`http://host:port/path?q` -> (Origin, request target). One-line ConfigError if bad."""
+    """`http://host:port/path?q` -> (Origin, request target). One-line ConfigError if bad.
+
+    A non-ASCII host is IDNA-encoded and a non-ASCII path or query
+    percent-encoded as UTF-8, as curl and browsers send them.
+    """
     raw = text.strip()
     if not raw:
         raise ConfigError(f"{what}: empty URL")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
+        raise ConfigError(f"{what}: {text!r} contains white space or a control character")
     try:
         parts = urlsplit(raw)
         port = parts.port
@@ -55,10 +81,20 @@ def parse_url(text: str, *, what: str = "URL") -> tuple[Origin, str]:
     host = parts.hostname
     if not host:
         raise ConfigError(f"{what}: {text!r} has no host")
-    if any(c.isspace() for c in raw):
-        raise ConfigError(f"{what}: {text!r} contains white space")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{what}: credentials in the URL are not sent; pass them as a header, "
+            "e.g. -H 'Authorization: Basic ...'"
+        )
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ConfigError(f"{what}: {parts.hostname!r} is not a valid host name") from None
     path = parts.path or "/"
     target = path + (f"?{parts.query}" if parts.query else "")
+    if not target.isascii():
+        target = quote(target, safe=_TARGET_SAFE)
     origin = Origin(scheme, host, port if port is not None else _DEFAULT_PORTS[scheme])  # type: ignore[arg-type]
     return origin, target
 
@@ -74,6 +110,13 @@ def parse_header(text: str) -> tuple[str, str]:
     value = value.strip()
     if "\r" in value or "\n" in value or "\x00" in value:
         raise ConfigError(f"header {text!r}: value contains a control character")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"header {text!r}: HTTP header values are ISO-8859-1 text; "
+            "percent-encode or base64 other characters"
+        ) from None
     return name, value
 
 
@@ -82,10 +125,6 @@ def parse_method(text: str) -> str:
     if not method or not _TOKEN.match(method):
         raise ConfigError(f"method {text!r}: not a valid HTTP method")
     return method
-
-
-def default_expected(status: int) -> bool:
-    return 200 <= status < 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +142,32 @@ class RequestSpec:
 
     def is_expected(self, status: int) -> bool:
         if self.expected is None:
-            return 200 <= status < 400
+            return status in DEFAULT_EXPECTED
         return status in self.expected
+
+
+#: Headers that frame the message: Ballista sets them from the body it sends.
+_FRAMING = ("transfer-encoding",)
+#: Connection-specific headers, forbidden in HTTP/2 (RFC 9113 section 8.2.2).
+_HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "upgrade")
+
+
+def check_request(spec: RequestSpec, *, http2: bool) -> None:
+    """Refuse, before any load, headers that would make the request unsendable or a lie."""
+    for name, value in spec.headers:
+        lowered = name.lower()
+        if lowered in _FRAMING:
+            raise ConfigError(
+                f"header {name!r}: Ballista frames the body itself (Content-Length); "
+                "drop this header"
+            )
+        if lowered == "content-length" and value != str(len(spec.body)):
+            raise ConfigError(
+                f"header 'Content-Length: {value}': the body is {len(spec.body)} bytes; "
+                "drop the header (Ballista sets it)"
+            )
+        if http2 and lowered in _HOP_BY_HOP:
+            raise ConfigError(f"header {name!r}: not allowed in HTTP/2 (connection-specific)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +192,7 @@ class AdaptiveSpec:
     window_min: float = 0.5
     window_max: float = 5.0
     window_samples: int = 20
-    congestion_statuses: frozenset[int] = frozenset({429, 503})
+    congestion_statuses: frozenset[int] = DEFAULT_CONGESTION_STATUSES
     slow_start: bool = True
     #: a window is congested when its congestion signals exceed this share of its samples
     congestion_tolerance: float = 0.01
@@ -140,7 +203,7 @@ class LoadSpec:
     """How much load, of which shape, for how long."""
 
     model: Model = "closed"
-    concurrency: int = 10
+    concurrency: int = DEFAULT_CONCURRENCY
     rate: float | None = None
     duration: float | None = None
     requests: int | None = None
@@ -157,7 +220,7 @@ class LoadSpec:
         if self.stages:
             return sum(s.duration for s in self.stages)
         if self.requests is None:
-            return 10.0
+            return DEFAULT_DURATION
         return None
 
 
@@ -170,11 +233,12 @@ class RunConfig:
     load: LoadSpec = field(default_factory=LoadSpec)
     protocol: Protocol = "auto"
     connections: int | None = None
-    timeout: float = 30.0
+    timeout: float = DEFAULT_TIMEOUT
     insecure: bool = False
-    interval: float = 1.0
+    interval: float = DEFAULT_INTERVAL
     scenario: str = "default"
-    thresholds: tuple[str, ...] = ()
+    #: parsed once, where the configuration was built
+    thresholds: tuple[Threshold, ...] = ()
     #: extra CA bundle for https targets (tests use trustme's).
     ca_file: str | None = None
 

@@ -54,3 +54,22 @@ def format_duration(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def parse_share(text: str, *, what: str = "share") -> float:
+    """`0.9` or `90%` -> 0.9: a share of one, finite and >= 0 (callers bound it above).
+
+    Error messages start with `what: ` (nothing when `what` is empty).
+    """
+    prefix = f"{what}: " if what else ""
+    raw = text.strip()
+    scale = 1.0
+    if raw.endswith("%"):
+        raw, scale = raw[:-1].strip(), 0.01
+    try:
+        value = float(raw) * scale
+    except ValueError:
+        raise ConfigError(f"{prefix}{text!r} is not a number or a percentage") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{prefix}{text!r} must be a finite share >= 0 (e.g. 0.9 or 90%)")
+    return value

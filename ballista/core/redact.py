@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlencode
 from ballista.core.config import RunConfig
 
 #: Header and query-parameter names whose values are never shown.
-SECRET_NAME = re.compile(r"authorization|cookie|token|secret|key|passw|credential|session", re.I)
+SECRET_NAME = re.compile(r"auth|cookie|token|secret|key|pass|pwd|credential|session|sig", re.I)
 REDACTED = "[redacted]"
 
 

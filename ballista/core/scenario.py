@@ -1,13 +1,13 @@
-"""TOML scenario files (`ballista run -f FILE`): named weighted requests, load, thresholds.
+"""Scenario tables (a TOML file for `ballista run -f`, a JSON or TOML body for the
+daemon's API) -> a `Scenario`: named weighted requests, load settings, thresholds.
 
-Validation names the file and the key path (`api.toml: requests[2].weight: ...`).
-Flags given on the command line override what the file says.
+Validation names the key path in the user's terms: `api.toml: requests[2].weight`
+for a file, `requests[2].weight` for the API. The load settings come out as a
+`Layer` that `build.build_config` merges with overrides and checks as a whole.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
 import re
 import tomllib
@@ -15,12 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ballista.core.build import MODELS, Layer, Scenario
 from ballista.core.config import (
-    LoadSpec,
     Origin,
-    Protocol,
     RequestSpec,
-    RunConfig,
     Stage,
     parse_header,
     parse_method,
@@ -29,13 +27,12 @@ from ballista.core.config import (
 from ballista.core.durations import parse_duration
 from ballista.core.errors import ConfigError
 from ballista.core.schedule import parse_stages
-from ballista.core.thresholds import parse_threshold
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}$")
 #: The key of `[thresholds]` that means the whole run rather than one request.
 ALL = "all"
-#: Parser defaults of flags that have one: a flag equal to its default does not override.
-_FLAG_DEFAULTS: dict[str, object] = {"method": "GET", "no_slow_start": False}
+#: Nesting a scenario may have: deeper is refused before anything recurses into it.
+MAX_DEPTH = 32
 
 _TOP_KEYS = ("name", "base_url", "defaults", "requests", "load", "thresholds")
 _DEFAULT_KEYS = ("headers", "timeout", "protocol", "connections", "insecure", "interval")
@@ -76,7 +73,6 @@ _ADAPTIVE_KEYS = (
     "congestion_tolerance",
     "slow_start",
 )
-_MODELS = ("closed", "open", "adaptive", "sequential")
 
 
 class _File:
@@ -87,8 +83,14 @@ class _File:
         #: where `body_file` paths are relative to; None: `body_file` is refused
         self.base_dir = base_dir
 
+    def where(self, key: str) -> str:
+        """`key` as the user knows it: `api.toml: load.rate`, or `load.rate` unlabelled."""
+        if not self.label:
+            return key
+        return f"{self.label}: {key}" if key else self.label
+
     def error(self, key: str, why: str) -> ConfigError:
-        return ConfigError(f"{self.label}: {key}: {why}" if key else f"{self.label}: {why}")
+        return ConfigError(f"{self.where(key)}: {why}", key=key or None)
 
     def table(self, value: Any, key: str) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -155,14 +157,18 @@ class _File:
         return tuple(out)
 
 
-def _load_toml(path: Path, f: _File) -> dict[str, Any]:
+def _load_toml(path: Path, f: _File, what: str) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"-f/--scenario: no such file {str(path)!r}") from None
+        raise ConfigError(f"{what}: no such file {str(path)!r}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what}: {str(path)!r} is a directory") from None
     except OSError as exc:
-        raise ConfigError(f"-f/--scenario: cannot read {str(path)!r}: {exc.strerror}") from None
+        raise ConfigError(f"{what}: cannot read {str(path)!r}: {exc.strerror}") from None
+    except RecursionError:
+        raise ConfigError(f"{f.label}: nested too deeply (at most {MAX_DEPTH} levels)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{f.label}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
@@ -174,9 +180,9 @@ def _base(f: _File, data: Mapping[str, Any]) -> tuple[Origin, str] | None:
         return None
     text = f.string(data["base_url"], "base_url")
     try:
-        origin, target = parse_url(text)
+        origin, target = parse_url(text, what="base_url")
     except ConfigError as exc:
-        raise f.error("base_url", str(exc).removeprefix("URL: ")) from None
+        raise f.error("base_url", str(exc).removeprefix("base_url: ")) from None
     if "?" in target:
         raise f.error("base_url", "must not have a query string")
     return origin, target.rstrip("/")
@@ -219,9 +225,9 @@ def _request(
     else:
         text = f.string(entry["url"], f"{key}.url")
         try:
-            origin, target = parse_url(text)
+            origin, target = parse_url(text, what="url")
         except ConfigError as exc:
-            raise f.error(f"{key}.url", str(exc).removeprefix("URL: ")) from None
+            raise f.error(f"{key}.url", str(exc).removeprefix("url: ")) from None
         if base is not None and origin != base[0]:
             raise f.error(
                 f"{key}.url",
@@ -302,209 +308,149 @@ def _stages(f: _File, value: Any) -> tuple[Stage, ...]:
     return tuple(stages)
 
 
-@dataclasses.dataclass
-class _FileLoad:
-    model: str | None = None
-    values: dict[str, Any] = dataclasses.field(default_factory=dict)
-    stages: tuple[Stage, ...] = ()
-
-
-def _load(f: _File, raw: Any) -> _FileLoad:
+def _load(f: _File, raw: Any, out: Layer) -> None:
+    """[load] -> typed values in `out`, named by their keys in the file."""
     table = f.table(raw, "load")
     f.known(table, _LOAD_KEYS, "load")
-    out = _FileLoad()
-    v = out.values
+
+    def put(key: str, value: Any, name: str | None = None) -> None:
+        path = f"load.{name or key}"
+        out.set(key, value, f.where(path), path=path)
+
     if "model" in table:
         model = f.string(table["model"], "load.model")
-        if model not in _MODELS:
-            raise f.error("load.model", f"{model!r}: use one of {', '.join(_MODELS)}")
-        out.model = model
+        if model not in MODELS:
+            raise f.error("load.model", f"{model!r}: use one of {', '.join(MODELS)}")
+        put("model", model)
     if "concurrency" in table:
-        v["concurrency"] = f.integer(table["concurrency"], "load.concurrency")
+        put("concurrency", f.integer(table["concurrency"], "load.concurrency"))
     if "rate" in table:
-        v["rate"] = f.positive(table["rate"], "load.rate")
+        put("rate", f.positive(table["rate"], "load.rate"))
     if "duration" in table:
-        v["duration"] = f.duration(table["duration"], "load.duration")
+        put("duration", f.duration(table["duration"], "load.duration"))
     if "requests" in table:
-        v["requests"] = f.integer(table["requests"], "load.requests")
+        put("requests", f.integer(table["requests"], "load.requests"))
     if "max_in_flight" in table:
-        v["max_in_flight"] = f.integer(table["max_in_flight"], "load.max_in_flight")
+        put("max_in_flight", f.integer(table["max_in_flight"], "load.max_in_flight"))
     if "arrival" in table:
         arrival = f.string(table["arrival"], "load.arrival")
         if arrival not in ("constant", "poisson"):
             raise f.error("load.arrival", f"{arrival!r}: use constant or poisson")
-        v["arrival"] = arrival
+        put("arrival", arrival)
     if "stages" in table:
-        out.stages = _stages(f, table["stages"])
+        put("stages", _stages(f, table["stages"]))
     if "adaptive" in table:
-        ad = f.table(table["adaptive"], "load.adaptive")
-        f.known(ad, _ADAPTIVE_KEYS, "load.adaptive")
-        if "latency_target" in ad:
-            v["latency_target"] = f.duration(ad["latency_target"], "load.adaptive.latency_target")
-        if "percentile" in ad:
-            p = f.positive(ad["percentile"], "load.adaptive.percentile")
-            if p >= 100:
-                raise f.error("load.adaptive.percentile", "must be between 0 and 100")
-            v["latency_percentile"] = p
-        for key, flag in (
-            ("initial", "initial_concurrency"),
-            ("min", "min_concurrency"),
-            ("max", "max_concurrency"),
+        _adaptive(f, f.table(table["adaptive"], "load.adaptive"), out)
+    if "model" not in out:
+        # The model the file's keys imply.
+        implied = (
+            "adaptive"
+            if "adaptive" in table
+            else "open"
+            if "rate" in table
+            else "closed"
+            if "concurrency" in table or "stages" in table
+            else None
+        )
+        if implied is not None:
+            out.set("model", implied, f.where("load"), path="load")
+
+
+def _adaptive(f: _File, ad: dict[str, Any], out: Layer) -> None:
+    f.known(ad, _ADAPTIVE_KEYS, "load.adaptive")
+
+    def put(key: str, value: Any) -> None:
+        path = f"load.adaptive.{key}"
+        out.set(f"adaptive.{key}", value, f.where(path), path=path)
+
+    def key_of(name: str) -> str:
+        return f"load.adaptive.{name}"
+
+    for name in ("latency_target", "window_min", "window_max"):
+        if name in ad:
+            put(name, f.duration(ad[name], key_of(name)))
+    for name in ("initial", "min", "max", "increase", "window_samples"):
+        if name in ad:
+            put(name, f.integer(ad[name], key_of(name)))
+    for name in ("percentile", "backoff"):
+        if name in ad:
+            put(name, f.positive(ad[name], key_of(name)))
+    if "congestion_tolerance" in ad:
+        value = ad["congestion_tolerance"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise f.error(key_of("congestion_tolerance"), "must be a number (e.g. 0.01)")
+        put("congestion_tolerance", float(value))
+    if "congestion_statuses" in ad:
+        raw = ad["congestion_statuses"]
+        if not isinstance(raw, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and 100 <= x <= 599 for x in raw
         ):
-            if key in ad:
-                v[flag] = f.integer(ad[key], f"load.adaptive.{key}")
-        # The rest map onto their flags' names: a flag typed on the command line wins.
-        if "increase" in ad:
-            v["increase"] = f.integer(ad["increase"], "load.adaptive.increase")
-        if "backoff" in ad:
-            backoff = f.positive(ad["backoff"], "load.adaptive.backoff")
-            if backoff >= 1:
-                raise f.error("load.adaptive.backoff", "must be between 0 and 1 (e.g. 0.9)")
-            v["backoff"] = repr(backoff)
-        for key in ("window_min", "window_max"):
-            if key in ad:
-                v[key] = f.duration(ad[key], f"load.adaptive.{key}")
-        if "window_samples" in ad:
-            v["window_samples"] = f.integer(ad["window_samples"], "load.adaptive.window_samples")
-        if "congestion_statuses" in ad:
-            raw = ad["congestion_statuses"]
-            key = "load.adaptive.congestion_statuses"
-            if not isinstance(raw, list) or not all(
-                isinstance(x, int) and not isinstance(x, bool) and 100 <= x <= 599 for x in raw
-            ):
-                raise f.error(key, "must be a list of HTTP statuses, e.g. [429, 503]")
-            v["congestion_status"] = ",".join(str(x) for x in raw) if raw else "none"
-        if "congestion_tolerance" in ad:
-            tolerance = f.positive(ad["congestion_tolerance"], "load.adaptive.congestion_tolerance")
-            v["congestion_tolerance"] = repr(tolerance)
-        if "slow_start" in ad:
-            if not isinstance(ad["slow_start"], bool):
-                raise f.error("load.adaptive.slow_start", "must be true or false")
-            v["no_slow_start"] = not ad["slow_start"]
-        if out.model is None:
-            out.model = "adaptive"
-    # The model the file means, checked against the keys it gives.
-    model = out.model or ("open" if "rate" in v else "closed")
-    out.model = model
-    if model == "open" and "rate" not in v and not out.stages:
-        raise f.error("load.rate", "the open model needs a rate (or stages)")
-    if model != "open":
-        for key in ("rate", "max_in_flight", "arrival"):
-            if key in v:
-                raise f.error(f"load.{key}", f"applies to the open model, not {model}")
-    if model != "adaptive" and "adaptive" in table:
-        raise f.error("load.adaptive", f"applies to the adaptive model, not {model}")
-    if model in ("adaptive", "sequential") and out.stages:
-        raise f.error("load.stages", f"ramps the rate or the concurrency: not with {model}")
-    if model == "sequential" and "concurrency" in v:
-        raise f.error("load.concurrency", "the sequential model sends one request at a time")
-    return out
+            raise f.error(
+                key_of("congestion_statuses"), "must be a list of HTTP statuses, e.g. [429, 503]"
+            )
+        put("congestion_statuses", frozenset(raw))
+    if "slow_start" in ad:
+        if not isinstance(ad["slow_start"], bool):
+            raise f.error(key_of("slow_start"), "must be true or false")
+        put("slow_start", ad["slow_start"])
 
 
-def _thresholds(f: _File, raw: Any, names: list[str]) -> list[str]:
+def _thresholds(f: _File, raw: Any) -> list[tuple[str, str]]:
+    """(expression, where) pairs; `build_config` parses them against the request names."""
     exprs: list[tuple[str, str]] = []
     if isinstance(raw, list):
         for i, e in enumerate(raw):
-            exprs.append((f"thresholds[{i}]", f.string(e, f"thresholds[{i}]")))
+            key = f"thresholds[{i}]"
+            exprs.append((f.string(e, key), f.where(key)))
     elif isinstance(raw, dict):
         for name, listed in raw.items():
-            if name != ALL and name not in names:
-                raise f.error(
-                    f"thresholds.{name}",
-                    f"no request named {name!r} (use {ALL!r} for the whole run, or one of: "
-                    f"{', '.join(names)})",
-                )
             items = [listed] if isinstance(listed, str) else listed
             if not isinstance(items, list):
                 raise f.error(f"thresholds.{name}", "must be a list of expressions")
             for i, e in enumerate(items):
-                text = f.string(e, f"thresholds.{name}[{i}]").strip()
-                exprs.append((f"thresholds.{name}[{i}]", text if name == ALL else f"{name}.{text}"))
+                key = f"thresholds.{name}[{i}]"
+                text = f.string(e, key).strip()
+                exprs.append((text if name == ALL else f"{name}.{text}", f.where(key)))
     else:
         raise f.error("thresholds", "must be a list of expressions or a table name -> list")
-    for key, e in exprs:
-        try:
-            parse_threshold(e, names)
-        except ConfigError as exc:
-            raise f.error(key, str(exc).removeprefix("--threshold ")) from None
-    return [e for _, e in exprs]
+    return exprs
 
 
-def _cli_model(ns: argparse.Namespace, sequential: bool) -> str | None:
-    if sequential:
-        return "sequential"
-    if getattr(ns, "rate", None) is not None:
-        return "open"
-    if getattr(ns, "adaptive", False):
-        return "adaptive"
-    if getattr(ns, "concurrency", None) is not None:
-        return "closed"
-    return None
-
-
-def _merged_load(
-    f: _File, file_load: _FileLoad, ns: argparse.Namespace, sequential: bool
-) -> LoadSpec:
-    """The file's [load] under the flags: a flag wins; a flag that picks another
-    model replaces the file's model and its keys (duration and request count stay)."""
-    from ballista.cli.main import load_from_args
-
-    cli_model = _cli_model(ns, sequential)
-    values = dict(file_load.values)
-    model = file_load.model or "closed"
-    stages = file_load.stages
-    if cli_model is not None and cli_model != model:
-        values = {k: values[k] for k in ("duration", "requests") if k in values}
-        stages = ()
-        model = cli_model
-    merged = argparse.Namespace(**vars(ns))
-    for key, value in values.items():
-        current = getattr(ns, key, None)
-        if current is None or current == _FLAG_DEFAULTS.get(key):
-            setattr(merged, key, value)
-    if model == "adaptive":
-        merged.adaptive = True
-    sequential = sequential or model == "sequential"
-    cli_stages = getattr(ns, "stages", None)
-    merged.stages = cli_stages
-    # An open model ramped by the file's stages alone starts from a rate of 0.
-    rateless = model == "open" and merged.rate is None
-    if rateless:
-        merged.rate = 1.0
-    try:
-        load = load_from_args(merged, sequential=sequential)
-    except ConfigError as exc:
-        raise f.error("", f"{exc} (flags combined with the file's [load])") from None
-    if rateless:
-        load = dataclasses.replace(load, rate=None)
-    if not cli_stages and stages:
-        load = dataclasses.replace(load, stages=stages)
-    return load
-
-
-def config_from_scenario(
-    path: str, ns: argparse.Namespace, *, sequential: bool = False
-) -> RunConfig:
-    """Read, validate and build a scenario file's RunConfig; flags in `ns` override it."""
+def read_scenario_file(path: str, *, what: str = "-f/--scenario") -> Scenario:
+    """Read and validate a TOML scenario file; errors start with its name."""
     file = Path(path)
     f = _File(file.name, file.parent)
-    return _build(f, _load_toml(file, f), ns, sequential=sequential)
+    data = _load_toml(file, f, what)
+    _check_depth(f, data)
+    return _scenario(f, data)
 
 
-def config_from_table(
-    data: Mapping[str, Any],
-    ns: argparse.Namespace,
-    *,
-    label: str = "scenario",
-    base_dir: Path | None = None,
-    sequential: bool = False,
-) -> RunConfig:
-    """A scenario already parsed (a TOML or JSON table) -> RunConfig, with the same
-    validation as a file; errors start with `label`. Without `base_dir`,
-    `body_file` is refused (the daemon's API must not read its own disk)."""
+def scenario_from_table(
+    data: Mapping[str, Any], *, label: str = "", base_dir: Path | None = None
+) -> Scenario:
+    """A scenario already parsed (a TOML or JSON table) -> Scenario, with the same
+    validation as a file; errors start with `label` when one is given. Without
+    `base_dir`, `body_file` is refused (the daemon's API must not read its own disk)."""
     f = _File(label, base_dir)
+    _check_depth(f, data)
     _check_plain(f, data, "")
-    return _build(f, dict(data), ns, sequential=sequential)
+    return _scenario(f, dict(data))
+
+
+def _check_depth(f: _File, data: Mapping[str, Any]) -> None:
+    """Refuse absurd nesting with a loop, before any recursive walk."""
+    level: list[Any] = [data]
+    for _ in range(MAX_DEPTH + 1):
+        nxt: list[Any] = []
+        for v in level:
+            if isinstance(v, Mapping):
+                nxt.extend(v.values())
+            elif isinstance(v, list):
+                nxt.extend(v)
+        if not nxt:
+            return
+        level = nxt
+    raise f.error("", f"nested too deeply (at most {MAX_DEPTH} levels)")
 
 
 def _check_plain(f: _File, value: Any, where: str) -> None:
@@ -521,9 +467,7 @@ def _check_plain(f: _File, value: Any, where: str) -> None:
             _check_plain(f, v, f"{where}[{i}]")
 
 
-def _build(
-    f: _File, data: dict[str, Any], ns: argparse.Namespace, *, sequential: bool
-) -> RunConfig:
+def _scenario(f: _File, data: dict[str, Any]) -> Scenario:
     f.known(data, _TOP_KEYS, "")
     name = "default"
     if "name" in data:
@@ -531,29 +475,28 @@ def _build(
         if not _NAME.match(name):
             raise f.error("name", f"{name!r}: use letters, digits, '_' and '-' (at most 64)")
     base = _base(f, data)
+    settings = Layer()
     defaults = f.table(data.get("defaults", {}), "defaults")
     f.known(defaults, _DEFAULT_KEYS, "defaults")
     default_headers = f.headers(defaults.get("headers", {}), "defaults.headers")
-    timeout = 30.0
-    if "timeout" in defaults:
-        timeout = f.duration(defaults["timeout"], "defaults.timeout")
-    interval = 1.0
-    if "interval" in defaults:
-        interval = f.duration(defaults["interval"], "defaults.interval")
-    protocol: Protocol = "auto"
+    for key in ("timeout", "interval"):
+        if key in defaults:
+            value = f.duration(defaults[key], f"defaults.{key}")
+            settings.set(key, value, f.where(f"defaults.{key}"), path=f"defaults.{key}")
     if "protocol" in defaults:
         text = f.string(defaults["protocol"], "defaults.protocol")
         if text not in ("auto", "http1", "http2"):
             raise f.error("defaults.protocol", f"{text!r}: use auto, http1 or http2")
-        protocol = text  # type: ignore[assignment]
-    connections: int | None = None
+        settings.set("protocol", text, f.where("defaults.protocol"), path="defaults.protocol")
     if "connections" in defaults:
         connections = f.integer(defaults["connections"], "defaults.connections")
-    insecure = False
+        where = f.where("defaults.connections")
+        settings.set("connections", connections, where, path="defaults.connections")
     if "insecure" in defaults:
         if not isinstance(defaults["insecure"], bool):
             raise f.error("defaults.insecure", "must be true or false")
         insecure = defaults["insecure"]
+        settings.set("insecure", insecure, f.where("defaults.insecure"), path="defaults.insecure")
 
     raw_requests = data.get("requests")
     if not isinstance(raw_requests, list) or not raw_requests:
@@ -573,58 +516,23 @@ def _build(
             raise f.error(f"requests[{i}].name", f"{spec.name!r} is used twice")
         specs.append(spec)
     assert origin is not None
-    names = [s.name for s in specs]
-
-    file_load = _load(f, data.get("load", {}))
-    thresholds: list[str] = []
+    _load(f, data.get("load", {}), settings)
+    thresholds: list[tuple[str, str]] = []
     if "thresholds" in data:
-        thresholds = _thresholds(f, data["thresholds"], names)
-
-    # -- flags override the file ------------------------------------------------
-    if getattr(ns, "url", None):
-        origin, url_target = parse_url(ns.url)
-        if url_target != "/":
-            raise ConfigError(
-                f"URL {ns.url!r}: with -f give only the origin (scheme://host:port); "
-                "the scenario's base_url and paths name the requests"
-            )
-    if getattr(ns, "body", None) is not None or getattr(ns, "body_file", None) is not None:
-        raise ConfigError("-b/--body-file: the scenario file defines each request's body")
-    if getattr(ns, "method", "GET").upper() != "GET":
-        raise ConfigError("-m/--method: the scenario file defines each request's method")
-    extra = [parse_header(h) for h in getattr(ns, "header", [])]
-    if extra:
-        lowered = {k.lower() for k, _ in extra}
-        specs = [
-            dataclasses.replace(
-                s, headers=tuple(h for h in s.headers if h[0].lower() not in lowered) + tuple(extra)
-            )
-            for s in specs
-        ]
-    if getattr(ns, "protocol", None):
-        protocol = ns.protocol
-    if getattr(ns, "connections", None) is not None:
-        connections = ns.connections
-    if getattr(ns, "timeout", None) is not None:
-        timeout = ns.timeout
-    if getattr(ns, "interval", None) is not None:
-        interval = ns.interval
-    if getattr(ns, "insecure", False):
-        insecure = True
-    ca_file = getattr(ns, "cacert", None)
-    if ca_file is not None and not Path(ca_file).is_file():
-        raise ConfigError(f"--cacert: no such file {ca_file!r}")
-    load = _merged_load(f, file_load, ns, sequential)
-    return RunConfig(
+        if isinstance(data["thresholds"], dict):
+            names = [s.name for s in specs]
+            for tname in data["thresholds"]:
+                if tname != ALL and tname not in names:
+                    raise f.error(
+                        f"thresholds.{tname}",
+                        f"no request named {tname!r} (use {ALL!r} for the whole run, or one "
+                        f"of: {', '.join(names)})",
+                    )
+        thresholds = _thresholds(f, data["thresholds"])
+    return Scenario(
         origin=origin,
         requests=tuple(specs),
-        load=load,
-        protocol=protocol,
-        connections=connections,
-        timeout=timeout,
-        insecure=insecure,
-        interval=interval,
-        scenario=getattr(ns, "scenario_name", None) or name,
-        thresholds=tuple(thresholds) + tuple(getattr(ns, "threshold", None) or ()),
-        ca_file=ca_file,
+        name=name,
+        settings=settings,
+        thresholds=tuple(thresholds),
     )

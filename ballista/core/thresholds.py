@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ballista.core.durations import format_duration, parse_duration
+from ballista.core.durations import format_duration, parse_duration, parse_share
 from ballista.core.errors import ConfigError
 from ballista.core.snapshot import LatencySummary, Snapshot
 
@@ -77,11 +77,13 @@ class Threshold:
         return _OPS[self.op](value, self.bound)
 
 
-def parse_threshold(expr: str, request_names: Sequence[str] = ()) -> Threshold:
-    """`[name.]metric op value` -> Threshold. ConfigError names the expression."""
+def parse_threshold(
+    expr: str, request_names: Sequence[str] = (), *, what: str = "--threshold"
+) -> Threshold:
+    """`[name.]metric op value` -> Threshold. ConfigError names `what` and the expression."""
 
     def bad(why: str) -> ConfigError:
-        return ConfigError(f"--threshold {expr!r}: {why}")
+        return ConfigError(f"{what}: {expr!r}: {why}")
 
     m = _EXPR.match(expr)
     if m is None:
@@ -105,11 +107,10 @@ def parse_threshold(expr: str, request_names: Sequence[str] = ()) -> Threshold:
         except ConfigError:
             raise bad(f"{text!r} is not a duration (e.g. 250ms, 1.5s, 800us)") from None
     elif kind == "fraction":
-        percent = text.endswith("%")
-        value = _number(text[:-1] if percent else text)
-        if value is None:
-            raise bad(f"{text!r} is not a rate (e.g. 1% or 0.01)")
-        bound = value / 100 if percent else value
+        try:
+            bound = parse_share(text, what="")
+        except ConfigError:
+            raise bad(f"{text!r} is not a rate (e.g. 1% or 0.01)") from None
         if bound > 1:
             raise bad(f"{text!r} is more than 100%")
     elif kind == "rate":
@@ -138,12 +139,11 @@ def _display(kind: Kind, value: float | None) -> str:
 
 
 class ThresholdSet:
-    """The run's thresholds, parsed at construction; `evaluate` at the end,
+    """The run's thresholds (parsed with its configuration): `evaluate` at the end,
     `known_failed` on every snapshot for --abort-on-fail."""
 
-    def __init__(self, exprs: Sequence[str], request_names: Sequence[str]) -> None:
-        names = list(request_names)
-        self.thresholds: tuple[Threshold, ...] = tuple(parse_threshold(e, names) for e in exprs)
+    def __init__(self, thresholds: Sequence[Threshold]) -> None:
+        self.thresholds: tuple[Threshold, ...] = tuple(thresholds)
         # For the settle rule: when each threshold began failing without a break.
         self._failing_since: list[float | None] = [None] * len(self.thresholds)
 

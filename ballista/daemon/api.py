@@ -46,14 +46,19 @@ def parse_scenario_body(body: bytes, content_type: str) -> dict[str, Any]:
     if is_json:
         try:
             doc = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except RecursionError:
+            raise ConfigError("scenario: nested too deeply") from None
+        except ValueError as exc:
+            # JSONDecodeError, and integers past Python's digit limit
             raise ConfigError(f"scenario: not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise ConfigError("scenario: must be a JSON object")
         return doc
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except RecursionError:
+        raise ConfigError("scenario: nested too deeply") from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise ConfigError(f"scenario: not valid TOML: {exc}") from None
 
 
@@ -102,7 +107,7 @@ class DaemonApi:
         except ApiError as exc:
             return _json(exc.status, _error(str(exc), exc.field))
         except ConfigError as exc:
-            return _json(400, _error(str(exc), _field_of(str(exc))))
+            return _json(400, _error(str(exc), exc.key))
 
     async def _dispatch(self, request: Request) -> Response:
         parts = [p for p in request.path.split("/") if p][1:]  # after "api"
@@ -212,14 +217,6 @@ def _error(message: str, field: str | None = None) -> dict[str, Any]:
     if field is not None:
         out["field"] = field
     return out
-
-
-def _field_of(message: str) -> str | None:
-    """`scenario: requests[0].weight: must be ...` -> `requests[0].weight`."""
-    parts = message.split(": ")
-    if len(parts) >= 3 and parts[0] in ("scenario", "scenario.json", "scenario.toml"):
-        return parts[1]
-    return None
 
 
 def _allow(method: str, allowed: str) -> None:

@@ -34,14 +34,17 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ballista import __version__
-from ballista.core.config import RunConfig
+from ballista.core.build import build_config
+from ballista.core.config import DEFAULT_GRACE, RunConfig
 from ballista.core.errors import ConfigError
 from ballista.core.redact import redact_header, redact_target, redact_url
 from ballista.core.runmeta import RunMeta
+from ballista.core.scenario import read_scenario_file, scenario_from_table
 from ballista.core.snapshot import Snapshot
 from ballista.daemon.api import ApiError, DaemonApi
 from ballista.daemon.store import Point, RunRow, Store, merge_points
 from ballista.engine.engine import Engine, SnapshotSink
+from ballista.engine.run import Run
 from ballista.observe.httpserver import serve_http
 from ballista.observe.summary import summary_dict
 
@@ -52,8 +55,6 @@ DEFAULT_LIVE_PORT = 8090
 #: Runs at once. Each costs its connections and one task per worker; the engine
 #: shares one CPU, so more runs only split it further.
 DEFAULT_MAX_RUNS = 8
-#: How long in-flight requests may finish after SIGTERM/SIGINT or a stop.
-DEFAULT_GRACE = 5.0
 #: Finished runs stay in /metrics this long, so the last values get scraped.
 METRICS_LINGER = 60.0
 #: Intervals waiting for the disk, per run; beyond it they merge (no figure is lost).
@@ -67,44 +68,34 @@ TOKEN_ENV = "BALLISTA_TOKEN"
 # -- scenarios -------------------------------------------------------------------------
 
 
-def _run_namespace() -> argparse.Namespace:
-    """The `ballista run` flags at their defaults: a scenario alone decides."""
-    from ballista.cli.main import build_parser
-
-    return build_parser(["run"]).parse_args(["run"])
-
-
-def split_daemon_keys(
-    doc: Mapping[str, Any], label: str = "scenario"
-) -> tuple[dict[str, Any], bool]:
+def split_daemon_keys(doc: Mapping[str, Any], label: str = "") -> tuple[dict[str, Any], bool]:
     """(the scenario without daemon keys, restart flag)."""
     rest = {k: v for k, v in doc.items() if k not in DAEMON_KEYS}
     restart = doc.get("restart", False)
     if not isinstance(restart, bool):
-        raise ConfigError(f"{label}: restart: must be true or false")
+        where = f"{label}: restart" if label else "restart"
+        raise ConfigError(f"{where}: must be true or false", key="restart")
     return rest, restart
 
 
-def config_from_mapping(doc: Mapping[str, Any], *, label: str = "scenario") -> RunConfig:
+def config_from_mapping(doc: Mapping[str, Any], *, label: str = "") -> RunConfig:
     """A scenario table (POSTed or stored) -> RunConfig, through the scenario
-    format's own validation. `body_file` is refused: a caller of the API must
-    not make the daemon read its own disk."""
-    from ballista.core.scenario import config_from_table
-
-    return config_from_table(doc, _run_namespace(), label=label, base_dir=None)
+    format's own validation; errors name the key (`load.rate`). `body_file` is
+    refused: a caller of the API must not make the daemon read its own disk."""
+    return build_config(scenario_from_table(doc, label=label, base_dir=None))
 
 
 def config_from_file(path: Path) -> tuple[dict[str, Any], RunConfig]:
     """A scenario file named by --config: (its table, its RunConfig)."""
-    from ballista.core.scenario import config_from_scenario
-
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path.name}: not valid TOML: {exc}") from None
-    return doc, config_from_scenario(str(path), _run_namespace())
+    except RecursionError:
+        raise ConfigError(f"{path.name}: nested too deeply") from None
+    return doc, build_config(read_scenario_file(str(path), what="--config"))
 
 
 def redact_scenario(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -261,9 +252,7 @@ class RunHandle:
         self.restart = restart
         self.segment = segment
         self.started_at = dt.datetime.now(dt.UTC)
-        self.sinks: list[SnapshotSink] = []
-        self.controller: Any = None
-        self.thresholds: Any = None
+        self.run: Run | None = None
         self.engine: Engine | None = None
         self.exporter: Any = None
         self.hub: Any = None
@@ -279,13 +268,9 @@ class RunHandle:
     def active(self) -> bool:
         return not self.done.is_set()
 
-    def meta(self, final: bool = False) -> RunMeta:
-        engine = self.engine
-        assert engine is not None
-        verdicts: list[dict[str, Any]] = []
-        if final and self.thresholds is not None and engine.final is not None:
-            verdicts = self.thresholds.evaluate(engine.final)
-        return engine.run_meta(self.started_at, target=redact_url(self.config), thresholds=verdicts)
+    def meta(self, final: Snapshot | None = None) -> RunMeta:
+        assert self.run is not None
+        return self.run.meta(final)
 
     def queue_point(self, point: Point) -> None:
         if len(self._queue) >= WRITE_QUEUE:
@@ -524,10 +509,6 @@ class Daemon:
             raise ApiError(503, "the daemon is shutting down")
         scenario, restart = split_daemon_keys(doc)
         config = config_from_mapping(scenario)
-        if config.thresholds:
-            from ballista.core.thresholds import ThresholdSet
-
-            ThresholdSet(config.thresholds, [r.name for r in config.requests])
         return self._launch(uuid.uuid4().hex[:12], config, dict(doc), "api", restart=restart)
 
     def _launch(
@@ -576,29 +557,21 @@ class Daemon:
         return handle
 
     def _build(self, handle: RunHandle) -> None:
-        """The engine and its outputs, as `ballista run` wires them."""
+        """The run (assembled as for `ballista run`) and the daemon's outputs of it."""
         from ballista.observe.live import LiveHub
         from ballista.observe.metrics import MetricsExporter
 
         config = handle.config
-        if config.thresholds:
-            from ballista.core.thresholds import ThresholdSet
-
-            handle.thresholds = ThresholdSet(config.thresholds, [r.name for r in config.requests])
-        if config.load.model == "adaptive":
-            from ballista.core.controller import build_controller
-
-            assert config.load.adaptive is not None
-            handle.controller = build_controller(config.load.adaptive)
+        run = Run(config, run_id=handle.id, started_at=handle.started_at)
+        handle.run = run
+        handle.engine = run.engine
         # Its own throwaway registry: the daemon's AllRuns collects it.
         handle.exporter = MetricsExporter(config, run_id=handle.id, registry=CollectorRegistry())
         handle.hub = LiveHub(config, run_id=handle.id, started_at=handle.started_at)
-        handle.sinks.extend([handle.exporter.update, handle.hub.publish, self._store_sink(handle)])
-        # The engine copies its sinks: build it once they are all there.
-        engine = Engine(config, sinks=handle.sinks, controller=handle.controller)
-        handle.engine = engine
-        engine.on_start.append(handle.exporter.on_start)
-        engine.on_start.append(handle.hub.on_start)
+        for sink in (handle.exporter.update, handle.hub.publish, self._store_sink(handle)):
+            run.add_sink(sink)
+        run.on_start(handle.exporter.on_start)
+        run.on_start(handle.hub.on_start)
 
     def _store_sink(self, handle: RunHandle) -> SnapshotSink:
         def sink(snap: Snapshot) -> None:
@@ -634,8 +607,8 @@ class Daemon:
 
     async def _run(self, handle: RunHandle) -> None:
         store = self.store
-        engine = handle.engine
-        assert store is not None and engine is not None
+        run = handle.run
+        assert store is not None and run is not None
         status = "failed"
         reason: str | None = None
         summary: dict[str, Any] | None = None
@@ -643,12 +616,12 @@ class Daemon:
             async with trio.open_nursery() as side:
                 side.start_soon(self._writer, handle)
                 try:
-                    final = await engine.run()
+                    result = await run.run()
                 except Exception as exc:
                     log.exception("run %s failed", handle.id)
                     reason = f"{type(exc).__name__}: {exc}"
                 else:
-                    summary = summary_dict(final, handle.meta(final=True))
+                    summary = summary_dict(result.final, result.meta)
                     handle.summary = summary
                     if handle.end_status is not None:
                         status, reason = handle.end_status, handle.end_reason

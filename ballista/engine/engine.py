@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ballista.core.config import RunConfig
+from ballista.core.config import DEFAULT_GRACE, RunConfig
 from ballista.core.outcome import ErrorKind, Sample
 from ballista.core.recorder import Recorder
 from ballista.core.runmeta import LAG_WARNING, RunMeta
@@ -36,8 +36,6 @@ from ballista.transport.connect import (
 from ballista.transport.http1 import H1Connection, Result
 from ballista.transport.http2 import H2Connection
 
-#: How long in-flight requests may go on after a stop before they are abandoned.
-DEFAULT_GRACE = 5.0
 #: HTTP/2 streams per connection when --connections is not given.
 STREAMS_PER_CONNECTION = 100
 

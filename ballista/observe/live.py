@@ -105,7 +105,7 @@ def public_config(config: RunConfig) -> dict[str, Any]:
         "timeout_s": config.timeout,
         "insecure": config.insecure,
         "interval_s": config.interval,
-        "thresholds": list(config.thresholds),
+        "thresholds": [t.expr for t in config.thresholds],
         "load": {
             "model": load.model,
             "concurrency": load.concurrency,

@@ -52,7 +52,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 
-from ballista.core.durations import parse_duration
+from ballista.core.durations import parse_duration, parse_share
 from ballista.core.errors import ConfigError
 
 #: Standard normal quantile at 0.99: a log-normal's p99 is median * exp(Z99 * sigma).
@@ -469,11 +469,10 @@ def _int_arg(flag: str, value: object) -> int:
 
 
 def _rate_arg(flag: str, value: object) -> float:
-    text = str(value).strip()
     try:
-        rate = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
+        rate = parse_share(str(value), what="")
+    except ConfigError:
         raise ConfigError(f"{flag}: {value!r} is not a rate (use e.g. 0.01 or 1%)") from None
-    if not (math.isfinite(rate) and 0 <= rate <= 1):
+    if rate > 1:
         raise ConfigError(f"{flag}: {value!r} is not between 0 and 1 (or 0% and 100%)")
     return rate

@@ -1,0 +1,110 @@
+"""The one place a run is assembled: engine, recorder, controller and thresholds.
+
+`ballista run`, `demo` and `serve` (and the workers that come next) build a
+`Run` from a RunConfig, attach their sinks (terminal, JSON, Prometheus, live
+stream, store) and await it; none of them wires an engine by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ballista.core.config import RunConfig
+from ballista.core.controller import AimdController
+from ballista.core.redact import redact_url
+from ballista.core.runmeta import RunMeta
+from ballista.core.snapshot import Snapshot
+from ballista.core.thresholds import ThresholdSet
+from ballista.engine.engine import Engine, RunInfo, SnapshotSink
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """A finished run: its last snapshot, what reports need besides, and the verdicts."""
+
+    final: Snapshot
+    meta: RunMeta
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def thresholds_passed(self) -> bool:
+        return all(v["ok"] for v in self.verdicts)
+
+
+class Run:
+    """One run of one configuration. Build, attach sinks, then `await run()` once."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        run_id: str | None = None,
+        started_at: dt.datetime | None = None,
+        grace: float | None = None,
+        abort_on_fail: bool = False,
+    ) -> None:
+        self.config = config
+        self.id = run_id or uuid.uuid4().hex[:12]
+        self.started_at = started_at or dt.datetime.now(dt.UTC)
+        self.thresholds = ThresholdSet(config.thresholds) if config.thresholds else None
+        adaptive = config.load.adaptive if config.load.model == "adaptive" else None
+        self.controller = AimdController(adaptive) if adaptive is not None else None
+        self.engine = Engine(config, controller=self.controller, grace=grace)
+        if self.thresholds is not None and abort_on_fail:
+            self.engine.add_sink(self._abort_when_failed)
+
+    def _abort_when_failed(self, snap: Snapshot) -> None:
+        assert self.thresholds is not None
+        if not snap.final and self.thresholds.known_failed(snap):
+            self.engine.stop()
+
+    # -- wiring ---------------------------------------------------------------
+
+    def add_sink(self, sink: SnapshotSink) -> None:
+        """Deliver every snapshot from now on to `sink` too (synchronously, off the hot path)."""
+        self.engine.add_sink(sink)
+
+    def on_start(self, callback: Callable[[RunInfo], None]) -> None:
+        """Call `callback` once the protocol and the connections are decided."""
+        self.engine.on_start.append(callback)
+
+    # -- control --------------------------------------------------------------
+
+    def stop(self, *, grace: float | None = None) -> None:
+        self.engine.stop(grace=grace)
+
+    def signal(self) -> None:
+        """A person asked to stop: the first time gracefully, then at once."""
+        self.engine.signal()
+
+    @property
+    def interrupted(self) -> bool:
+        return self.engine.interrupted
+
+    async def wait_for_signal(self) -> None:
+        await self.engine.wait_for_signal()
+
+    # -- results --------------------------------------------------------------
+
+    def verdicts(self, snap: Snapshot) -> list[dict[str, Any]]:
+        return self.thresholds.evaluate(snap) if self.thresholds is not None else []
+
+    def meta(self, final: Snapshot | None = None) -> RunMeta:
+        """What reports need besides the statistics; with `final`, the threshold verdicts too.
+        The target is shown as others may see it (secrets hidden)."""
+        verdicts = self.verdicts(final) if final is not None else []
+        return self.engine.run_meta(
+            self.started_at, target=redact_url(self.config), thresholds=verdicts
+        )
+
+    async def run(self) -> RunResult:
+        final = await self.engine.run()
+        verdicts = self.verdicts(final)
+        meta = self.engine.run_meta(
+            self.started_at, target=redact_url(self.config), thresholds=verdicts
+        )
+        return RunResult(final=final, meta=meta, verdicts=verdicts)

@@ -1,0 +1,120 @@
+"""Where a one-off run's results go (`ballista run`, `demo`): the live line, the text
+and JSON summaries, /metrics and the live stream, attached to a Run and delivered at
+its end. The daemon attaches its own outputs to the same Run."""
+
+from __future__ import annotations
+
+import functools
+import signal
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import trio
+
+from ballista.engine.run import Run
+from ballista.observe.summary import LiveLine, format_summary, summary_dict, write_json
+
+#: Default time /metrics stays up after a run: two scrapes at a 5 s interval.
+DEFAULT_LINGER = 11.0
+
+EXIT_OK = 0
+EXIT_THRESHOLD = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Outputs:
+    """Where a run's results go, besides the engine itself."""
+
+    json_path: str | None = None
+    quiet: bool = False
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+    linger: float | None = None
+    live_port: int | None = None
+    live_addr: str = "127.0.0.1"
+
+
+async def _watch_signals(run: Run) -> None:
+    """First SIGINT/SIGTERM: stop sending and let in-flight requests finish; second: stop now."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            run.signal()
+
+
+async def run_with_outputs(
+    run: Run, outputs: Outputs, *, stdout: TextIO, stderr: TextIO
+) -> tuple[dict[str, Any], int]:
+    """Run to the end with the outputs attached: (JSON summary, exit code)."""
+    config = run.config
+    text_out = stderr if outputs.json_path == "-" else stdout
+    if not outputs.quiet and text_out.isatty():
+        run.add_sink(
+            LiveLine(text_out, duration=config.load.effective_duration, total=config.load.requests)
+        )
+    exit_code = EXIT_OK
+    async with trio.open_nursery() as services:
+        exporter = None
+        hub = None
+        live_port: int | None = None
+        # The live stream first: the page served beside /metrics needs its bound port.
+        if outputs.live_port is not None:
+            from ballista.observe.live import LiveHub, serve_live
+
+            hub = LiveHub(config, run_id=run.id, started_at=run.started_at)
+            live_port = await services.start(serve_live, hub, outputs.live_addr, outputs.live_port)
+            print(f"ballista: live stream on ws://{outputs.live_addr}:{live_port}/", file=stderr)
+            run.add_sink(hub.publish)
+            run.on_start(hub.on_start)
+        if outputs.metrics_port is not None:
+            from ballista.observe.live import page_routes
+            from ballista.observe.metrics import MetricsExporter, serve_metrics
+
+            exporter = MetricsExporter(config, run_id=run.id)
+            routes = page_routes(live_port) if live_port is not None else None
+            port = await services.start(
+                functools.partial(
+                    serve_metrics,
+                    exporter,
+                    outputs.metrics_addr,
+                    outputs.metrics_port,
+                    routes=routes,
+                )
+            )
+            where = f"http://{outputs.metrics_addr}:{port}"
+            print(f"ballista: metrics on {where}/metrics", file=stderr)
+            if live_port is not None:
+                print(f"ballista: live page on {where}/", file=stderr)
+            run.add_sink(exporter.update)
+            run.on_start(exporter.on_start)
+        services.start_soon(_watch_signals, run)
+        result = await run.run()
+        if not result.thresholds_passed:
+            exit_code = EXIT_THRESHOLD
+        doc = summary_dict(result.final, result.meta)
+        if not outputs.quiet:
+            text_out.write(format_summary(result.final, result.meta))
+            text_out.flush()
+        if outputs.json_path is not None:
+            try:
+                write_json(doc, outputs.json_path, stdout)
+            except OSError as exc:
+                # Checked before the run, yet it failed (disk full, removed directory):
+                # say so in one line and keep the figures, on stderr.
+                print(
+                    f"ballista: error: --json: cannot write {outputs.json_path!r}: "
+                    f"{exc.strerror}; the summary follows on stderr",
+                    file=stderr,
+                )
+                write_json(doc, "-", stderr)
+                exit_code = EXIT_USAGE
+        if hub is not None:
+            await hub.finish(doc)
+        if exporter is not None:
+            linger = DEFAULT_LINGER if outputs.linger is None else outputs.linger
+            if linger > 0 and not run.interrupted:
+                print(f"ballista: keeping /metrics up for {linger:g}s", file=stderr)
+                with trio.move_on_after(linger):
+                    await run.wait_for_signal()
+        services.cancel_scope.cancel()
+    return doc, exit_code
