@@ -235,3 +235,15 @@ async def test_compare_prints_both_sides(target: RunningTarget, tmp_path: Path) 
     assert report["sequential"]["peak_rss_bytes"] > 10_000_000
     # With a 10 ms target, six workers are several times faster than one.
     assert report["throughput_ratio"] > 2.5
+
+
+async def test_compare_json_to_stdout_is_json_alone(target: RunningTarget) -> None:
+    result = await trio.run_process(
+        [*BALLISTA, "compare", target.url, "-n", "20", "-c", "2", "--json", "-"],
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # nothing but the JSON on stdout
+    assert report["sequential"]["requests"] == report["concurrent"]["requests"] == 20
+    assert "throughput ratio" in result.stderr.decode()

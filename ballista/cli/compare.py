@@ -91,7 +91,8 @@ def run_compare(ns: argparse.Namespace) -> int:
         concurrent_args += ["--connections", str(ns.connections)]
     concurrent = _run_phase("concurrent", concurrent_args)
     report = comparison(baseline, concurrent)
-    sys.stdout.write(format_comparison(report))
+    # With `--json -` stdout carries the JSON alone: the table goes to stderr.
+    (sys.stderr if ns.json == "-" else sys.stdout).write(format_comparison(report))
     if ns.json is not None:
         text = json.dumps(report, indent=2) + "\n"
         if ns.json == "-":

@@ -110,10 +110,6 @@ class Recorder:
         #: the current target rate in requests per second (open model), for snapshots
         self.target_rate: float | None = None
 
-    @property
-    def requests(self) -> tuple[RequestSpec, ...]:
-        return self._specs
-
     # -- hot path ----------------------------------------------------------
 
     def request_started(self) -> None:

@@ -72,9 +72,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 _BUCKET_LABELS: tuple[str, ...] = tuple(repr(b) for b in LATENCY_BUCKETS)
 
-#: The default port of `--metrics-port` in the bundled Prometheus configuration.
-DEFAULT_METRICS_PORT = 9464
-
 _REQ = ("scenario", "request")
 
 
@@ -92,16 +89,6 @@ class _Names:
     response_bytes = "ballista_response_bytes"
     run_info = "ballista_run_info"
     build_info = "ballista_build_info"
-
-
-class _RequestView:
-    """Zero figures of a configured request before its first snapshot."""
-
-    __slots__ = ("method", "name")
-
-    def __init__(self, name: str, method: str) -> None:
-        self.name = name
-        self.method = method
 
 
 class MetricsExporter(Collector):
@@ -344,7 +331,6 @@ async def serve_metrics(
 
 
 __all__ = [
-    "DEFAULT_METRICS_PORT",
     "LATENCY_BUCKETS",
     "MetricsExporter",
     "metrics_handler",
