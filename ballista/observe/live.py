@@ -54,7 +54,7 @@ def _finite(value: float | None) -> float | None:
 
 
 def snapshot_message(snap: Snapshot) -> dict[str, Any]:
-    """The `snapshot` message for one Snapshot (README, "Watching a run live", lists every field)."""
+    """The `snapshot` message for one Snapshot (docs/live.md lists every field)."""
     return {
         "type": "snapshot",
         "seq": snap.seq,

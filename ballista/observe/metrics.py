@@ -92,7 +92,7 @@ class _Names:
 
 
 class MetricsExporter(Collector):
-    """Ballista's metrics for one run, as in DESIGN.md's table.
+    """Ballista's metrics for one run, as in the table of docs/metrics-and-dashboards.md.
 
     `update` (a snapshot sink) and `on_start` (an engine hook) are cheap and
     synchronous. `render(accept)` is what /metrics serves.

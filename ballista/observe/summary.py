@@ -23,7 +23,7 @@ def _latency(summary: LatencySummary) -> dict[str, float]:
 
 
 def summary_dict(snap: Snapshot, meta: RunMeta) -> dict[str, Any]:
-    """The `ballista.summary/1` document of DESIGN.md."""
+    """The `ballista.summary/1` document (docs/running-tests.md, "The JSON summary")."""
     names: dict[str, Any] = {}
     for stats in snap.by_request:
         names[stats.name] = {
