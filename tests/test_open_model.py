@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 import trio.testing
+from helpers import ORIGIN, FakeConnection
 from servers import HOST, RunningTarget
-from test_stages import ORIGIN, FakeConnection
 
 from ballista.core.config import LoadSpec, RequestSpec, RunConfig, parse_url
 from ballista.engine.engine import Engine

@@ -11,33 +11,11 @@ from collections import Counter
 
 import trio
 import trio.testing
+from helpers import ORIGIN, FakeConnection
 
-from ballista.core.config import LoadSpec, Origin, RequestSpec, RunConfig
-from ballista.core.outcome import NO_ERROR
+from ballista.core.config import LoadSpec, RequestSpec, RunConfig
 from ballista.core.schedule import Ramp, parse_stages
 from ballista.engine.engine import Engine, RunInfo
-from ballista.transport.connect import PreparedRequest
-
-ORIGIN = Origin("http", "127.0.0.1", 9)
-
-
-class FakeConnection:
-    """Answers 200 after exactly `service` seconds; logs when each request started."""
-
-    multiplexed = True
-    retry_after: float | None = None
-
-    def __init__(self, starts: list[float], service: float) -> None:
-        self._starts = starts
-        self._service = service
-
-    async def request(self, req: PreparedRequest, deadline: float) -> tuple[int, int, int, int]:
-        self._starts.append(trio.current_time())
-        await trio.sleep(self._service)
-        return 200, NO_ERROR, 40, 100
-
-    async def aclose(self) -> None:
-        pass
 
 
 async def run_engine(load: LoadSpec, service: float) -> tuple[list[float], Engine]:
