@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.parse
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 import yaml
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -174,13 +174,6 @@ def test_systemd_unit() -> None:
 
 
 # -- the same services as processes -----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def get(url: str, token: str | None = None) -> tuple[int, Any]:
