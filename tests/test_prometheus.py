@@ -13,7 +13,6 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import free_port
 from prometheus_client.registry import CollectorRegistry
 from servers import RunningTarget
 
@@ -81,13 +81,6 @@ def dashboard_exprs() -> list[tuple[str, str]]:
             for target in panel.get("targets", []):
                 found.append((f"{path.name}: {panel['title']}", target["expr"]))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- promtool ------------------------------------------------------------------------
