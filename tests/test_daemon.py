@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import servers
 import trio
+from helpers import free_port
 from servers import FaultServer, RunningTarget
 from trio_websocket import open_websocket_url
 
@@ -343,7 +344,7 @@ async def test_secret_headers_are_redacted_everywhere(
 
 
 async def test_target_killed_and_restarted_mid_run(daemon: Daemon, nursery: trio.Nursery) -> None:
-    port_ = servers.closed_port()
+    port_ = free_port()
 
     # the target lives in its own nursery so that it can be killed and restarted
     async with trio.open_nursery() as tn:
