@@ -15,8 +15,8 @@ import termios
 from pathlib import Path
 
 import pytest
-import servers
 import trio
+from helpers import free_port
 from servers import RunningTarget
 
 from ballista.cli.main import build_parser
@@ -43,7 +43,7 @@ async def test_watch_in_a_terminal_shows_the_run_and_its_summary(
     target: RunningTarget, tmp_path: Path
 ) -> None:
     summary_path = tmp_path / "summary.json"
-    port = servers.closed_port()  # free now; the run binds it below
+    port = free_port()  # free now; the run binds it below
     url = f"ws://127.0.0.1:{port}/"
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
