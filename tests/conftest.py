@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import servers
 import trio
+from helpers import free_port
 from servers import FaultServer, RunningTarget, TlsFiles
 
 #: The delay of `fixed_delay_target`.
@@ -60,7 +61,7 @@ async def fixed_delay_target(nursery: trio.Nursery) -> RunningTarget:
 @pytest.fixture
 def closed_port() -> int:
     """A port nothing listens on: `connect_refused`."""
-    return servers.closed_port()
+    return free_port()
 
 
 @pytest.fixture

@@ -200,14 +200,6 @@ async def _close_gracefully(stream: trio.abc.Stream) -> None:
     await stream.aclose()
 
 
-def closed_port() -> int:
-    """A port that was bound then closed: connecting to it is refused (`connect_refused`)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def start_reset_server(nursery: trio.Nursery) -> FaultServer:
     """Reads the request, sends a status line, headers and part of the promised body,
     then aborts with a TCP RST (SO_LINGER 0): the client's read fails with
@@ -441,7 +433,7 @@ async def start_h2_goaway_server(
     return await _listen(nursery, server, handle)
 
 
-#: Every fault server starter, by fixture name (closed_port is a plain function).
+#: Every fault server starter, by fixture name (the `closed_port` fixture is `helpers.free_port`).
 FAULT_SERVERS: dict[str, Callable[[trio.Nursery], Awaitable[FaultServer]]] = {
     "reset_server": start_reset_server,
     "silent_server": start_silent_server,
