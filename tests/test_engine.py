@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import run_config, wait_until
 from servers import FaultServer, RunningTarget
 
-from ballista.cli.main import build_parser
-from ballista.cli.run import config_from_args
 from ballista.core.histogram import RELATIVE_ERROR
 from ballista.core.outcome import Sample
 from ballista.core.snapshot import Snapshot
@@ -24,8 +23,7 @@ from ballista.engine.engine import Engine
 
 def engine_for(*argv: str) -> Engine:
     """An Engine built from `ballista run` flags, exactly as the CLI builds it."""
-    ns = build_parser(["run", *argv]).parse_args(["run", *argv])
-    return Engine(config_from_args(ns, sequential=ns.sequential), grace=2.0)
+    return Engine(run_config(*argv), grace=2.0)
 
 
 async def run(*argv: str) -> tuple[Engine, Snapshot]:
@@ -282,10 +280,8 @@ async def test_target_errors_are_failed_not_errors(target: RunningTarget) -> Non
 
 async def test_snapshots_each_interval(target: RunningTarget) -> None:
     seen: list[Snapshot] = []
-    ns = build_parser().parse_args(
-        ["run", target.url, "-d", "1s", "-c", "2", "--interval", "200ms"]
-    )
-    engine = Engine(config_from_args(ns), sinks=[seen.append])
+    config = run_config(target.url, "-d", "1s", "-c", "2", "--interval", "200ms")
+    engine = Engine(config, sinks=[seen.append])
     final = await engine.run()
     assert seen[-1] is final and final.final
     periodic = [s for s in seen if not s.final]
@@ -300,7 +296,11 @@ async def test_stop_lets_in_flight_finish(target: RunningTarget) -> None:
     engine = engine_for(target.url_for("/?delay=0.3"), "-d", "30s", "-c", "5")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(engine.run)
-        await trio.sleep(0.5)
+        # Stop with the second round of 5 requests all held by the target.
+        await wait_until(
+            lambda: target.stats.requests >= 10 and target.stats.in_flight == 5,
+            "a second round of 5 requests in flight",
+        )
         engine.stop()
     final = engine.final
     assert final is not None
@@ -391,21 +391,18 @@ async def test_adaptive_h2_opens_connections_only_as_streams_need_them(
 ) -> None:
     # Up to 40 streams over at most 4 connections: 10 streams fill one connection
     # before the next opens, so a limit of 12 needs exactly 2 of them.
-    ns = build_parser().parse_args(
-        [
-            "run",
-            target.url,
-            "--adaptive",
-            "--http2",
-            "--max-concurrency",
-            "40",
-            "--connections",
-            "4",
-            "-n",
-            "300",
-        ]
+    config = run_config(
+        target.url,
+        "--adaptive",
+        "--http2",
+        "--max-concurrency",
+        "40",
+        "--connections",
+        "4",
+        "-n",
+        "300",
     )
-    engine = Engine(config_from_args(ns), controller=FixedLimit(12))
+    engine = Engine(config, controller=FixedLimit(12))
     final = await engine.run()
     assert final.requests == target.stats.requests == 300
     assert final.max_in_flight == 12
