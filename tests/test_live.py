@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from helpers import run_config, wait_until
 from servers import RunningTarget
 from trio_websocket import ConnectionClosed
 
-from ballista.cli.main import build_parser
-from ballista.cli.run import config_from_args
 from ballista.cli.watch import connect
 from ballista.core.config import RunConfig
 from ballista.core.redact import REDACTED
@@ -24,11 +23,6 @@ from ballista.observe.live import LiveHub, page_routes, serve_live
 from ballista.observe.summary import summary_dict
 
 INTERVAL = 0.25
-
-
-def config_for(*argv: str) -> RunConfig:
-    ns = build_parser(["run", *argv]).parse_args(["run", *argv])
-    return config_from_args(ns)
 
 
 def make_hub(config: RunConfig, **timeouts: float) -> LiveHub:
@@ -74,7 +68,7 @@ async def start_hub(nursery: trio.Nursery, hub: LiveHub) -> str:
 async def test_schema_cadence_and_counts_match_the_summary(
     target: RunningTarget, nursery: trio.Nursery
 ) -> None:
-    config = config_for(target.url, "-d", "2s", "-c", "4", "--interval", f"{INTERVAL}s")
+    config = run_config(target.url, "-d", "2s", "-c", "4", "--interval", f"{INTERVAL}s")
     hub = make_hub(config)
     url = await start_hub(nursery, hub)
     viewers = [Viewer() for _ in range(3)]
@@ -149,7 +143,7 @@ async def test_a_stuck_client_slows_nothing_and_is_disconnected(
 ) -> None:
     argv = (target.url, "-d", "2.5s", "-c", "4", "--interval", f"{INTERVAL}s")
     # baseline: the same run with one well-behaved viewer
-    config = config_for(*argv)
+    config = run_config(*argv)
     base_hub = make_hub(config)
     base_url = await start_hub(nursery, base_hub)
     base_viewer = Viewer()
@@ -175,17 +169,14 @@ async def test_a_stuck_client_slows_nothing_and_is_disconnected(
     viewer = Viewer()
     nursery.start_soon(viewer.watch, url)
     await viewer.connected.wait()
-    with trio.fail_after(5):
-        while hub.accepted_clients < 2:
-            await trio.sleep(0.01)
+    await wait_until(lambda: hub.accepted_clients >= 2, "both clients accepted", limit=5)
     doc = await run_with_hub(config, hub)
     # dropped while the run went on (ping every 0.25 s, 1 s to answer; the run lasts 2.5 s)
     assert hub.dropped_clients == 1
     assert hub.clients == 1
     with trio.fail_after(10):
         await hub.finish(doc)
-        while viewer.close_code is None:
-            await trio.sleep(0.01)
+    await wait_until(lambda: viewer.close_code is not None, "the viewer's close", limit=10)
 
     # the run did as much as without the stuck client
     assert doc["requests"] > 0.5 * baseline["requests"]
@@ -216,7 +207,7 @@ async def test_a_stuck_client_slows_nothing_and_is_disconnected(
 async def test_a_client_that_connects_after_the_end_gets_the_summary(
     target: RunningTarget, nursery: trio.Nursery
 ) -> None:
-    config = config_for(target.url, "-n", "50", "-c", "2", "--interval", f"{INTERVAL}s")
+    config = run_config(target.url, "-n", "50", "-c", "2", "--interval", f"{INTERVAL}s")
     hub = make_hub(config)
     url = await start_hub(nursery, hub)
     doc = await run_with_hub(config, hub)
@@ -233,24 +224,20 @@ async def test_a_client_that_connects_after_the_end_gets_the_summary(
 async def test_a_client_that_leaves_is_forgotten(
     target: RunningTarget, nursery: trio.Nursery
 ) -> None:
-    config = config_for(target.url, "-d", "1s", "-c", "2", "--interval", "0.1s")
+    config = run_config(target.url, "-d", "1s", "-c", "2", "--interval", "0.1s")
     hub = make_hub(config)
     url = await start_hub(nursery, hub)
     async with connect(url) as ws:
-        with trio.fail_after(5):
-            while hub.clients < 1:
-                await trio.sleep(0.01)
+        await wait_until(lambda: hub.clients >= 1, "the client counted", limit=5)
         await ws.aclose()
-    with trio.fail_after(5):
-        while hub.clients:
-            await trio.sleep(0.01)
+    await wait_until(lambda: hub.clients == 0, "the client forgotten", limit=5)
     doc = await run_with_hub(config, hub)
     with trio.fail_after(2):
         await hub.finish(doc)
 
 
 def test_hello_hides_secrets() -> None:
-    config = config_for(
+    config = run_config(
         "http://127.0.0.1:9/api?token=abc123&page=2&api_key=k9",
         "-H",
         "Authorization: Bearer s3cr3t",
