@@ -7,14 +7,13 @@ from collections.abc import Iterator
 import pytest
 import trio
 import trio.lowlevel
+from helpers import run_config
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.samples import Sample
 from servers import FaultServer, RunningTarget
 
 from ballista import __version__
-from ballista.cli.main import build_parser
-from ballista.cli.run import config_from_args
 from ballista.core.config import LoadSpec, RequestSpec, RunConfig, parse_url
 from ballista.core.outcome import ERROR_LABELS
 from ballista.core.snapshot import Snapshot
@@ -23,11 +22,6 @@ from ballista.observe.httpserver import MAX_BODY, Request, Response, serve_http
 from ballista.observe.metrics import LATENCY_BUCKETS, MetricsExporter, serve_metrics
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-
-def config_for(*argv: str) -> RunConfig:
-    ns = build_parser(["run", *argv]).parse_args(["run", *argv])
-    return config_from_args(ns, sequential=ns.sequential)
 
 
 async def run_exported(config: RunConfig) -> tuple[MetricsExporter, Snapshot]:
@@ -71,7 +65,7 @@ def test_buckets_span_half_a_millisecond_to_a_minute() -> None:
 
 
 def test_series_exist_with_zeros_before_the_first_snapshot() -> None:
-    config = config_for("http://127.0.0.1:9/", "-n", "10", "--http2")
+    config = run_config("http://127.0.0.1:9/", "-n", "10", "--http2")
     exporter = MetricsExporter(config, run_id="r1", registry=CollectorRegistry())
     found = samples(exporter)
     base = {"scenario": "default", "request": "default"}
@@ -97,7 +91,7 @@ def test_series_exist_with_zeros_before_the_first_snapshot() -> None:
 
 
 async def test_counts_agree_with_the_final_snapshot(target: RunningTarget) -> None:
-    exporter, final = await run_exported(config_for(target.url, "-n", "400", "-c", "8"))
+    exporter, final = await run_exported(run_config(target.url, "-n", "400", "-c", "8"))
     found = samples(exporter)
     base = {"scenario": "default", "request": "default"}
     assert final.requests == 400
@@ -161,7 +155,7 @@ async def test_named_requests_get_their_own_series(target: RunningTarget) -> Non
 
 async def test_errors_by_kind(closed_port: int) -> None:
     exporter, final = await run_exported(
-        config_for(f"http://127.0.0.1:{closed_port}/", "-n", "20", "-c", "2")
+        run_config(f"http://127.0.0.1:{closed_port}/", "-n", "20", "-c", "2")
     )
     found = samples(exporter)
     base = {"scenario": "default", "request": "default"}
@@ -173,7 +167,7 @@ async def test_errors_by_kind(closed_port: int) -> None:
 
 async def test_open_model_gauges(target: RunningTarget) -> None:
     exporter, final = await run_exported(
-        config_for(target.url, "-r", "200", "-d", "500ms", "--max-in-flight", "7")
+        run_config(target.url, "-r", "200", "-d", "500ms", "--max-in-flight", "7")
     )
     found = samples(exporter)
     assert one(found, "ballista_target_rate_requests_per_second", scenario="default") == 200
@@ -183,7 +177,7 @@ async def test_open_model_gauges(target: RunningTarget) -> None:
 
 
 async def test_faulty_server_reset(reset_server: FaultServer) -> None:
-    exporter, final = await run_exported(config_for(reset_server.url, "-n", "5", "-c", "1"))
+    exporter, final = await run_exported(run_config(reset_server.url, "-n", "5", "-c", "1"))
     found = samples(exporter)
     assert total(found, "ballista_requests_total", status="error") == final.errors == 5
     assert total(found, "ballista_request_errors_total", kind=reset_server.kind.label) == 5
@@ -191,7 +185,7 @@ async def test_faulty_server_reset(reset_server: FaultServer) -> None:
 
 def test_process_and_gc_collectors_in_the_explicit_registry() -> None:
     registry = CollectorRegistry()
-    exporter = MetricsExporter(config_for("http://127.0.0.1:9/"), run_id="r", registry=registry)
+    exporter = MetricsExporter(run_config("http://127.0.0.1:9/"), run_id="r", registry=registry)
     assert exporter.registry is registry
     names = {s.name for s in samples(exporter)}
     assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"} <= (
@@ -199,11 +193,11 @@ def test_process_and_gc_collectors_in_the_explicit_registry() -> None:
     )
     assert "python_gc_collections_total" in names
     # a second exporter in its own registry does not collide
-    MetricsExporter(config_for("http://127.0.0.1:9/"), run_id="r2", registry=CollectorRegistry())
+    MetricsExporter(run_config("http://127.0.0.1:9/"), run_id="r2", registry=CollectorRegistry())
 
 
 def test_content_negotiation() -> None:
-    exporter = MetricsExporter(config_for("http://127.0.0.1:9/"), run_id="r")
+    exporter = MetricsExporter(run_config("http://127.0.0.1:9/"), run_id="r")
     content_type, body = exporter.render("")
     assert content_type.startswith("text/plain; version=0.0.4")
     assert b"ballista_requests_total{" in body
@@ -214,7 +208,7 @@ def test_content_negotiation() -> None:
 
 
 def test_update_keeps_only_a_reference() -> None:
-    exporter = MetricsExporter(config_for("http://127.0.0.1:9/"), run_id="r")
+    exporter = MetricsExporter(run_config("http://127.0.0.1:9/"), run_id="r")
     assert exporter.latest is None
     sentinel = object()
     exporter.update(sentinel)  # type: ignore[arg-type]
@@ -252,7 +246,7 @@ def split(response: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 async def test_serve_metrics_text_and_openmetrics(nursery: trio.Nursery) -> None:
-    exporter = MetricsExporter(config_for("http://127.0.0.1:9/"), run_id="r")
+    exporter = MetricsExporter(run_config("http://127.0.0.1:9/"), run_id="r")
     port = await nursery.start(serve_metrics, exporter, "127.0.0.1", 0)
     status, headers, body = split(await http(port, get("/metrics")))
     assert status == 200
@@ -281,7 +275,7 @@ async def test_extra_routes_share_the_listener(nursery: trio.Nursery) -> None:
         await trio.lowlevel.checkpoint()
         return Response(200, [("content-type", "text/javascript")], request.path.encode())
 
-    exporter = MetricsExporter(config_for("http://127.0.0.1:9/"), run_id="r")
+    exporter = MetricsExporter(run_config("http://127.0.0.1:9/"), run_id="r")
     port = await nursery.start(
         lambda task_status: serve_metrics(
             exporter,
@@ -329,7 +323,7 @@ async def test_failing_handler_is_a_500(
 
 
 async def test_a_stalled_client_does_not_block_others(nursery: trio.Nursery) -> None:
-    exporter = MetricsExporter(config_for("http://127.0.0.1:9/"), run_id="r")
+    exporter = MetricsExporter(run_config("http://127.0.0.1:9/"), run_id="r")
     port = await nursery.start(serve_metrics, exporter, "127.0.0.1", 0)
     stalled = await trio.open_tcp_stream("127.0.0.1", port)
     async with stalled:
@@ -339,7 +333,7 @@ async def test_a_stalled_client_does_not_block_others(nursery: trio.Nursery) -> 
 
 
 def test_run_info_target_never_shows_a_secret() -> None:
-    config = config_for("http://127.0.0.1:9/api?token=abc123&page=2", "-n", "1")
+    config = run_config("http://127.0.0.1:9/api?token=abc123&page=2", "-n", "1")
     exporter = MetricsExporter(config, run_id="r1", registry=CollectorRegistry())
     _, body = exporter.render("")
     text = body.decode()
