@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 from pathlib import Path
 
 import pytest
+from helpers import run_args
 from servers import RunningTarget
 
-from ballista.cli.main import build_parser
 from ballista.cli.run import config_from_args
 from ballista.core.config import RunConfig, Stage
 from ballista.core.errors import ConfigError
@@ -29,19 +28,15 @@ path = "/items"
 """
 
 
-def ns_for(*flags: str) -> argparse.Namespace:
-    return build_parser(["run"]).parse_args(["run", *flags])
-
-
 def load(tmp_path: Path, text: str, *flags: str, filename: str = "api.toml") -> RunConfig:
     path = tmp_path / filename
     path.write_text(text)
-    return config_from_args(ns_for("-f", str(path), *flags))
+    return config_from_args(run_args("-f", str(path), *flags))
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_loads(example: Path) -> None:
-    config = config_from_args(ns_for("-f", str(example)))
+    config = config_from_args(run_args("-f", str(example)))
     assert config.scenario != "default"
     assert len(config.requests) >= 2
     assert config.thresholds
@@ -245,7 +240,7 @@ def test_a_flag_that_picks_another_model_replaces_the_files(tmp_path: Path) -> N
     assert config.load.rate == 50
     assert config.load.stages == ()
     assert config.load.duration == 60.0
-    seq = config_from_args(ns_for("-f", str(tmp_path / "api.toml")), sequential=True)
+    seq = config_from_args(run_args("-f", str(tmp_path / "api.toml")), sequential=True)
     assert seq.load.model == "sequential"
 
 
@@ -464,7 +459,7 @@ def test_validation_names_file_key_and_problem(tmp_path: Path, text: str, messag
 
 def test_missing_file_and_conflicting_flags(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^-f/--scenario: no such file '.*nope.toml'$"):
-        config_from_args(ns_for("-f", str(tmp_path / "nope.toml")))
+        config_from_args(run_args("-f", str(tmp_path / "nope.toml")))
     with pytest.raises(ConfigError, match="-m/--method: the scenario file defines"):
         load(tmp_path, BASE, "-m", "POST")
     with pytest.raises(ConfigError, match="with -f give only the origin"):
@@ -491,7 +486,7 @@ async def test_weights_hold_at_the_server_and_every_name_is_reported(
         "[load]\nconcurrency = 8\nrequests = 3000\n"
         '[thresholds]\nall = ["error_rate<1%"]\nrarely = ["p99<5s"]\n'
     )
-    config = config_from_args(ns_for("-f", str(scenario)))
+    config = config_from_args(run_args("-f", str(scenario)))
     doc, code = await run_with_outputs(
         Run(config), Outputs(quiet=True), stdout=io.StringIO(), stderr=io.StringIO()
     )
