@@ -17,14 +17,14 @@ import time
 import tracemalloc
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import servers
 import trio
-from helpers import free_port
+from helpers import free_port, wait_until
 from servers import FaultServer, RunningTarget
 from trio_websocket import open_websocket_url
 
@@ -84,13 +84,32 @@ async def api(port: int, method: str, path: str, doc: Any = None, **kw: Any) -> 
     return await trio.to_thread.run_sync(lambda: http(port, method, path, body, **kw))
 
 
+async def wait_run(
+    port: int,
+    run_id: str,
+    check: Callable[[dict[str, Any]], Any],
+    what: str,
+    *,
+    points: bool = False,
+    limit: float = 15.0,
+) -> Any:
+    """The run's API document (with `?points` if asked) once `check` holds for it."""
+    path = f"/api/runs/{run_id}" + ("?points" if points else "")
+
+    async def shown() -> Any:
+        _, doc = await api(port, "GET", path)
+        return doc if check(doc) else None
+
+    return await wait_until(shown, f"run {run_id}: {what}", limit=limit, poll=0.1)
+
+
 async def wait_status(port: int, run_id: str, wanted: str, limit: float = 15.0) -> Any:
-    with trio.fail_after(limit):
-        while True:
-            _, doc = await api(port, "GET", f"/api/runs/{run_id}")
-            if doc["status"] == wanted:
-                return doc
-            await trio.sleep(0.1)
+    return await wait_run(port, run_id, lambda d: d["status"] == wanted, wanted, limit=limit)
+
+
+def recorded(doc: dict[str, Any]) -> int:
+    """Requests in the run's summary so far (0 before its first interval)."""
+    return int((doc["summary"] or {}).get("requests", 0))
 
 
 async def ws_handshake_status(port: int, path: str, token: str | None = None) -> int:
@@ -146,7 +165,8 @@ async def test_api_start_list_show_stop(daemon: Daemon, target: RunningTarget) -
     status, other = await api(port, "POST", "/api/runs", scenario(target, name="other"))
     assert status == 201
 
-    await trio.sleep(0.6)
+    for rid in (run_id, other["id"]):
+        await wait_run(port, rid, recorded, "requests recorded")
     status, listed = await api(port, "GET", "/api/runs")
     assert status == 200
     assert {r["id"] for r in listed["runs"]} == {run_id, other["id"]}
@@ -359,9 +379,20 @@ async def test_target_killed_and_restarted_mid_run(daemon: Daemon, nursery: trio
         }
         status, created = await api(api_port, "POST", "/api/runs", doc)
         assert status == 201
-        await trio.sleep(1.0)
+        await wait_run(
+            api_port,
+            created["id"],
+            lambda d: any(p["status_codes"].get("200") for p in d["points"]),
+            "an interval of answers on disk",
+            points=True,
+        )
         tn.cancel_scope.cancel()  # the target dies: its listener and connections close
-    await trio.sleep(1.0)
+    await wait_run(
+        api_port,
+        created["id"],
+        lambda d: (d["summary"] or {}).get("errors_by_kind", {}).get("connect_refused"),
+        "connect_refused counted while the target is down",
+    )
     async with trio.open_nursery() as tn2:
         await servers.start_target(tn2, port=port_)
         final = await wait_status(api_port, created["id"], "finished", limit=20)
@@ -526,7 +557,7 @@ async def test_sigterm_stops_runs_gracefully_and_writes_everything(
     serve = await start_serve(proc_nursery, data)
     status, created = await api(serve.port, "POST", "/api/runs", scenario(target, duration="60s"))
     assert status == 201
-    await trio.sleep(1.0)
+    await wait_run(serve.port, created["id"], recorded, "requests recorded")
     with trio.fail_after(10):
         code = await stop_process(serve, signal.SIGTERM)
     assert code == 0
@@ -555,9 +586,16 @@ async def test_sigkill_loses_at_most_the_last_interval_and_restart_resumes(
         serve.port, "POST", "/api/runs", scenario(target, name="oneoff", duration="30s")
     )
     assert status == 201
-    await trio.sleep(1.5)
-    _, runs = await api(serve.port, "GET", "/api/runs")
-    soak_id = next(r["id"] for r in runs["runs"] if r["name"] == "soak")
+
+    async def soak_listed() -> str | None:
+        _, runs = await api(serve.port, "GET", "/api/runs")
+        return next((r["id"] for r in runs["runs"] if r["name"] == "soak"), None)
+
+    soak_id = await wait_until(soak_listed, "the soak run from --config")
+    for run_id in (soak_id, created["id"]):
+        await wait_run(
+            serve.port, run_id, lambda d: d["points"], "an interval on disk", points=True
+        )
     _, before = await api(serve.port, "GET", f"/api/runs/{soak_id}")
     assert before["summary"]["requests"] > 0
     killed_at = time.time()
@@ -593,7 +631,13 @@ async def test_sigkill_loses_at_most_the_last_interval_and_restart_resumes(
     assert soak["totals"]["requests"] == on_disk + soak["summary"]["requests"]
     _, runs = await api(serve2.port, "GET", "/api/runs")
     assert sorted(r["name"] for r in runs["runs"]) == ["oneoff", "soak"]
-    await trio.sleep(0.5)
+    await wait_run(
+        serve2.port,
+        soak_id,
+        lambda d: {p["segment"] for p in d["points"]} == {1, 2},
+        "an interval of segment 2 on disk",
+        points=True,
+    )
     _, soak = await api(serve2.port, "GET", f"/api/runs/{soak_id}?points")
     assert {p["segment"] for p in soak["points"]} == {1, 2}
     assert await stop_process(serve2, signal.SIGINT) == 0
@@ -615,15 +659,19 @@ async def test_sighup_reloads_the_config(
     # a bad file changes nothing
     config.write_text("[[runs]]\nscenario = 3\n")
     serve.proc.send_signal(signal.SIGHUP)
-    await trio.sleep(0.5)
+    await wait_until(
+        lambda: any("config not reloaded" in line for line in serve.lines), "the reload refused"
+    )
     assert await active() == {"a": "running"}
     assert any("config not reloaded" in line for line in serve.lines)
     # a removes, b adds
     write_config(config, [("b.toml", scenario(target, name="b", duration="30s"), False)])
     serve.proc.send_signal(signal.SIGHUP)
-    with trio.fail_after(10):
-        while await active() != {"a": "stopped", "b": "running"}:
-            await trio.sleep(0.1)
+
+    async def a_stopped_b_running() -> bool:
+        return await active() == {"a": "stopped", "b": "running"}
+
+    await wait_until(a_stopped_b_running, "a stopped, b running", poll=0.1)
     # b changes: the old b stops, a new b starts; an unchanged file changes nothing
     write_config(
         config, [("b.toml", scenario(target, name="b", concurrency=1, duration="30s"), False)]
@@ -635,11 +683,19 @@ async def test_sighup_reloads_the_config(
         return sorted((r["name"], r["status"]) for r in doc["runs"])
 
     wanted = [("a", "stopped"), ("b", "running"), ("b", "stopped")]
-    with trio.fail_after(10):
-        while await by_status() != wanted:
-            await trio.sleep(0.1)
+
+    async def b_restarted() -> bool:
+        return await by_status() == wanted
+
+    await wait_until(b_restarted, "the old b stopped, a new b running", poll=0.1)
+
+    def reloads() -> int:
+        return sum("SIGHUP: config reloaded" in line for line in serve.lines)
+
+    # Two reloads so far (the bad file was refused): a third line means this one is done.
+    await wait_until(lambda: reloads() == 2, "the log of the two reloads so far")
     serve.proc.send_signal(signal.SIGHUP)
-    await trio.sleep(0.5)
+    await wait_until(lambda: reloads() == 3, "the unchanged config reloaded")
     assert await by_status() == wanted
     assert await stop_process(serve, signal.SIGTERM) == 0
 
@@ -768,7 +824,12 @@ async def test_runs_client_against_a_daemon(
     assert code == 0
     assert run_id in out
     assert "running" in out
-    await trio.sleep(0.5)
+    await wait_run(
+        daemon.port or 0,
+        run_id,
+        lambda d: (d["summary"] or {}).get("status_codes", {}).get("200"),
+        "a 200 recorded",
+    )
     code, out = await runs("show", run_id)
     assert code == 0
     assert "statuses   200:" in out
