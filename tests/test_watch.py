@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import free_port
+from helpers import free_port, wait_until
 from servers import RunningTarget
 
 from ballista.cli.main import build_parser
@@ -129,11 +129,14 @@ async def test_watch_reconnects_when_the_stream_drops(
     engine = Engine(config, sinks=[hub.publish], grace=2.0)
     engine.on_start.append(hub.on_start)
 
+    def snapshot_lines() -> int:
+        return sum(line.startswith("t=") for line in out.getvalue().splitlines())
+
     async def drop_and_restore() -> None:
         nonlocal server_scope
-        await trio.sleep(1.0)
+        await wait_until(lambda: snapshot_lines() >= 3, "the viewer's first 3 snapshots")
         server_scope.cancel()  # every connection dies with the server
-        await trio.sleep(0.5)
+        await trio.sleep(0.5)  # the outage itself: the viewer must ride it out
         server_scope = trio.CancelScope()
         await nursery.start(serve, port)
 
@@ -143,8 +146,7 @@ async def test_watch_reconnects_when_the_stream_drops(
     doc = summary_dict(final, meta)
     with trio.fail_after(10):
         await hub.finish(doc)
-        while not result:
-            await trio.sleep(0.02)
+    await wait_until(lambda: result, "the viewer's exit", limit=10)
     assert result == [0]
     lines = out.getvalue().splitlines()
     snaps = [line for line in lines if line.startswith("t=")]
