@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import pytest
 import trio
 from conftest import TargetFactory
+from helpers import wait_until
 
 from ballista.cli.main import build_parser
 from ballista.cli.run import config_from_args
@@ -87,14 +88,8 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def until(check: Callable[[], Any], what: str, limit_s: float = 15.0) -> Any:
-    """Poll `check` (run in a thread) until it returns something truthy."""
-    with trio.move_on_after(limit_s):
-        while True:
-            value = await in_thread(check)
-            if value:
-                return value
-            await trio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    """Poll `check` (run in a thread: selenium blocks) until it returns something truthy."""
+    return await wait_until(lambda: in_thread(check), what, limit=limit_s, poll=0.1)
 
 
 async def test_live_page_follows_a_run_and_shows_the_summary(
@@ -148,7 +143,14 @@ async def test_live_page_follows_a_run_and_shows_the_summary(
         green_first = await in_thread(pixels, "chart-status", GREEN_2XX)
         image_first = await in_thread(driver.execute_script, CANVAS_IMAGE, "chart-status")
         points_first = await in_thread(driver.execute_script, CHART_POINTS, "chart-status")
-        await trio.sleep(1.0)
+        # more snapshots drawn: the count and the chart both move on
+        await until(
+            lambda: (
+                count("requests") > first
+                and driver.execute_script(CHART_POINTS, "chart-status") > points_first
+            ),
+            "more requests and chart points",
+        )
         second = await in_thread(count, "requests")
         assert 0 < first < second
         assert float((await in_thread(text, "rps")).replace(",", "")) > 0
