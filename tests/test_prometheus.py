@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import free_port
+from helpers import free_port, wait_until
 from prometheus_client.registry import CollectorRegistry
 from servers import RunningTarget
 
@@ -228,14 +228,20 @@ async def prometheus_factory(nursery: trio.Nursery, tmp_path: Path) -> AsyncIter
         )
         processes.append(process)
         server = Prometheus(port)
-        with trio.fail_after(30):
-            while not await server.ready():
-                assert process.poll() is None, "prometheus exited"
-                await trio.sleep(0.1)
-            # Target discovery reaches the scrape loops after up to 5 s: wait until
-            # every target has been tried once, so a run is scraped from its start.
-            while not await server.all_targets_tried(len(targets)):
-                await trio.sleep(0.2)
+
+        async def ready() -> bool:
+            assert process.poll() is None, "prometheus exited"
+            return await server.ready()
+
+        await wait_until(ready, "prometheus ready", limit=30, poll=0.1)
+        # Target discovery reaches the scrape loops after up to 5 s: wait until
+        # every target has been tried once, so a run is scraped from its start.
+        await wait_until(
+            lambda: server.all_targets_tried(len(targets)),
+            "every target tried once",
+            limit=30,
+            poll=0.2,
+        )
         return server
 
     yield start
@@ -279,8 +285,15 @@ async def test_dashboards_and_rules_against_two_scraped_runs(
         runners.start_soon(
             run, 1, [slow.url, "-r", "100", *common, "--metrics-port", str(ports[1])]
         )
-    # Let Prometheus notice both are gone (up == 0) and evaluate the rules once more.
-    await trio.sleep(2.5)
+
+    # Prometheus has noticed both are gone (up == 0) once the rules, evaluated
+    # again, hold the down alert (pending) for each of them.
+    async def both_down() -> bool:
+        alerts = (await prom.get("/api/v1/alerts"))["alerts"]
+        names = [a["labels"]["alertname"] for a in alerts]
+        return names.count("BallistaDown") == 2
+
+    await wait_until(both_down, "BallistaDown for both processes", limit=30, poll=0.2)
     ended = time.time()
     summaries = [runs[0][0], runs[1][0]]
     requests = sum(s["requests"] for s in summaries)
