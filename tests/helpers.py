@@ -25,17 +25,22 @@ ORIGIN = Origin("http", "127.0.0.1", 9)
 
 
 async def wait_until(
-    check: Callable[[], Any], what: str, *, limit: float = 10.0, poll: float = 0.02
+    check: Callable[[], Any],
+    what: str,
+    *,
+    limit: float = 10.0,
+    poll: float = 0.02,
+    thread: bool = False,
 ) -> Any:
     """Call `check` (plain or async) until it returns something truthy; return that.
 
-    Fails naming `what` and the last value if `limit` seconds pass first. For a
-    blocking `check` (urllib, selenium), pass `lambda: trio.to_thread.run_sync(f)`.
+    Fails naming `what` and the last value if `limit` seconds pass first. A
+    `check` that blocks (urllib, selenium) runs in a thread with `thread=True`.
     """
     value: Any = None
     with trio.move_on_after(limit):
         while True:
-            value = check()
+            value = await trio.to_thread.run_sync(check) if thread else check()
             if inspect.isawaitable(value):
                 value = await value
             if value:
