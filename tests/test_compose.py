@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 import yaml
-from helpers import free_port
+from helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -209,16 +209,6 @@ async def processes() -> AsyncIterator[list[trio.Process]]:
             await p.wait()
 
 
-async def wait_for(check: Any, what: str, limit: float = 30.0) -> Any:
-    with trio.fail_after(limit):
-        while True:
-            result = await trio.to_thread.run_sync(check)
-            if result:
-                return result
-            await trio.sleep(0.2)
-    raise AssertionError(what)  # pragma: no cover
-
-
 async def test_the_stack_as_processes(
     compose: dict[str, Any], tmp_path: Path, processes: list[trio.Process]
 ) -> None:
@@ -272,7 +262,9 @@ async def test_the_stack_as_processes(
         runs = [r for r in doc["runs"] if r["name"] == "soak" and r["status"] == "running"]
         return runs[0] if runs and runs[0]["requests"] > 0 else None
 
-    run = await wait_for(soak_running, "the soak run from the config to start")
+    run = await wait_until(
+        soak_running, "the soak run from the config to start", limit=30, poll=0.2, thread=True
+    )
     assert run["source"] == "config"
     assert run["restart"] is True
     assert get(f"{api}/api/runs")[0] == 401
@@ -324,12 +316,23 @@ async def test_the_stack_as_processes(
             return None
         return doc["data"]["result"] or None
 
-    up = await wait_for(lambda: query('up{job="ballista"} == 1'), "prometheus to scrape ballista")
+    up = await wait_until(
+        lambda: query('up{job="ballista"} == 1'),
+        "prometheus to scrape ballista",
+        limit=30,
+        poll=0.2,
+        thread=True,
+    )
     assert up[0]["metric"]["instance"] == f"127.0.0.1:{ports['metrics']}"
-    result = await wait_for(
+    result = await wait_until(
         lambda: query('sum by (scenario) (ballista_requests_total{scenario="soak"}) > 0'),
         "the soak's requests in prometheus",
+        limit=30,
+        poll=0.2,
+        thread=True,
     )
     assert float(result[0]["value"][1]) > 0
-    info = await wait_for(lambda: query("ballista_run_info"), "ballista_run_info")
+    info = await wait_until(
+        lambda: query("ballista_run_info"), "ballista_run_info", limit=30, poll=0.2, thread=True
+    )
     assert info[0]["metric"]["run_id"] == run["id"]
