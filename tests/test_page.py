@@ -88,8 +88,8 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def until(check: Callable[[], Any], what: str, limit_s: float = 15.0) -> Any:
-    """Poll `check` (run in a thread: selenium blocks) until it returns something truthy."""
-    return await wait_until(lambda: in_thread(check), what, limit=limit_s, poll=0.1)
+    """Poll `check` (in a thread: selenium blocks) until it returns something truthy."""
+    return await wait_until(check, what, limit=limit_s, poll=0.1, thread=True)
 
 
 async def test_live_page_follows_a_run_and_shows_the_summary(
