@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers import wait_until
 from servers import RunningTarget
 
 from ballista.cli.main import main
@@ -167,9 +168,7 @@ async def test_signal_mid_run_still_writes_the_summary(
         stderr=subprocess.DEVNULL,
     )
     try:
-        with trio.fail_after(20):
-            while target.stats.requests < 20:
-                await trio.sleep(0.05)
+        await wait_until(lambda: target.stats.requests >= 20, "20 requests at the target", limit=20)
         proc.send_signal(signum)
         with trio.fail_after(15):
             code = await proc.wait()
