@@ -6,9 +6,9 @@ import dataclasses
 import re
 
 import pytest
+from helpers import run_config
 
-from ballista.cli.main import build_parser, main
-from ballista.cli.run import config_from_args
+from ballista.cli.main import main
 from ballista.core.config import AdaptiveSpec, RequestSpec
 from ballista.core.controller import (
     SETTLE_WINDOWS,
@@ -364,9 +364,8 @@ def test_capacity_note_before_any_window_uses_the_whole_run() -> None:
     ],
 )
 def test_bad_parameters_are_one_line_config_errors(flags: list[str], message: str) -> None:
-    argv = ["run", "http://127.0.0.1:1/", "--adaptive", *flags]
     with pytest.raises(ConfigError) as info:
-        config_from_args(build_parser(argv).parse_args(argv))
+        run_config("http://127.0.0.1:1/", "--adaptive", *flags)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
 
@@ -383,8 +382,7 @@ def test_share_and_status_parsers() -> None:
 
 
 def _adaptive(*flags: str) -> AdaptiveSpec:
-    argv = ["run", "http://127.0.0.1:1/", *flags]
-    load = config_from_args(build_parser(argv).parse_args(argv)).load
+    load = run_config("http://127.0.0.1:1/", *flags).load
     assert load.adaptive is not None
     return load.adaptive
 
