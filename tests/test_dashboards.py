@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_config
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from ballista.cli.main import build_parser
-from ballista.cli.run import config_from_args
 from ballista.observe.metrics import MetricsExporter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,8 +48,8 @@ def panels(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def exposed_names() -> set[str]:
     """Every family and sample name of Ballista's exposition, open and closed model alike."""
     names: set[str] = set()
-    for argv in (["run", "http://127.0.0.1:9/", "-r", "10"], ["run", "http://127.0.0.1:9/"]):
-        config = config_from_args(build_parser(argv).parse_args(argv))
+    for argv in (["http://127.0.0.1:9/", "-r", "10"], ["http://127.0.0.1:9/"]):
+        config = run_config(*argv)
         _, body = MetricsExporter(config, run_id="r", registry=CollectorRegistry()).render("")
         for family in text_string_to_metric_families(body.decode()):
             names.add(family.name)
