@@ -18,10 +18,8 @@ from typing import Any, TypeVar
 import pytest
 import trio
 from conftest import TargetFactory
-from helpers import wait_until
+from helpers import run_config, wait_until
 
-from ballista.cli.main import build_parser
-from ballista.cli.run import config_from_args
 from ballista.engine.engine import Engine
 from ballista.observe.live import LiveHub, page_routes, serve_live
 from ballista.observe.metrics import MetricsExporter, serve_metrics
@@ -96,8 +94,7 @@ async def test_live_page_follows_a_run_and_shows_the_summary(
     target_factory: TargetFactory, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     target = await target_factory(error_rate=0.05, fixed_delay=0.004)
-    argv = ["run", target.url, "-d", "4s", "-c", "4", "--interval", "0.25s"]
-    config = config_from_args(build_parser(argv).parse_args(argv))
+    config = run_config(target.url, "-d", "4s", "-c", "4", "--interval", "0.25s")
     started_at = dt.datetime.now(dt.UTC)
     hub = LiveHub(config, run_id="pagetest", started_at=started_at)
     live_port: int = await nursery.start(serve_live, hub, "127.0.0.1", 0)
