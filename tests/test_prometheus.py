@@ -24,12 +24,10 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import free_port, wait_until
+from helpers import free_port, run_config, wait_until
 from prometheus_client.registry import CollectorRegistry
 from servers import RunningTarget
 
-from ballista.cli.main import build_parser
-from ballista.cli.run import config_from_args
 from ballista.engine.engine import Engine
 from ballista.observe.metrics import MetricsExporter
 
@@ -124,8 +122,7 @@ def test_promtool_test_rules_covers_every_alert() -> None:
 
 
 async def test_promtool_check_metrics_on_a_real_exposition(target: RunningTarget) -> None:
-    argv = ["run", target.url, "-n", "200", "-c", "4"]
-    config = config_from_args(build_parser(argv).parse_args(argv))
+    config = run_config(target.url, "-n", "200", "-c", "4")
     exporter = MetricsExporter(config, run_id="lint", registry=CollectorRegistry())
     engine = Engine(config, sinks=[exporter.update], grace=2.0)
     engine.on_start.append(exporter.on_start)
