@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers import run_config
 from hypothesis import given
 from hypothesis import strategies as st
 from servers import RunningTarget
 
-from ballista.cli.main import build_parser
-from ballista.cli.run import config_from_args
 from ballista.core.config import RequestSpec
 from ballista.core.errors import ConfigError
 from ballista.core.outcome import NO_ERROR, ErrorKind, Sample
@@ -305,11 +304,10 @@ async def test_exit_codes_end_to_end(target: RunningTarget, tmp_path: Path) -> N
 async def test_abort_on_fail_stops_early(
     fixed_delay_target: RunningTarget,
 ) -> None:
-    ns = build_parser(["run"]).parse_args(
-        ["run", fixed_delay_target.url, "-c", "2", "-d", "30s", "--threshold", "max<5ms",
-         "--interval", "200ms"]
+    config = run_config(
+        fixed_delay_target.url, "-c", "2", "-d", "30s", "--threshold", "max<5ms",
+        "--interval", "200ms",
     )  # fmt: skip
-    config = config_from_args(ns)
     out, err = io.StringIO(), io.StringIO()
     with trio.fail_after(10):
         doc, code = await run_with_outputs(
