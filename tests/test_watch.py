@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import free_port, wait_until
+from helpers import free_port, run_config, wait_until
 from servers import RunningTarget
 
-from ballista.cli.main import build_parser
-from ballista.cli.run import config_from_args
 from ballista.cli.watch import View, sparkline, watch, ws_url
 from ballista.core.errors import ConfigError
 from ballista.engine.engine import Engine
@@ -105,8 +103,7 @@ async def test_watch_in_a_terminal_shows_the_run_and_its_summary(
 async def test_watch_reconnects_when_the_stream_drops(
     target: RunningTarget, nursery: trio.Nursery
 ) -> None:
-    argv = ["run", target.url, "-d", "2.5s", "-c", "2", "--interval", "0.2s"]
-    config = config_from_args(build_parser(argv).parse_args(argv))
+    config = run_config(target.url, "-d", "2.5s", "-c", "2", "--interval", "0.2s")
     hub = LiveHub(config, run_id="r", started_at=dt.datetime.now(dt.UTC))
     out = io.StringIO()
     result: list[int] = []
