@@ -2,7 +2,8 @@
 
 All of them serve on 127.0.0.1 inside pytest-trio's per-test `nursery`, so they
 stop when the test ends. The helpers behind them live in `servers.py`
-(`from servers import start_target, ...` for variants the fixtures don't cover).
+(`from servers import start_target, ...` for variants the fixtures don't cover);
+plain helpers (`wait_until`, `free_port`, `run_config`, ...) in `helpers.py`.
 """
 
 from __future__ import annotations
