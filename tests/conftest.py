@@ -8,7 +8,6 @@ plain helpers (`wait_until`, `free_port`, `run_config`, ...) in `helpers.py`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,10 @@ import pytest
 import servers
 import trio
 from helpers import free_port
-from servers import FaultServer, RunningTarget, TlsFiles
+from servers import FaultServer, RunningTarget, TargetFactory, TlsFiles
 
 #: The delay of `fixed_delay_target`.
 FIXED_DELAY = 0.02
-
-TargetFactory = Callable[..., Awaitable[RunningTarget]]
 
 
 @pytest.fixture(scope="session")

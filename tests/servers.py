@@ -98,6 +98,10 @@ class RunningTarget:
         return f"{self.config.scheme}://{self.host}:{self.port}{path_and_query}"
 
 
+#: The `target_factory` fixture: `await target_factory(fixed_delay=0.05, tls=...)`.
+TargetFactory = Callable[..., Awaitable[RunningTarget]]
+
+
 async def start_target(
     nursery: trio.Nursery,
     config: TargetConfig = TEST_TARGET,
