@@ -12,7 +12,6 @@ import ssl
 import statistics
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pytest
 import servers
 import trio
 import trio.testing
-from servers import FaultServer, RunningTarget, TlsFiles
+from servers import FaultServer, RunningTarget, TargetFactory, TlsFiles
 
 from ballista.core.errors import ConfigError
 from ballista.target.app import (
@@ -40,8 +39,6 @@ from ballista.target.app import (
     serve_target,
     target_config_from_args,
 )
-
-TargetFactory = Callable[..., Awaitable[RunningTarget]]
 
 
 async def get(
