@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
-from conftest import TargetFactory
 from helpers import run_config, wait_until
+from servers import TargetFactory
 
 from ballista.engine.engine import Engine
 from ballista.observe.live import LiveHub, page_routes, serve_live
