@@ -387,12 +387,14 @@ async def test_target_killed_and_restarted_mid_run(daemon: Daemon, nursery: trio
             points=True,
         )
         tn.cancel_scope.cancel()  # the target dies: its listener and connections close
+    died_at = trio.current_time()
     await wait_run(
         api_port,
         created["id"],
         lambda d: (d["summary"] or {}).get("errors_by_kind", {}).get("connect_refused"),
         "connect_refused counted while the target is down",
     )
+    await trio.sleep_until(died_at + 1.0)  # the outage itself lasts a second
     async with trio.open_nursery() as tn2:
         await servers.start_target(tn2, port=port_)
         final = await wait_status(api_port, created["id"], "finished", limit=20)
