@@ -26,6 +26,7 @@ from ballista.core.runmeta import LAG_WARNING, RunMeta
 from ballista.core.schedule import Arrivals, Ramp, constant
 from ballista.core.snapshot import Snapshot
 from ballista.transport.connect import (
+    TARGET_FAILURES,
     Connected,
     PreparedRequest,
     close_quietly,
@@ -363,7 +364,7 @@ class Engine:
         try:
             with trio.fail_after(config.timeout):
                 probe = await connect(origin, ctx)
-        except Exception:  # trio.TooSlowError included
+        except TARGET_FAILURES:  # trio.TooSlowError included
             # The target cannot be reached now: speak HTTP/1.1 and let every
             # request record its own failure.
             ctx = make_ssl_context(

@@ -8,6 +8,8 @@ the one place where foreign exceptions become outcome kinds.
 from __future__ import annotations
 
 import email.utils
+import enum
+import errno
 import socket
 import ssl
 import time
@@ -78,31 +80,86 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
             todo.append(e.__context__)
 
 
-def classify(exc: BaseException) -> ErrorKind:
-    """Map an exception raised while talking to the target to its outcome kind."""
-    connecting = isinstance(exc, httpcore.ConnectError | httpcore.ConnectTimeout)
-    for e in _chain(exc):
+class Phase(enum.Enum):
+    """Where in an exchange a failure happened: it decides what a timeout means."""
+
+    CONNECT = ErrorKind.CONNECT_TIMEOUT
+    TLS = ErrorKind.CONNECT_TIMEOUT
+    WRITE = ErrorKind.WRITE_TIMEOUT
+    READ = ErrorKind.READ_TIMEOUT
+
+    @property
+    def timeout(self) -> ErrorKind:
+        return ErrorKind(self.value)
+
+
+class TLSFailure(Exception):
+    """The TLS handshake failed (the cause says how)."""
+
+
+#: Every exception the target or the network to it can cause, from every phase
+#: (httpcore's trio backend maps trio's and the OS's into its own NetworkError and
+#: TimeoutException; trio's streams raise Broken/ClosedResourceError; the state
+#: machines raise their protocol errors). The transport catches exactly these and
+#: turns them into an ErrorKind with `classify`; anything else is a bug in
+#: Ballista and propagates, so that it ends the run loudly instead of being
+#: counted as the target's error.
+TARGET_FAILURES: tuple[type[Exception], ...] = (
+    OSError,  # socket.gaierror, ConnectionError, TimeoutError and ssl.SSLError among them
+    ssl.CertificateError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    httpcore.NetworkError,
+    httpcore.TimeoutException,
+    h11.RemoteProtocolError,
+    h2.exceptions.ProtocolError,
+    PeerClosed,
+    ProtocolViolation,
+    TLSFailure,
+)
+
+#: OS errors by errno, wherever they sit in the exception's chain.
+_ERRNO_KINDS: dict[int, ErrorKind] = {
+    errno.ECONNREFUSED: ErrorKind.CONNECT_REFUSED,
+    errno.ECONNRESET: ErrorKind.RESET,
+    errno.EPIPE: ErrorKind.RESET,
+    errno.ECONNABORTED: ErrorKind.RESET,
+    errno.ENOTCONN: ErrorKind.RESET,
+}
+#: errnos that mean "too slow": the kind then depends on the phase.
+_TIMEOUT_ERRNOS = frozenset({errno.ETIMEDOUT})
+
+
+def classify(exc: BaseException, phase: Phase) -> ErrorKind:
+    """Map one of TARGET_FAILURES, raised in `phase`, to its outcome kind.
+
+    The most specific cause wins: httpcore and trio wrap the OS's and ssl's
+    errors, so the whole chain (causes, contexts, group members) is searched.
+    Failures to connect that name no known cause (unreachable network, no free
+    local port) are `other`: real, but none of the named kinds.
+    """
+    chain = list(_chain(exc))
+    for e in chain:
         if isinstance(e, socket.gaierror):
             return ErrorKind.DNS
-        if isinstance(e, ConnectionRefusedError):
-            return ErrorKind.CONNECT_REFUSED
-        if isinstance(e, ssl.SSLError | ssl.CertificateError):
+        if isinstance(e, ssl.SSLError | ssl.CertificateError | TLSFailure):
             return ErrorKind.TLS
-    for e in _chain(exc):
-        if isinstance(e, httpcore.ConnectTimeout):
-            return ErrorKind.CONNECT_TIMEOUT
-        if isinstance(e, httpcore.ReadTimeout):
-            return ErrorKind.READ_TIMEOUT
-        if isinstance(e, httpcore.WriteTimeout):
-            return ErrorKind.WRITE_TIMEOUT
+        if isinstance(e, OSError) and e.errno == errno.ECONNREFUSED:
+            return ErrorKind.CONNECT_REFUSED
+    for e in chain:
         if isinstance(e, h11.RemoteProtocolError | h2.exceptions.ProtocolError | ProtocolViolation):
             return ErrorKind.PROTOCOL
-        if isinstance(e, ConnectionResetError | BrokenPipeError | PeerClosed):
+        if isinstance(e, PeerClosed):
             return ErrorKind.RESET
-        if isinstance(e, TimeoutError):
-            return ErrorKind.CONNECT_TIMEOUT if connecting else ErrorKind.READ_TIMEOUT
-    if connecting:
-        return ErrorKind.OTHER
+        if isinstance(e, TimeoutError | trio.TooSlowError | httpcore.TimeoutException) or (
+            isinstance(e, OSError) and e.errno in _TIMEOUT_ERRNOS
+        ):
+            return phase.timeout
+        if isinstance(e, OSError) and e.errno in _ERRNO_KINDS:
+            return _ERRNO_KINDS[e.errno]
+    if phase in (Phase.CONNECT, Phase.TLS):
+        return ErrorKind.TLS if phase is Phase.TLS else ErrorKind.OTHER
     if isinstance(
         exc,
         httpcore.ReadError
@@ -181,9 +238,13 @@ async def connect(origin: Origin, ssl_context: ssl.SSLContext | None) -> Connect
         return Connected(stream, None, _io_of(stream))
     try:
         tls = await stream.start_tls(ssl_context, server_hostname=origin.host)
+    except TARGET_FAILURES as exc:
+        await close_quietly(stream)
+        if isinstance(exc, httpcore.TimeoutException | trio.TooSlowError):
+            raise
+        raise TLSFailure(f"TLS handshake with {origin.host}:{origin.port} failed: {exc}") from exc
     except BaseException:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
+        await close_quietly(stream)
         raise
     ssl_object = tls.get_extra_info("ssl_object")
     alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
@@ -198,7 +259,7 @@ async def close_quietly(stream: httpcore.AsyncNetworkStream | None) -> None:
         scope.deadline = trio.current_time() + 0.5
         try:
             await stream.aclose()
-        except Exception:
+        except TARGET_FAILURES:
             pass
 
 

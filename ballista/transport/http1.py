@@ -14,8 +14,10 @@ from ballista.core.outcome import NO_ERROR, ErrorKind
 from ballista.transport.connect import (
     BACKOFF_STATUSES,
     READ_SIZE,
+    TARGET_FAILURES,
     Connected,
     PeerClosed,
+    Phase,
     PreparedRequest,
     classify,
     close_quietly,
@@ -111,7 +113,7 @@ class H1Connection:
     async def _exchange(self, req: PreparedRequest, deadline: float) -> Result:
         retried = False
         while True:
-            phase = ErrorKind.CONNECT_TIMEOUT
+            phase = Phase.CONNECT
             sent = received = 0
             reused = self._conn is not None
             eof = False
@@ -122,14 +124,14 @@ class H1Connection:
                         conn = await self._open()
                     io = conn.io
                     h = self._h11
-                    phase = ErrorKind.WRITE_TIMEOUT
+                    phase = Phase.WRITE
                     data = h.send(req.h11_request)
                     if req.body:
                         data += h.send(h11.Data(data=req.body))
                     data += h.send(_EOM)
                     await io.send_all(data)
                     sent = len(data)
-                    phase = ErrorKind.READ_TIMEOUT
+                    phase = Phase.READ
                     status = 0
                     next_event = h.next_event
                     while True:
@@ -165,20 +167,21 @@ class H1Connection:
                         # open a fresh one and send again, as browsers and httpcore do.
                         retried = True
                         continue
-                    return 0, classify(PeerClosed(str(exc))), sent, received
-                except Exception as exc:
+                    return 0, classify(PeerClosed(str(exc)), phase), sent, received
+                except TARGET_FAILURES as exc:
                     await self._drop()
                     if reused and received == 0 and not retried and _is_stale(exc):
                         retried = True
                         continue
-                    return 0, classify(exc), sent, received
+                    return 0, classify(exc, phase), sent, received
                 except BaseException:
-                    # Cancelled from outside (the run is over): the exchange is unfinished.
+                    # Cancelled from outside (the run is over), or a bug in Ballista:
+                    # the exchange is unfinished and not the target's failure.
                     await self._drop()
                     raise
             # Only reached when the deadline cancelled the exchange.
             await self._drop()
-            return 0, phase, sent, received
+            return 0, phase.timeout, sent, received
 
 
 def _is_stale(exc: Exception) -> bool:

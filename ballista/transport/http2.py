@@ -22,8 +22,10 @@ from ballista.core.config import Origin
 from ballista.core.outcome import NO_ERROR, ErrorKind
 from ballista.transport.connect import (
     READ_SIZE,
+    TARGET_FAILURES,
     Connected,
     PeerClosed,
+    Phase,
     PreparedRequest,
     ProtocolViolation,
     classify,
@@ -176,8 +178,8 @@ class H2Connection:
                 out = conn.data_to_send()
                 if out:
                     await session.io.send_all(out)
-        except Exception as exc:
-            self._kill(session, _failure_kind(exc))
+        except TARGET_FAILURES as exc:
+            self._kill(session, classify(exc, Phase.WRITE))
             await close_quietly(stream)
 
     async def _reader(self, session: _Session) -> None:
@@ -233,8 +235,8 @@ class H2Connection:
                 if session.draining and not streams:
                     break
                 session.pending.set()
-        except Exception as exc:
-            session.failure = _failure_kind(exc)
+        except TARGET_FAILURES as exc:
+            session.failure = classify(exc, Phase.READ)
         finally:
             self._kill(session, session.failure)
             await close_quietly(stream)
@@ -277,7 +279,7 @@ class H2Connection:
                 session.h2.close_connection()
                 with trio.move_on_after(0.2):
                     await session.io.send_all(session.h2.data_to_send())
-            except Exception:
+            except TARGET_FAILURES:
                 pass
             self._kill(session, ErrorKind.OTHER)
             await close_quietly(session.stream)
@@ -286,7 +288,9 @@ class H2Connection:
 
     async def request(self, req: PreparedRequest, deadline: float) -> Result:
         """Send `req` on a new stream and wait for its end before `deadline`."""
-        phase = ErrorKind.POOL_TIMEOUT
+        #: what running out of time means at this point of the request
+        waiting = ErrorKind.POOL_TIMEOUT
+        phase = Phase.CONNECT
         sent = 0
         st: _Stream | None = None
         session: _Session | None = None
@@ -295,17 +299,17 @@ class H2Connection:
         with trio.CancelScope(deadline=deadline):
             try:
                 while True:
-                    phase = ErrorKind.CONNECT_TIMEOUT
+                    waiting = ErrorKind.CONNECT_TIMEOUT
                     session = self._session
                     if session is None or not session.alive or session.draining:
                         session = await self._get_session()
                     if self.active < self.max_streams:
                         break
-                    phase = ErrorKind.POOL_TIMEOUT
+                    waiting = ErrorKind.POOL_TIMEOUT
                     await self._slot_freed.wait()
                 self.active += 1
                 acquired = True
-                phase = ErrorKind.WRITE_TIMEOUT
+                waiting, phase = ErrorKind.WRITE_TIMEOUT, Phase.WRITE
                 conn = session.h2
                 sid = conn.get_next_available_stream_id()
                 st = _Stream()
@@ -317,16 +321,14 @@ class H2Connection:
                     await self._send_body(session, sid, body)
                     sent += len(body)
                 session.pending.set()
-                phase = ErrorKind.READ_TIMEOUT
+                waiting, phase = ErrorKind.READ_TIMEOUT, Phase.READ
                 await st.done.wait()
                 return st.status if st.error == NO_ERROR else 0, st.error, sent, st.received
-            except Exception as exc:
+            except TARGET_FAILURES as exc:
+                kind = classify(exc, phase)
                 if session is not None:
-                    kind = _failure_kind(exc)
                     self._kill(session, kind)
                     await close_quietly(session.stream)
-                else:
-                    kind = classify(exc)
                 return 0, kind, sent, st.received if st is not None else 0
             except BaseException:
                 self._abandon(session, sid, st)
@@ -338,7 +340,7 @@ class H2Connection:
                         self._wake_slots()
         # Only reached when the deadline cancelled the request.
         self._abandon(session, sid, st)
-        return 0, phase, sent, st.received if st is not None else 0
+        return 0, waiting, sent, st.received if st is not None else 0
 
     def _abandon(self, session: _Session | None, sid: int, st: _Stream | None) -> None:
         """Give up on a stream (timeout or cancellation): reset it, keep the connection."""
@@ -364,9 +366,3 @@ class H2Connection:
                 continue
             chunk, view = view[:window], view[window:]
             conn.send_data(sid, bytes(chunk), end_stream=not view)
-
-
-def _failure_kind(exc: BaseException) -> ErrorKind:
-    if isinstance(exc, h2.exceptions.ProtocolError):
-        return ErrorKind.PROTOCOL
-    return classify(exc)
