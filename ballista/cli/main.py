@@ -1,10 +1,16 @@
-"""The `ballista` command: the parser of every sub-command, and one exit code per outcome."""
+"""The `ballista` command: the parser of every sub-command, and one exit code per outcome.
+
+Exit codes, for every command: 0 ran; 1 a threshold was crossed; 2 bad input
+or a situation the user can fix (one line on stderr naming it); 3 an internal
+error, a bug in Ballista (one line, then the traceback to report).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn, Protocol
 
@@ -17,9 +23,15 @@ from ballista.cli.run import (
     positive_int,
 )
 from ballista.cli.run import main as run_main
-from ballista.core.errors import BallistaError, ConfigError
-from ballista.observe.outputs import EXIT_OK, EXIT_USAGE
+from ballista.core.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, BallistaError, ConfigError
 from ballista.observe.summary import check_output_path
+
+#: What `ballista --help` says about exit codes.
+EXIT_CODES_HELP = (
+    "exit codes: 0 ran; 1 a threshold was crossed; 2 bad input or a situation to fix "
+    "(port in use, missing file), named in one line; 3 internal error (a bug in "
+    "Ballista: please report the traceback)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,11 +47,14 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ballista",
         description="HTTP load testing: closed, open and adaptive load over HTTP/1.1 and HTTP/2.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"ballista {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run one load test and print a summary")
+    run = sub.add_parser(
+        "run", help="run one load test and print a summary", epilog=EXIT_CODES_HELP
+    )
     add_request_arguments(run)
     add_run_arguments(run)
 
@@ -75,6 +90,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from ballista.cli.demo import run_demo
 
+    check_output_path(ns.json, "--json")
     return run_demo(
         duration=ns.duration,
         concurrency=ns.concurrency,
@@ -154,10 +170,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         return _COMMANDS[ns.command](ns)
-    except BallistaError as exc:
-        print(f"ballista: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokenPipeError:
+    except BaseException as exc:
+        return _report_failure(exc)
+
+
+def _report_failure(exc: BaseException) -> int:
+    """One line and an exit code for an exception that ended a command.
+
+    trio's nurseries wrap what their tasks raise in exception groups: the one
+    exception inside is what is reported. Ballista's own errors are the user's
+    to fix (one line, no traceback); anything else is a bug in Ballista.
+    """
+    leaf = _sole_leaf(exc)
+    if isinstance(leaf, BallistaError):
+        print(f"ballista: error: {leaf}", file=sys.stderr)
+        return leaf.exit_code
+    if isinstance(leaf, BrokenPipeError):
         # Output closed early (`| head`): not our failure.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    if not isinstance(exc, Exception):
+        raise exc  # KeyboardInterrupt, SystemExit: not ours to turn into a code
+    shown = leaf if leaf is not None else exc
+    print(f"ballista: internal error: {type(shown).__name__}: {shown}", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _sole_leaf(exc: BaseException) -> BaseException | None:
+    """The exception inside nested groups when there is exactly one, else None
+    (and `exc` itself when it is no group)."""
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return _common_ballista_error(exc)
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _common_ballista_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """Several listeners may fail at once (e.g. every one of a host's addresses):
+    report the first BallistaError when the group holds nothing but those."""
+    rest = group.split(BallistaError)[1]
+    if rest is not None:
+        return None
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first

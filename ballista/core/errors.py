@@ -38,7 +38,7 @@ class ListenError(BallistaError):
     """A listener (metrics, live stream, daemon API, demo target) could not bind."""
 
     def __init__(self, what: str, host: str, port: int, reason: str) -> None:
-        super().__init__(f"{what}: cannot listen on {host}:{port}: {reason}")
+        super().__init__(f"cannot listen on {host}:{port} ({what}): {reason}")
         self.host = host
         self.port = port
         self.reason = reason

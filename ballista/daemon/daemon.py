@@ -36,7 +36,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from ballista import __version__
 from ballista.core.build import build_config
 from ballista.core.config import DEFAULT_GRACE, RunConfig
-from ballista.core.errors import ConfigError
+from ballista.core.errors import BallistaError, ConfigError, ListenError, reason_of
 from ballista.core.redact import redact_header, redact_target, redact_url
 from ballista.core.runmeta import RunMeta
 from ballista.core.scenario import read_scenario_file, scenario_from_table
@@ -394,14 +394,23 @@ class Daemon:
                 if self.options.live_port is not None:
                     self.live_port = await nursery.start(self._serve_live)
                 self.port = await nursery.start(
-                    serve_http, self.api.routes(), self.options.addr, self.options.port
+                    functools.partial(
+                        serve_http,
+                        self.api.routes(),
+                        self.options.addr,
+                        self.options.port,
+                        what="daemon API, --port",
+                    )
                 )
                 if self.options.metrics_port is not None:
                     self.metrics_port = await nursery.start(
-                        serve_http,
-                        {"/metrics": self.api.metrics},
-                        self.options.addr,
-                        self.options.metrics_port,
+                        functools.partial(
+                            serve_http,
+                            {"/metrics": self.api.metrics},
+                            self.options.addr,
+                            self.options.metrics_port,
+                            what="metrics, --metrics-port",
+                        )
                     )
                 log.info(
                     "ballista serve: API on http://%s:%s/api, live stream on port %s, "
@@ -719,10 +728,12 @@ class Daemon:
             await handle.hub.handle(request)
 
         assert self.options.live_port is not None
+        addr, port = self.options.addr, self.options.live_port
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                serve_websocket, handler, self.options.addr, self.options.live_port, None
-            )
+            try:
+                server = await nursery.start(serve_websocket, handler, addr, port, None)
+            except OSError as exc:  # only binding happens before started()
+                raise ListenError("live stream, --live-port", addr, port, reason_of(exc)) from exc
             task_status.started(server.port)
 
     def _live_target(self, path: str) -> RunHandle | None:
@@ -870,7 +881,7 @@ def main(ns: argparse.Namespace) -> int:
         trio.run(run_daemon, options)
     except BaseExceptionGroup as group:
         leaf = _first_leaf(group)
-        if isinstance(leaf, ConfigError):
+        if isinstance(leaf, BallistaError):
             raise leaf from None
         if isinstance(leaf, OSError):
             raise ConfigError(

@@ -163,6 +163,10 @@ class Engine:
         self._pick = self._make_picker()
         #: the pool of the run (closed models bind workers to it)
         self._connections: list[Connection] = []
+        #: every connection of the run, whatever the model (closed after a failure)
+        self._pool: list[Connection] = []
+        #: set when a bug in Ballista ended the run (run() raised)
+        self.failed = False
         #: open model: set and replaced whenever a request ends (or the run stops)
         self._slot_freed = trio.Event()
         #: called with the RunInfo once the protocol and connections are decided
@@ -241,6 +245,10 @@ class Engine:
             notes.append(self._controller.capacity_note(final))
         if self.interrupted:
             notes.append("stopped early by a signal; figures cover what was done")
+        if self.failed:
+            notes.append(
+                "ended early by an internal error in Ballista; figures cover what was done"
+            )
         return notes
 
     def run_meta(
@@ -275,7 +283,28 @@ class Engine:
     # -- the run --------------------------------------------------------------
 
     async def run(self) -> Snapshot:
-        """Run to the end (duration, request count or stop()) and return the final snapshot."""
+        """Run to the end (duration, request count or stop()) and return the final snapshot.
+
+        A bug in Ballista (any exception the transport does not map to an error
+        kind) ends the run and propagates; what was measured until then is kept
+        as `final` and delivered to the sinks first, so nothing measured is lost.
+        """
+        try:
+            return await self._run()
+        except Exception:
+            self.failed = True
+            recorder = self.recorder
+            if recorder is not None and self.final is None:
+                if self._sending_ended_at is None and self._started_at is not None:
+                    self._sending_ended_at = trio.current_time()
+                self.final = recorder.snapshot(trio.current_time(), final=True)
+                self._emit(self.final)
+            with trio.CancelScope(shield=True):
+                for conn in self._pool:
+                    await conn.aclose()
+            raise
+
+    async def _run(self) -> Snapshot:
         config = self.config
         load = config.load
         async with trio.open_nursery() as background:
@@ -302,6 +331,7 @@ class Engine:
             connections = await self._open_pool(
                 http2, n_conn, ssl_context, probe, recorder, background
             )
+            self._pool = connections
             background.start_soon(self._ticker, recorder, start)
             duration = load.effective_duration
             with trio.CancelScope() as workers_scope:

@@ -102,7 +102,18 @@ class Run:
         )
 
     async def run(self) -> RunResult:
-        final = await self.engine.run()
+        """Run to the end. A bug in Ballista propagates; `partial_result()` then
+        has what was measured until it struck."""
+        return self._result(await self.engine.run())
+
+    def partial_result(self) -> RunResult | None:
+        """After run() raised: the figures until then (None if the run never started)."""
+        final = self.engine.final
+        if final is None or self.engine.info is None:
+            return None
+        return self._result(final)
+
+    def _result(self, final: Snapshot) -> RunResult:
         verdicts = self.verdicts(final)
         meta = self.engine.run_meta(
             self.started_at, target=redact_url(self.config), thresholds=verdicts

@@ -28,6 +28,7 @@ import h11
 import trio
 
 from ballista import __version__
+from ballista.core.errors import ListenError, reason_of
 
 log = logging.getLogger("ballista.http")
 
@@ -256,14 +257,19 @@ async def serve_http(
     host: str,
     port: int,
     *,
+    what: str = "HTTP server",
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `routes` on host:port until cancelled; `task_status.started(bound_port)`.
 
-    Port 0 picks a free port (reported through `nursery.start`).
+    Port 0 picks a free port (reported through `nursery.start`). A port in use
+    or an address that cannot be bound raises ListenError naming `what`.
     """
     routes = dict(routes)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:  # socket.gaierror for an address that does not resolve
+        raise ListenError(what, host, port, reason_of(exc)) from exc
     bound: int = listeners[0].socket.getsockname()[1]
     limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
 

@@ -22,6 +22,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from ballista import __version__
 from ballista.core.config import RunConfig
+from ballista.core.errors import ListenError, reason_of
 from ballista.core.redact import redact_header, redact_target, redact_url
 from ballista.core.runmeta import iso_utc
 from ballista.core.snapshot import LatencySummary, Snapshot
@@ -342,20 +343,24 @@ async def serve_live(
 ) -> None:
     """Serve `hub` over websocket on host:port (0: a free port) until cancelled.
 
-    Reports the bound port through `task_status.started`.
+    Reports the bound port through `task_status.started`; raises ListenError
+    when host:port cannot be bound.
     """
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            partial(
-                serve_websocket,
-                hub.handle,
-                host,
-                port,
-                None,
-                disconnect_timeout=hub.close_timeout,
-                connect_timeout=hub.send_timeout,
+        try:
+            server = await nursery.start(
+                partial(
+                    serve_websocket,
+                    hub.handle,
+                    host,
+                    port,
+                    None,
+                    disconnect_timeout=hub.close_timeout,
+                    connect_timeout=hub.send_timeout,
+                )
             )
-        )
+        except OSError as exc:  # only binding happens before started()
+            raise ListenError("live stream", host, port, reason_of(exc)) from exc
         task_status.started(server.port)
 
 

@@ -327,7 +327,7 @@ async def serve_metrics(
         "/metrics": metrics_handler(exporter),
     }
     table.update(routes or {})
-    await serve_http(table, host, port, task_status=task_status)
+    await serve_http(table, host, port, what="metrics endpoint", task_status=task_status)
 
 
 __all__ = [

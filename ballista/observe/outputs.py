@@ -11,15 +11,12 @@ from typing import Any, TextIO
 
 import trio
 
+from ballista.core.errors import EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE
 from ballista.engine.run import Run
 from ballista.observe.summary import LiveLine, format_summary, summary_dict, write_json
 
 #: Default time /metrics stays up after a run: two scrapes at a 5 s interval.
 DEFAULT_LINGER = 11.0
-
-EXIT_OK = 0
-EXIT_THRESHOLD = 1
-EXIT_USAGE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +85,15 @@ async def run_with_outputs(
             run.add_sink(exporter.update)
             run.on_start(exporter.on_start)
         services.start_soon(_watch_signals, run)
-        result = await run.run()
+        failure: Exception | None = None
+        try:
+            result = await run.run()
+        except Exception as exc:
+            partial = run.partial_result()
+            if partial is None:
+                raise
+            # A bug in Ballista ended the run: report what was measured, then fail loudly.
+            failure, result = exc, partial
         if not result.thresholds_passed:
             exit_code = EXIT_THRESHOLD
         doc = summary_dict(result.final, result.meta)
@@ -110,6 +115,8 @@ async def run_with_outputs(
                 exit_code = EXIT_USAGE
         if hub is not None:
             await hub.finish(doc)
+        if failure is not None:
+            raise failure
         if exporter is not None:
             linger = DEFAULT_LINGER if outputs.linger is None else outputs.linger
             if linger > 0 and not run.interrupted:

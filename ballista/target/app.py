@@ -53,7 +53,7 @@ from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 
 from ballista.core.durations import parse_duration, parse_share
-from ballista.core.errors import ConfigError
+from ballista.core.errors import ConfigError, ListenError, reason_of
 
 #: Standard normal quantile at 0.99: a log-normal's p99 is median * exp(Z99 * sigma).
 Z99 = 2.3263478740408408
@@ -344,9 +344,7 @@ def _preflight(config: TargetConfig, hc: HypercornConfig) -> None:
         try:
             sock.bind((config.host, config.port))
         except OSError as e:
-            raise ConfigError(
-                f"target: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
-            ) from None
+            raise ListenError("target", config.host, config.port, reason_of(e)) from None
 
 
 def _port_of(bind: str) -> int:
