@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ballista.core.durations import format_duration
-from ballista.core.errors import BallistaError
+from ballista.core.errors import EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE, BallistaError
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +69,13 @@ def _run_phase(label: str, args: list[str]) -> Phase:
         proc.returncode = os.waitstatus_to_exitcode(status)
         errfile.seek(0)
         err = errfile.read().decode(errors="replace").strip().splitlines()
-    if proc.returncode not in (0, 1):
-        raise BallistaError(f"{label} phase failed: {err[-1] if err else proc.returncode}")
+    if proc.returncode == EXIT_USAGE and err:
+        # The child named the problem in one line: say it once, as ours.
+        raise BallistaError(f"{label} phase: {err[0].removeprefix('ballista: error: ')}")
+    if proc.returncode not in (EXIT_OK, EXIT_THRESHOLD):
+        # An internal error (or a crash): the child's report is the one to read.
+        sys.stderr.write("\n".join(err) + "\n")
+        raise RuntimeError(f"{label} phase: `ballista run` exited {proc.returncode}")
     return Phase(
         label=label,
         summary=json.loads(out),

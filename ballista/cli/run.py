@@ -19,6 +19,7 @@ from ballista.core.scenario import read_scenario_file
 from ballista.engine.run import Run
 from ballista.observe.outputs import Outputs, run_with_outputs
 from ballista.observe.summary import check_output_path
+from ballista.transport.connect import check_ca_file
 
 
 def positive_int(text: str) -> int:
@@ -425,12 +426,14 @@ def config_from_args(ns: argparse.Namespace, *, sequential: bool | None = None) 
     """Validate flags (and the -f file they name) into a RunConfig. ConfigError names the flag."""
     if sequential is None:
         sequential = bool(getattr(ns, "sequential", False))
-    if ns.cacert is not None and not Path(ns.cacert).is_file():
-        raise ConfigError(f"--cacert: no such file {ns.cacert!r}")
     scenario = scenario_from_args(ns)
     overrides = flags_layer(ns, sequential=sequential)
     thresholds = [(t, "--threshold") for t in getattr(ns, "threshold", None) or ()]
-    return build_config(scenario, overrides, thresholds=thresholds)
+    config = build_config(scenario, overrides, thresholds=thresholds)
+    if config.ca_file is not None:
+        # A bundle ssl cannot load fails here, in one line, not at the first connection.
+        check_ca_file(config.ca_file)
+    return config
 
 
 def outputs_from_args(ns: argparse.Namespace) -> Outputs:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from ballista.core.errors import BallistaError, ConfigError
+from ballista.core.errors import BallistaError, ConfigError, reason_of
 
 DEFAULT_SERVER = "http://127.0.0.1:8089"
 TIMEOUT = 10.0
@@ -76,8 +76,11 @@ def call(
             message = raw.decode(errors="replace").strip()
         raise ApiFailure(f"{server}: {exc.code}: {message}") from None
     except (urllib.error.URLError, OSError) as exc:
+        # No answer at all (refused, unresolvable, timed out): the user's setup to fix,
+        # exit 2; a daemon that answers with an error is ApiFailure, exit 1.
         reason = getattr(exc, "reason", exc)
-        raise ApiFailure(f"{server}: cannot reach the daemon: {reason}") from None
+        why = reason_of(reason) if isinstance(reason, BaseException) else str(reason)
+        raise BallistaError(f"--server {server}: cannot reach the daemon: {why}") from None
 
 
 def _row(run: dict[str, Any]) -> str:
@@ -167,6 +170,6 @@ def main(ns: argparse.Namespace, *, out: TextIO | None = None) -> int:
                 json.dumps(doc, indent=2) + "\n" if ns.json else f"{doc['id']} {doc['status']}\n"
             )
     except ApiFailure as exc:
-        print(f"ballista: {exc}", file=sys.stderr)
+        print(f"ballista: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -24,6 +24,7 @@ import trio
 
 from ballista import __version__
 from ballista.core.config import Origin, RequestSpec
+from ballista.core.errors import ConfigError, reason_of
 from ballista.core.outcome import ErrorKind
 
 USER_AGENT = f"ballista/{__version__}"
@@ -170,6 +171,23 @@ def classify(exc: BaseException, phase: Phase) -> ErrorKind:
         # A broken stream with no more specific cause: the peer went away.
         return ErrorKind.RESET
     return ErrorKind.OTHER
+
+
+def check_ca_file(path: str, flag: str = "--cacert") -> None:
+    """Fail before any load, with one line, when a CA bundle cannot verify anything:
+    missing, unreadable, or not PEM certificates (what ssl would raise mid-run)."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ConfigError(f"{flag}: no such file {path!r}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{flag}: {path!r} is a directory") from None
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"{flag}: {path!r} holds no PEM certificate ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{flag}: cannot read {path!r}: {reason_of(exc)}") from None
 
 
 def make_ssl_context(
