@@ -186,6 +186,7 @@ class H2Connection:
         stream = session.stream
         conn = session.h2
         streams = session.streams
+        crashed = False
         try:
             while session.alive:
                 data = await session.io.receive_some(READ_SIZE)
@@ -237,8 +238,11 @@ class H2Connection:
                 session.pending.set()
         except TARGET_FAILURES as exc:
             session.failure = classify(exc, Phase.READ)
+        except Exception:
+            crashed = True
+            raise
         finally:
-            self._kill(session, session.failure)
+            self._kill(session, session.failure, crashed=crashed)
             await close_quietly(stream)
 
     def _on_goaway(self, session: _Session, event: h2.events.ConnectionTerminated) -> None:
@@ -252,10 +256,18 @@ class H2Connection:
             session.failure = ErrorKind.GOAWAY
         self._wake_slots()
 
-    def _kill(self, session: _Session, kind: ErrorKind) -> None:
+    def _kill(self, session: _Session, kind: ErrorKind, *, crashed: bool = False) -> None:
+        """End a session; its streams end with `kind`. When a bug in Ballista
+        (`crashed`) ended it, they are left waiting: the bug cancels the nursery
+        they wait in, and none of them is counted as the target's failure."""
         if not session.alive:
             return
         session.alive = False
+        if crashed:
+            if self._session is session:
+                self._session = None
+            self._events.connection_closed()
+            return
         session.settings_received.set()
         for st in session.streams.values():
             st.error = kind

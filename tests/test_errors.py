@@ -1,0 +1,286 @@
+"""Ballista's own failures: a user's situation is one line and exit 2; a bug is loud, exit 3.
+
+The target's failures are data (see test_engine's fault servers); everything
+here is about the other side of that line: exceptions the transport does not
+map to an error kind, and listeners, files and certificates the user named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import h2.connection
+import h11
+import pytest
+import trio
+from servers import RunningTarget
+
+from ballista.core.config import LoadSpec, Origin, RequestSpec, RunConfig
+from ballista.core.errors import EXIT_INTERNAL, EXIT_USAGE
+from ballista.core.outcome import NO_ERROR
+from ballista.core.snapshot import Snapshot
+from ballista.engine.engine import Engine
+from ballista.transport.connect import PreparedRequest, prepare
+from ballista.transport.http1 import H1Connection, Result
+from ballista.transport.http2 import H2Connection
+
+BALLISTA = [sys.executable, "-m", "ballista"]
+
+
+class _Events:
+    def connection_opened(self) -> None:
+        pass
+
+    def connection_closed(self) -> None:
+        pass
+
+
+class BuggyConnection:
+    """Answers 200 at once `good` times, then hits a bug of Ballista's own."""
+
+    multiplexed = False
+    retry_after: float | None = None
+
+    def __init__(self, good: int) -> None:
+        self.good = good
+        self.calls = 0
+        self.closed = False
+
+    async def request(self, req: PreparedRequest, deadline: float) -> Result:
+        self.calls += 1
+        if self.calls > self.good:
+            raise RuntimeError("injected bug")
+        await trio.sleep(0.01)
+        return 200, NO_ERROR, 10, 20
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _config(**load: object) -> RunConfig:
+    return RunConfig(
+        origin=Origin("http", "127.0.0.1", 9),
+        requests=(RequestSpec(name="default", method="GET", target="/"),),
+        load=LoadSpec(**load),  # type: ignore[arg-type]
+        protocol="http1",
+    )
+
+
+async def test_a_bug_ends_the_run_loudly_and_keeps_what_was_measured(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    mock_clock.autojump_threshold = 0
+    conn = BuggyConnection(good=5)
+    seen: list[Snapshot] = []
+    engine = Engine(
+        _config(model="closed", concurrency=1, requests=100),
+        sinks=[seen.append],
+        connection_factory=lambda i: conn,
+    )
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(RuntimeError, match="injected bug"), flatten_subgroups=True
+    ):
+        await engine.run()
+    final = engine.final
+    assert final is not None and final.final
+    assert seen[-1] is final  # the sinks (live stream, metrics) saw the end too
+    assert final.requests == final.responses == 5
+    assert final.errors == 0
+    assert not any(final.errors_by_kind.values())  # the bug is not the target's `other`
+    assert engine.failed
+    assert conn.closed
+    assert any("internal error" in note for note in engine.notes())
+
+
+@pytest.fixture
+def injected_h11_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(self: h11.Connection) -> None:
+        raise RuntimeError("injected bug in the HTTP/1.1 exchange")
+
+    monkeypatch.setattr(h11.Connection, "start_next_cycle", boom)
+
+
+async def test_the_http1_transport_does_not_count_a_bug_as_an_error(
+    target: RunningTarget, injected_h11_bug: None
+) -> None:
+    origin = Origin("http", "127.0.0.1", target.port)
+    req = prepare(0, RequestSpec(name="default", method="GET", target="/"), origin)
+    conn = H1Connection(origin, None, _Events())
+    with pytest.raises(RuntimeError, match="injected bug"):
+        await conn.request(req, trio.current_time() + 10)
+    assert not conn.is_open  # the half-done exchange is not reused
+    assert target.stats.requests == 1
+
+
+async def test_the_http2_transport_does_not_count_a_bug_as_an_error(
+    target: RunningTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(self: h2.connection.H2Connection, size: int, stream_id: int) -> None:
+        raise RuntimeError("injected bug in the HTTP/2 reader")
+
+    monkeypatch.setattr(h2.connection.H2Connection, "acknowledge_received_data", boom)
+    origin = Origin("http", "127.0.0.1", target.port)
+    req = prepare(0, RequestSpec(name="default", method="GET", target="/"), origin)
+    results: list[Result] = []
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(RuntimeError, match="injected bug"), flatten_subgroups=True
+    ):
+        async with trio.open_nursery() as nursery:
+            conn = H2Connection(origin, None, _Events(), nursery)
+            results.append(await conn.request(req, trio.current_time() + 10))
+    assert results == []  # the request never came back as an error kind
+
+
+def test_cli_internal_error_is_exit_3_with_traceback_and_keeps_the_summary(
+    tmp_path: Path,
+) -> None:
+    # A real `ballista run` process whose HTTP/1.1 connection has a bug after 5 requests.
+    out = tmp_path / "out.json"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from ballista.cli.main import main
+        from ballista.core.outcome import NO_ERROR
+        from ballista.transport.http1 import H1Connection
+
+        calls = 0
+
+        async def request(self, req, deadline):
+            global calls
+            calls += 1
+            if calls > 5:
+                raise RuntimeError("injected bug")
+            return 200, NO_ERROR, 10, 20
+
+        H1Connection.request = request
+        sys.exit(main(["run", "http://127.0.0.1:9/", "--http1", "-c", "1", "-n", "50",
+                       "--json", {str(out)!r}]))
+        """
+    )
+    proc = _run([sys.executable, "-c", script])
+    assert proc.returncode == EXIT_INTERNAL
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "ballista: internal error: RuntimeError: injected bug", proc.stderr
+    assert "Traceback" in proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["requests"] == doc["responses"] == 5
+    assert doc["errors"] == 0
+    assert not any(doc["errors_by_kind"].values())
+    assert "5" in proc.stdout  # the text summary was printed too
+
+
+# -- a user's situation: one line, exit 2, never a traceback ------------------------
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port something else already listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def _assert_one_line(argv: list[str], needle: str) -> None:
+    proc = _run([*BALLISTA, *argv])
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ballista: error: "), lines[0]
+    assert needle in lines[0], lines[0]
+
+
+URL = "http://127.0.0.1:9/"
+
+
+#: (argv, what the one line must say), with {busy}, {closed} and {tmp} filled in.
+SITUATIONS: list[tuple[list[str], str]] = [
+    (
+        ["run", URL, "-n", "1", "--metrics-port", "{busy}"],
+        "127.0.0.1:{busy} (metrics endpoint): Address already in use",
+    ),
+    (
+        ["run", URL, "-n", "1", "--live-port", "{busy}"],
+        "127.0.0.1:{busy} (live stream): Address already in use",
+    ),
+    (
+        ["run", URL, "-n", "1", "--metrics-port", "0", "--metrics-addr", "999.1.1.1"],
+        "cannot listen on 999.1.1.1:0 (metrics endpoint)",
+    ),
+    (
+        ["run", URL, "-n", "1", "--live-port", "0", "--live-addr", "999.1.1.1"],
+        "cannot listen on 999.1.1.1:0 (live stream)",
+    ),
+    (
+        ["serve", "--port", "{busy}", "--data-dir", "{tmp}/d"],
+        "127.0.0.1:{busy} (daemon API, --port)",
+    ),
+    (
+        ["serve", "--port", "0", "--live-port", "{busy}", "--data-dir", "{tmp}/d"],
+        "127.0.0.1:{busy} (live stream, --live-port)",
+    ),
+    (
+        ["serve", "--port", "0", "--metrics-port", "{busy}", "--data-dir", "{tmp}/d"],
+        "127.0.0.1:{busy} (metrics, --metrics-port)",
+    ),
+    (["target", "--port", "{busy}"], "127.0.0.1:{busy} (target): Address already in use"),
+    (
+        ["run", "https://127.0.0.1:9/", "-n", "1", "--cacert", "{tmp}/not.pem"],
+        "holds no PEM certificate",
+    ),
+    (
+        ["compare", "https://127.0.0.1:9/", "-n", "1", "--cacert", "{tmp}/not.pem"],
+        "holds no PEM certificate",
+    ),
+    (["demo", "--json", "/nonexistent/out.json"], "--json: no such directory"),
+    (["runs", "list", "--server", "http://127.0.0.1:{closed}"], "cannot reach the daemon"),
+]
+
+
+async def test_user_situations_are_one_line_and_exit_2(
+    busy_port: int, closed_port: int, tmp_path: Path
+) -> None:
+    # One real process per case, run side by side: each pays Python's start-up.
+    (tmp_path / "not.pem").write_text("not a certificate\n")
+    fill = {"busy": busy_port, "closed": closed_port, "tmp": tmp_path}
+    problems: list[str] = []
+
+    async def check(argv: list[str], needle: str) -> None:
+        argv = [a.format(**fill) for a in argv]
+        needle = needle.format(**fill)
+        proc = await trio.run_process(
+            [*BALLISTA, *argv], capture_stdout=True, capture_stderr=True, check=False
+        )
+        err = proc.stderr.decode()
+        lines = err.strip().splitlines()
+        if (
+            proc.returncode != EXIT_USAGE
+            or "Traceback" in err
+            or len(lines) != 1
+            or not lines[0].startswith("ballista: error: ")
+            or needle not in lines[0]
+        ):
+            problems.append(f"{argv}: exit {proc.returncode}, stderr {err!r}")
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for argv, needle in SITUATIONS:
+                nursery.start_soon(check, argv, needle)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may bind privileged ports")
+def test_privileged_port_is_one_line_and_exit_2() -> None:
+    _assert_one_line(["run", URL, "-n", "1", "--metrics-port", "1"], "Permission denied")
