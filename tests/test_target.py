@@ -27,7 +27,7 @@ import trio
 import trio.testing
 from servers import FaultServer, RunningTarget, TargetFactory, TlsFiles
 
-from ballista.core.errors import ConfigError
+from ballista.core.errors import ConfigError, ListenError
 from ballista.target.app import (
     Z99,
     TargetConfig,
@@ -204,10 +204,10 @@ async def test_shutdown_trigger_returns_gracefully() -> None:
             stop.set()
 
 
-async def test_unusable_address_or_certificate_is_a_config_error(
+async def test_unusable_address_or_certificate_is_a_ballista_error(
     nursery: trio.Nursery, target: RunningTarget, tmp_path: Path
 ) -> None:
-    with pytest.raises(ConfigError, match=r"cannot listen on 127\.0\.0\.1:"):
+    with pytest.raises(ListenError, match=r"cannot listen on 127\.0\.0\.1:"):
         await nursery.start(serve_target, replace(servers.TEST_TARGET, port=target.port))
     missing = str(tmp_path / "missing.pem")
     with pytest.raises(ConfigError, match="--certfile"):
@@ -220,7 +220,7 @@ def test_run_target_forever_refuses_a_busy_port() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        with pytest.raises(ConfigError, match="cannot listen"):
+        with pytest.raises(ListenError, match="cannot listen"):
             run_target_forever(TargetConfig(port=busy.getsockname()[1]))
 
 
