@@ -7,9 +7,11 @@ map to an error kind, and listeners, files and certificates the user named.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -17,21 +19,128 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import h2.connection
+import h2.exceptions
 import h11
+import httpcore
 import pytest
 import trio
 from servers import RunningTarget
 
 from ballista.core.config import LoadSpec, Origin, RequestSpec, RunConfig
 from ballista.core.errors import EXIT_INTERNAL, EXIT_USAGE
-from ballista.core.outcome import NO_ERROR
+from ballista.core.outcome import NO_ERROR, ErrorKind
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
-from ballista.transport.connect import PreparedRequest, prepare
+from ballista.transport.connect import (
+    TARGET_FAILURES,
+    PeerClosed,
+    Phase,
+    PreparedRequest,
+    TLSFailure,
+    classify,
+    prepare,
+)
 from ballista.transport.http1 import H1Connection, Result
 from ballista.transport.http2 import H2Connection
 
 BALLISTA = [sys.executable, "-m", "ballista"]
+
+
+def _from(outer: BaseException, *causes: BaseException) -> BaseException:
+    """`outer` raised from causes[0], itself raised from causes[1], ... as wrappers chain them."""
+    exc = outer
+    for cause in causes:
+        exc.__cause__ = cause
+        exc = cause
+    return outer
+
+
+def _refused_by_every_address() -> BaseException:
+    # trio's open_tcp_stream when every attempt fails, wrapped by httpcore's connect_tcp.
+    attempts = ExceptionGroup("attempts", [ConnectionRefusedError(errno.ECONNREFUSED, "refused")])
+    return _from(
+        httpcore.ConnectError("all attempts failed"), OSError("all attempts failed"), attempts
+    )
+
+
+#: (exception as the transport sees it, phase, kind): the closed map, one row a case.
+MAP = [
+    (_refused_by_every_address(), Phase.CONNECT, ErrorKind.CONNECT_REFUSED),
+    (
+        _from(httpcore.ConnectError("x"), socket.gaierror(-2, "Name or service not known")),
+        Phase.CONNECT,
+        ErrorKind.DNS,
+    ),
+    (
+        _from(httpcore.ConnectError("x"), OSError(errno.ENETUNREACH, "Network is unreachable")),
+        Phase.CONNECT,
+        ErrorKind.OTHER,
+    ),
+    (
+        _from(httpcore.ConnectError("x"), TimeoutError(errno.ETIMEDOUT, "timed out")),
+        Phase.CONNECT,
+        ErrorKind.CONNECT_TIMEOUT,
+    ),
+    (trio.TooSlowError(), Phase.CONNECT, ErrorKind.CONNECT_TIMEOUT),
+    (
+        _from(
+            TLSFailure("x"),
+            httpcore.ConnectError("x"),
+            trio.BrokenResourceError(),
+            ssl.SSLCertVerificationError("bad cert"),
+        ),
+        Phase.CONNECT,
+        ErrorKind.TLS,
+    ),
+    (
+        _from(TLSFailure("x"), httpcore.ConnectError("x"), trio.BrokenResourceError()),
+        Phase.CONNECT,
+        ErrorKind.TLS,
+    ),
+    (
+        _from(trio.BrokenResourceError(), BrokenPipeError(errno.EPIPE, "Broken pipe")),
+        Phase.WRITE,
+        ErrorKind.RESET,
+    ),
+    (trio.ClosedResourceError(), Phase.WRITE, ErrorKind.RESET),
+    (httpcore.WriteTimeout("x"), Phase.WRITE, ErrorKind.WRITE_TIMEOUT),
+    (
+        _from(trio.BrokenResourceError(), ConnectionResetError(errno.ECONNRESET, "reset")),
+        Phase.READ,
+        ErrorKind.RESET,
+    ),
+    (trio.BrokenResourceError(), Phase.READ, ErrorKind.RESET),
+    (httpcore.ReadTimeout("x"), Phase.READ, ErrorKind.READ_TIMEOUT),
+    (OSError(errno.ETIMEDOUT, "timed out"), Phase.READ, ErrorKind.READ_TIMEOUT),
+    (h11.RemoteProtocolError("bad status line"), Phase.READ, ErrorKind.PROTOCOL),
+    (h2.exceptions.FlowControlError("window"), Phase.READ, ErrorKind.PROTOCOL),
+    (PeerClosed("closed"), Phase.READ, ErrorKind.RESET),
+]
+
+
+@pytest.mark.parametrize(
+    ("exc", "phase", "kind"), MAP, ids=lambda v: getattr(v, "name", None) or type(v).__name__
+)
+def test_network_and_protocol_failures_map_to_their_kind(
+    exc: BaseException, phase: Phase, kind: ErrorKind
+) -> None:
+    assert isinstance(exc, TARGET_FAILURES)
+    assert classify(exc, phase) is kind
+
+
+@pytest.mark.parametrize(
+    "bug",
+    [
+        RuntimeError("x"),
+        AttributeError("x"),
+        TypeError("x"),
+        KeyError("x"),
+        h11.LocalProtocolError("x"),
+        AssertionError(),
+    ],
+)
+def test_bugs_are_outside_the_map(bug: Exception) -> None:
+    assert not isinstance(bug, TARGET_FAILURES)
 
 
 class _Events:
@@ -147,7 +256,7 @@ def test_cli_internal_error_is_exit_3_with_traceback_and_keeps_the_summary(
         f"""
         import sys
         from ballista.cli.main import main
-        from ballista.core.outcome import NO_ERROR
+        from ballista.core.outcome import NO_ERROR, ErrorKind
         from ballista.transport.http1 import H1Connection
 
         calls = 0

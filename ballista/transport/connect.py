@@ -82,16 +82,26 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 class Phase(enum.Enum):
-    """Where in an exchange a failure happened: it decides what a timeout means."""
+    """Where in an exchange a failure happened: it decides what a timeout means.
 
-    CONNECT = ErrorKind.CONNECT_TIMEOUT
-    TLS = ErrorKind.CONNECT_TIMEOUT
-    WRITE = ErrorKind.WRITE_TIMEOUT
-    READ = ErrorKind.READ_TIMEOUT
+    The TLS handshake is part of CONNECT here: `connect()` raises its failures
+    as TLSFailure, which is kind `tls` whatever the phase.
+    """
+
+    CONNECT = "connect"
+    WRITE = "write"
+    READ = "read"
 
     @property
     def timeout(self) -> ErrorKind:
-        return ErrorKind(self.value)
+        return _TIMEOUT_KINDS[self]
+
+
+_TIMEOUT_KINDS = {
+    Phase.CONNECT: ErrorKind.CONNECT_TIMEOUT,
+    Phase.WRITE: ErrorKind.WRITE_TIMEOUT,
+    Phase.READ: ErrorKind.READ_TIMEOUT,
+}
 
 
 class TLSFailure(Exception):
@@ -159,8 +169,8 @@ def classify(exc: BaseException, phase: Phase) -> ErrorKind:
             return phase.timeout
         if isinstance(e, OSError) and e.errno in _ERRNO_KINDS:
             return _ERRNO_KINDS[e.errno]
-    if phase in (Phase.CONNECT, Phase.TLS):
-        return ErrorKind.TLS if phase is Phase.TLS else ErrorKind.OTHER
+    if phase is Phase.CONNECT:
+        return ErrorKind.OTHER
     if isinstance(
         exc,
         httpcore.ReadError
