@@ -333,15 +333,25 @@ SITUATIONS: list[tuple[list[str], str]] = [
         "cannot listen on 999.1.1.1:0 (live stream)",
     ),
     (
-        ["serve", "--port", "{busy}", "--data-dir", "{tmp}/d"],
+        ["serve", "--port", "{busy}", "--live-port", "0", "--data-dir", "{tmp}/d"],
         "127.0.0.1:{busy} (daemon API, --port)",
     ),
     (
-        ["serve", "--port", "0", "--live-port", "{busy}", "--data-dir", "{tmp}/d"],
+        ["serve", "--port", "0", "--live-port", "{busy}", "--data-dir", "{tmp}/d2"],
         "127.0.0.1:{busy} (live stream, --live-port)",
     ),
     (
-        ["serve", "--port", "0", "--metrics-port", "{busy}", "--data-dir", "{tmp}/d"],
+        [
+            "serve",
+            "--port",
+            "0",
+            "--metrics-port",
+            "{busy}",
+            "--live-port",
+            "0",
+            "--data-dir",
+            "{tmp}/d3",
+        ],
         "127.0.0.1:{busy} (metrics, --metrics-port)",
     ),
     (["target", "--port", "{busy}"], "127.0.0.1:{busy} (target): Address already in use"),
