@@ -7,6 +7,7 @@ map to an error kind, and listeners, files and certificates the user named.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -24,8 +25,10 @@ import h11
 import httpcore
 import pytest
 import trio
-from servers import RunningTarget
+from servers import RunningTarget, TlsFiles
 
+from ballista.cli.main import build_parser
+from ballista.cli.run import config_from_args
 from ballista.core.config import LoadSpec, Origin, RequestSpec, RunConfig
 from ballista.core.errors import EXIT_INTERNAL, EXIT_USAGE
 from ballista.core.outcome import NO_ERROR, ErrorKind
@@ -403,3 +406,36 @@ async def test_user_situations_are_one_line_and_exit_2(
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may bind privileged ports")
 def test_privileged_port_is_one_line_and_exit_2() -> None:
     _assert_one_line(["run", URL, "-n", "1", "--metrics-port", "1"], "Permission denied")
+
+
+async def test_an_alpn_probe_that_dies_before_http2_begins_is_counted_not_fatal(
+    nursery: trio.Nursery, tls_files: TlsFiles
+) -> None:
+    # TLS with ALPN h2, then the server hangs up before its SETTINGS: the probe the
+    # engine opened to learn the protocol dies while being adopted.
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls_files.certfile, tls_files.keyfile)
+    ctx.set_alpn_protocols(["h2"])
+    listeners = await trio.open_ssl_over_tcp_listeners(0, ctx, host="127.0.0.1")
+    tcp = listeners[0].transport_listener
+    assert isinstance(tcp, trio.SocketListener)
+    port = tcp.socket.getsockname()[1]
+    accepted = 0
+
+    async def hang_up(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        nonlocal accepted
+        accepted += 1
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.do_handshake()
+        await trio.aclose_forcefully(stream)
+
+    await nursery.start(trio.serve_listeners, hang_up, listeners)
+    argv = ["run", f"https://127.0.0.1:{port}/", "-n", "3", "-c", "1"]
+    argv += ["--cacert", tls_files.ca_path, "--timeout", "2s"]
+    ns = build_parser(argv).parse_args(argv)
+    engine = Engine(config_from_args(ns))
+    with trio.fail_after(20):
+        final = await engine.run()
+    assert final.requests == final.errors == 3
+    assert {k: v for k, v in final.errors_by_kind.items() if v} == {"reset": 3}
+    assert accepted == 4  # the probe, then one connection per request

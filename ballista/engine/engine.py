@@ -440,7 +440,13 @@ class Engine:
             if http2:
                 h2c = H2Connection(origin, ssl_context, recorder, nursery)
                 if i == 0 and probe is not None:
-                    await h2c.adopt(probe)
+                    try:
+                        with trio.fail_after(self.config.timeout):
+                            await h2c.adopt(probe)
+                    except TARGET_FAILURES:
+                        # The probe died (or the server never sent SETTINGS) before
+                        # HTTP/2 began: this connection opens afresh on its first request.
+                        await close_quietly(probe.stream)
                 pool.append(h2c)
             else:
                 h1c = H1Connection(origin, ssl_context, recorder)
