@@ -202,18 +202,6 @@ def _sole_leaf(exc: BaseException) -> BaseException | None:
     (and `exc` itself when it is no group)."""
     while isinstance(exc, BaseExceptionGroup):
         if len(exc.exceptions) != 1:
-            return _common_ballista_error(exc)
+            return None
         exc = exc.exceptions[0]
     return exc
-
-
-def _common_ballista_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """Several listeners may fail at once (e.g. every one of a host's addresses):
-    report the first BallistaError when the group holds nothing but those."""
-    rest = group.split(BallistaError)[1]
-    if rest is not None:
-        return None
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
