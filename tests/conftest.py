@@ -100,3 +100,8 @@ async def h2_rst_server(nursery: trio.Nursery) -> FaultServer:
 @pytest.fixture
 async def h2_goaway_server(nursery: trio.Nursery) -> FaultServer:
     return await servers.start_h2_goaway_server(nursery)
+
+
+@pytest.fixture
+async def h2_bad_status_server(nursery: trio.Nursery) -> FaultServer:
+    return await servers.start_h2_bad_status_server(nursery)

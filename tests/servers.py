@@ -332,17 +332,22 @@ async def _serve_h2(
     server: FaultServer,
     on_request: Callable[[h2.connection.H2Connection, int], bool],
     on_answered: Callable[[h2.connection.H2Connection, int], bool],
+    *,
+    status: bytes = b"200",
 ) -> None:
     """Drive one h2c server connection with the h2 state machine.
 
     `on_request(conn, stream_id)` runs when a request's headers arrive and returns
     True to answer it; `on_answered(conn, stream_id)` runs after a stream was
     answered and returns True to end the connection (after sending what the
-    connection queued, e.g. a GOAWAY).
+    connection queued, e.g. a GOAWAY). Answers carry `status`, sent unchecked.
     """
     conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=False, header_encoding=None)
+        h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False
+        )
     )
+    answer = [(b":status", status), *H2_OK_HEADERS[1:]]
     conn.initiate_connection()
     await stream.send_all(conn.data_to_send())
     wanted: set[int] = set()
@@ -368,7 +373,7 @@ async def _serve_h2(
                     pass  # data still in flight on a stream we reset
             if isinstance(event, h2.events.StreamEnded) and event.stream_id in wanted:
                 wanted.discard(event.stream_id)
-                conn.send_headers(event.stream_id, H2_OK_HEADERS)
+                conn.send_headers(event.stream_id, answer)
                 conn.send_data(event.stream_id, b"ok\n", end_stream=True)
                 server.answered += 1
                 finish = on_answered(conn, event.stream_id)
@@ -376,6 +381,19 @@ async def _serve_h2(
         if finish:
             await _close_gracefully(stream)
             return
+
+
+async def start_h2_bad_status_server(nursery: trio.Nursery) -> FaultServer:
+    """h2c server that answers every stream with `:status: abc`: a malformed response
+    (h2 leaves inbound headers unvalidated for speed; Ballista must not) -> `protocol`."""
+    server = FaultServer("h2_bad_status_server", ErrorKind.PROTOCOL)
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await _serve_h2(
+            stream, server, lambda conn, sid: True, lambda conn, sid: False, status=b"abc"
+        )
+
+    return await _listen(nursery, server, handle)
 
 
 async def start_h2_rst_server(nursery: trio.Nursery, *, refuse_every: int = 2) -> FaultServer:

@@ -267,6 +267,13 @@ async def test_h2_goaway(h2_goaway_server: FaultServer) -> None:
     assert final.connections_opened >= 2
 
 
+async def test_h2_malformed_status_is_a_protocol_error(h2_bad_status_server: FaultServer) -> None:
+    _, final = await run(h2_bad_status_server.url, "--http2", "-n", "3", "-c", "1")
+    assert kinds(final) == {"protocol": 3}
+    # The malformed answer ends its connection: each request opened a new one.
+    assert h2_bad_status_server.connections == 3
+
+
 async def test_target_errors_are_failed_not_errors(target: RunningTarget) -> None:
     _, final = await run(target.url_for("/?status=503"), "-n", "10", "-c", "2")
     assert final.responses == 10

@@ -209,7 +209,7 @@ class H2Connection:
                             for name, value in event.headers:  # type: ignore[attr-defined]
                                 st.received += len(name) + len(value)
                                 if name == b":status":
-                                    st.status = int(value)
+                                    st.status = _status(value)
                                 elif name == b"retry-after":
                                     self.retry_after = parse_retry_after(value)
                     elif cls is h2.events.StreamEnded:
@@ -378,3 +378,11 @@ class H2Connection:
                 continue
             chunk, view = view[:window], view[window:]
             conn.send_data(sid, bytes(chunk), end_stream=not view)
+
+
+def _status(value: bytes) -> int:
+    """A response's :status; anything but three digits is the server's protocol error
+    (inbound headers are not validated by h2, for speed)."""
+    if len(value) != 3 or not value.isdigit():
+        raise ProtocolViolation(f"invalid :status {value[:20]!r}")
+    return int(value)
