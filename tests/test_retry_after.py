@@ -31,7 +31,9 @@ def test_parse_http_date() -> None:
     assert parse_retry_after(past) == 0.0
 
 
-@pytest.mark.parametrize("value", [b"soon", b"-5", b"", b"1.5", b"Mon, 99 Foo 2026"])
+@pytest.mark.parametrize(
+    "value", [b"soon", b"-5", b"", b"1.5", b"Mon, 99 Foo 2026", "²".encode("latin-1")]
+)
 def test_unreadable_values_are_ignored(value: bytes) -> None:
     assert parse_retry_after(value) is None
 

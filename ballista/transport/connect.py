@@ -42,7 +42,8 @@ MAX_RETRY_AFTER = 300.0
 def parse_retry_after(value: bytes) -> float | None:
     """`Retry-After: 120` or an HTTP date -> seconds from now (None if unreadable)."""
     text = value.decode("latin-1").strip()
-    if text.isdigit():
+    # isascii: "²" (a Latin-1 byte) is a digit to str.isdigit() but not to float().
+    if text.isascii() and text.isdigit():
         return min(float(text), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(text)
