@@ -403,9 +403,18 @@ async def test_user_situations_are_one_line_and_exit_2(
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may bind privileged ports")
 def test_privileged_port_is_one_line_and_exit_2() -> None:
-    _assert_one_line(["run", URL, "-n", "1", "--metrics-port", "1"], "Permission denied")
+    # Root may bind port 1: run as `nobody` without capabilities, as a user would.
+    unprivileged: list[str] = []
+    if os.geteuid() == 0:
+        unprivileged = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        unprivileged += ["--inh-caps=-all", "--bounding-set=-all"]
+    proc = _run([*unprivileged, *BALLISTA, "run", URL, "-n", "1", "--metrics-port", "1"])
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ballista: error: "), lines[0]
+    assert "Permission denied" in lines[0], lines[0]
 
 
 async def test_an_alpn_probe_that_dies_before_http2_begins_is_counted_not_fatal(
