@@ -7,6 +7,9 @@ at most `points_per_level` rows, and the two oldest rows of a full level merge
 into one row of the next level (twice as wide). Storage per run is bounded by
 `points_per_level * levels`, and levels grow with the logarithm of run length.
 A finished run's summary is final: a trigger refuses any later change.
+Writes go through one connection, reads through another (WAL mode), so a read
+never waits for a write in progress. A file that is not a Ballista database is
+refused, never changed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ballista.core.errors import ConfigError
 
 SCHEMA_VERSION = 1
 
@@ -240,10 +245,53 @@ def _point_values(run_id: str, level: int, p: Point) -> tuple[Any, ...]:
     )
 
 
+def _statements(script: str) -> Iterator[str]:
+    """A script's statements one by one: `executescript` would commit the
+    transaction they must run in."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+
+
+class StoreError(ConfigError):
+    """The database file cannot be used: one line naming the file and why."""
+
+
+def _inspect(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a file that is not (or not yet) a Ballista database, before anything
+    writes to it: its tables if it has some but not ours, a newer schema."""
+    try:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        version = None
+        if "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            version = None if row is None else row[0]
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"{path}: cannot open: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise StoreError(f"{path}: not a Ballista database (not an SQLite file)") from None
+        raise StoreError(f"{path}: damaged database: {exc}") from None
+    if version is None:
+        if tables:
+            names = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
+            raise StoreError(f"{path}: not a Ballista database (it has tables {names})")
+        return
+    if str(version) != str(SCHEMA_VERSION):
+        raise StoreError(
+            f"{path}: written by another version of Ballista "
+            f"(schema {version}; this one knows {SCHEMA_VERSION})"
+        )
+
+
 class Store:
-    """SQLite under the data dir. Synchronous and small: each call is one short
-    transaction (well under a millisecond on a local disk), made at most once per
-    interval per run, so the daemon calls it from its trio thread directly."""
+    """SQLite under the data dir. Synchronous: each call is one short transaction
+    or one query. Callers on an event loop call it from worker threads (the
+    daemon's History does); writes take turns on one connection, reads take turns
+    on another and see the last committed state, whatever a write is doing."""
 
     def __init__(
         self,
@@ -255,26 +303,61 @@ class Store:
         self.path = Path(path)
         self.points_per_level = max(2, points_per_level)
         self._clock = clock
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        # One connection, used from the daemon's thread and its writer threads:
-        # transactions and reads take turns, so no read sees half a transaction.
+        if self.path.exists() and not self.path.is_file():
+            kind = "a directory" if self.path.is_dir() else "not a regular file"
+            raise StoreError(f"{self.path}: not a Ballista database (it is {kind})")
+        self._db = self._connect()
+        try:
+            _inspect(self._db, self.path)
+            self._setup()
+            self._reader = self._connect()
+            self._reader.execute("PRAGMA query_only=ON")
+            self._reader.execute("PRAGMA cache_size=-512")
+        except BaseException:
+            self._db.close()
+            raise
         self._lock = threading.Lock()
-        # WAL + synchronous=NORMAL: a committed interval survives a killed
-        # process (only a power loss may drop the newest transactions).
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        # A small page cache (512 KiB): writes touch the newest rows only, and the
-        # daemon's memory must not grow with the database (SQLite's default is 2 MiB).
-        self._db.execute("PRAGMA cache_size=-512")
-        self._db.executescript(_DDL)
-        with self._tx() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        self._read_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            return sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open: {exc}") from None
+
+    def _setup(self) -> None:
+        db = self._db
+        try:
+            # WAL + synchronous=NORMAL: a committed interval survives a killed
+            # process (only a power loss may drop the newest transactions), and
+            # readers see the last commit while a write is in progress.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            # A small page cache (512 KiB): writes touch the newest rows only, and the
+            # daemon's memory must not grow with the database (SQLite's default is 2 MiB).
+            db.execute("PRAGMA cache_size=-512")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # Checked again under the write lock: another process may have
+                # created tables since the first look.
+                _inspect(db, self.path)
+                for statement in _statements(_DDL):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open: {exc}") from None
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
 
@@ -288,11 +371,16 @@ class Store:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
+            self._commit(db)
+
+    def _commit(self, db: sqlite3.Connection) -> None:
+        # Where a write meets the disk (the WAL append and, with it, any fsync):
+        # the step a slow or stalled disk makes slow.
+        db.execute("COMMIT")
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
 
     # -- runs -----------------------------------------------------------------
 
