@@ -28,9 +28,10 @@ from helpers import free_port, wait_until
 from servers import FaultServer, RunningTarget
 from trio_websocket import open_websocket_url
 
+from ballista.cli.serve import options_from_args
 from ballista.core.config import LoadSpec, RequestSpec, RunConfig, parse_url
 from ballista.core.errors import ConfigError
-from ballista.daemon.daemon import Daemon, ServeOptions, options_from_args
+from ballista.daemon.service import Daemon, ServeOptions
 from ballista.daemon.store import Store
 from ballista.engine.engine import Engine
 

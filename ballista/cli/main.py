@@ -126,9 +126,9 @@ def _watch() -> _Command:
 
 
 def _serve() -> _Command:
-    from ballista.daemon import daemon
+    from ballista.cli import serve
 
-    return daemon
+    return serve
 
 
 def _runs() -> _Command:

@@ -1,6 +1,7 @@
 """The daemon's HTTP face: the JSON API under /api/, /metrics and the live page,
-with bearer-token checks. It answers from the Daemon's runs and store; it owns
-no state of its own."""
+with bearer-token checks. It answers from the runs (through `RunControl`) and the
+history; it owns no state of its own, and never waits for the disk on the trio
+thread."""
 
 from __future__ import annotations
 
@@ -11,20 +12,44 @@ import logging
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
 
 from ballista import __version__
 from ballista.core.errors import ConfigError
 from ballista.core.runmeta import iso_utc
+from ballista.daemon.history import History
+from ballista.daemon.runs import RunRefused
 from ballista.daemon.store import ACTIVE_STATES, RunRow
 from ballista.observe.httpserver import Request, Response
 
-if TYPE_CHECKING:
-    from ballista.daemon.daemon import Daemon
-
 log = logging.getLogger("ballista.daemon")
+
+
+class LiveRun(Protocol):
+    """A run as the API sees it while the daemon holds it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def active(self) -> bool: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def summary(self) -> Mapping[str, Any] | None: ...
+
+
+class RunControl(Protocol):
+    """What the API asks of the runs: all it may see and do."""
+
+    @property
+    def max_runs(self) -> int: ...
+    def get(self, run_id: str) -> LiveRun | None: ...
+    def active_runs(self) -> Sequence[LiveRun]: ...
+    async def start_run(self, doc: Mapping[str, Any]) -> LiveRun: ...
+    def stop_run(self, run_id: str) -> None: ...
 
 
 class ApiError(Exception):
@@ -34,6 +59,34 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.field = field
+
+
+#: A refused run as HTTP: (status, the field it is about).
+_REFUSED: dict[str, tuple[int, str | None]] = {
+    "busy": (409, "name"),
+    "full": (429, None),
+    "closing": (503, None),
+    "inactive": (409, None),
+}
+
+
+def token_ok(token: str | None, headers: Sequence[tuple[str, str]], query: str = "") -> bool:
+    """Whether a request carries the bearer token (header or `?token=`); True without one."""
+    if not token:
+        return True
+    for name, value in headers:
+        if name.lower() == "authorization":
+            scheme, _, given = value.partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), token.encode()
+            ):
+                return True
+    from urllib.parse import parse_qs
+
+    for given in parse_qs(query).get("token", []):
+        if hmac.compare_digest(given.encode(), token.encode()):
+            return True
+    return False
 
 
 def parse_scenario_body(body: bytes, content_type: str) -> dict[str, Any]:
@@ -63,49 +116,51 @@ def parse_scenario_body(body: bytes, content_type: str) -> dict[str, Any]:
 
 
 class DaemonApi:
-    """Routes for the daemon's HTTP listener, answered from `daemon`."""
+    """Routes for the daemon's HTTP listener."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(
+        self,
+        runs: RunControl,
+        history: History,
+        *,
+        registry: CollectorRegistry,
+        token: str | None,
+        started: float,
+    ) -> None:
+        self.runs = runs
+        self.history = history
+        self.registry = registry
+        self.token = token
+        self.started = started
+        #: the live stream's port once it listens (the page and run links name it)
+        self.live_port: int | None = None
 
     def authorized(self, headers: Sequence[tuple[str, str]], query: str = "") -> bool:
-        token = self.daemon.options.token
-        if not token:
-            return True
-        for name, value in headers:
-            if name.lower() == "authorization":
-                scheme, _, given = value.partition(" ")
-                if scheme.lower() == "bearer" and hmac.compare_digest(
-                    given.strip().encode(), token.encode()
-                ):
-                    return True
-        from urllib.parse import parse_qs
-
-        for given in parse_qs(query).get("token", []):
-            if hmac.compare_digest(given.encode(), token.encode()):
-                return True
-        return False
+        return token_ok(self.token, headers, query)
 
     def routes(self) -> dict[str, Any]:
         routes: dict[str, Any] = {"/api/": self._api, "/metrics": self.metrics}
-        if self.daemon.live_port is not None:
+        if self.live_port is not None:
             from ballista.observe.live import page_routes
 
             try:
-                routes.update(page_routes(self.daemon.live_port))
+                routes.update(page_routes(self.live_port))
             except OSError:
                 log.warning("live page files are missing: / is not served")
         return routes
 
     def metrics(self, request: Request) -> Response:
         encoder, content_type = choose_encoder(request.header("accept"))
-        return Response(200, [("content-type", content_type)], encoder(self.daemon.registry))
+        return Response(200, [("content-type", content_type)], encoder(self.registry))
 
     async def _api(self, request: Request) -> Response:
         try:
             return await self._dispatch(request)
         except ApiError as exc:
             return _json(exc.status, _error(str(exc), exc.field))
+        except RunRefused as exc:
+            status, field = _REFUSED[exc.reason]
+            return _json(status, _error(str(exc), field))
         except ConfigError as exc:
             return _json(400, _error(str(exc), exc.key))
 
@@ -121,22 +176,23 @@ class DaemonApi:
             )
         if parts == ["runs"]:
             if method == "GET":
-                return _json(200, {"runs": [self.brief(r) for r in self._rows()]})
+                rows = await self.history.list_runs(limit=1000)
+                return _json(200, {"runs": [self.brief(r) for r in rows]})
             _allow(method, "POST")
             doc = parse_scenario_body(request.body, request.header("content-type"))
-            handle = self.daemon.start_run(doc)
-            return _json(201, {"id": handle.id, "run": self.describe(handle.id)})
+            handle = await self.runs.start_run(doc)
+            return _json(201, {"id": handle.id, "run": await self.describe(handle.id)})
         if len(parts) == 2 and parts[0] == "runs":
             _allow(method, "GET")
-            described = self.describe(parts[1], points="points" in request.query)
+            described = await self.describe(parts[1], points="points" in request.query)
             if described is None:
                 raise ApiError(404, f"no run {parts[1]!r}", field="id")
             return _json(200, described)
         if len(parts) == 3 and parts[0] == "runs" and parts[2] == "stop":
             _allow(method, "POST")
-            if self.daemon.store is None or self.daemon.store.get_run(parts[1]) is None:
+            if await self.history.get_run(parts[1]) is None:
                 raise ApiError(404, f"no run {parts[1]!r}", field="id")
-            self.daemon.stop_run(parts[1])
+            self.runs.stop_run(parts[1])
             return _json(202, {"id": parts[1], "status": "stopping"})
         raise ApiError(404, f"no such endpoint: {request.path}")
 
@@ -144,21 +200,17 @@ class DaemonApi:
         return {
             "status": "ok",
             "version": __version__,
-            "uptime_s": round(time.time() - self.daemon.started, 3),
-            "runs_active": len(self.daemon.active_runs()),
-            "max_runs": self.daemon.options.max_runs,
+            "uptime_s": round(time.time() - self.started, 3),
+            "runs_active": len(self.runs.active_runs()),
+            "max_runs": self.runs.max_runs,
         }
 
-    def _rows(self) -> list[RunRow]:
-        assert self.daemon.store is not None
-        return self.daemon.store.list_runs(limit=1000)
-
     def brief(self, row: RunRow) -> dict[str, Any]:
-        handle = self.daemon.runs.get(row.id)
+        handle = self.runs.get(row.id)
         status = row.status
         summary = row.summary
         if handle is not None and handle.active:
-            status = "stopping" if handle.end_status is not None else "running"
+            status = "stopping" if handle.stopping else "running"
             summary = handle.summary or summary
         return {
             "id": row.id,
@@ -178,20 +230,18 @@ class DaemonApi:
             "error_rate": (summary or {}).get("error_rate", 0.0),
         }
 
-    def describe(self, run_id: str, *, points: bool = False) -> dict[str, Any] | None:
-        store = self.daemon.store
-        assert store is not None
-        row = store.get_run(run_id)
+    async def describe(self, run_id: str, *, points: bool = False) -> dict[str, Any] | None:
+        row = await self.history.get_run(run_id)
         if row is None:
             return None
         out = self.brief(row)
-        handle = self.daemon.runs.get(run_id)
+        handle = self.runs.get(run_id)
         summary = row.summary
         if handle is not None and handle.active:
             summary = handle.summary or summary
         out["scenario"] = row.scenario_public
         out["summary"] = summary
-        segments = store.segments(run_id)
+        segments = await self.history.segments(run_id)
         if handle is not None and handle.active and summary is not None:
             segments[-1]["requests"] = summary.get("requests")
             segments[-1]["duration_s"] = summary.get("duration_s")
@@ -201,10 +251,10 @@ class DaemonApi:
             "requests": sum(s["requests"] or 0 for s in segments),
             "duration_s": round(sum(s["duration_s"] or 0.0 for s in segments), 3),
         }
-        if self.daemon.live_port is not None:
+        if self.live_port is not None:
             out["live"] = f"/runs/{run_id}"
         if points:
-            out["points"] = [p.as_dict() for p in store.points(run_id)]
+            out["points"] = [p.as_dict() for p in await self.history.points(run_id)]
         return out
 
 
