@@ -8,11 +8,13 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 import urllib.error
@@ -263,6 +265,127 @@ async def test_run_limit(nursery: trio.Nursery, tmp_path: Path, target: RunningT
     status, doc = await api(d.port, "POST", "/api/runs", scenario(target, name="b"))
     assert status == 429
     assert "limit is 1" in doc["error"]
+
+
+# -- the disk: a stall stalls nothing else; a file that is not ours is refused ---------------
+
+
+class StallingStore(Store):
+    """A store whose commits, once `armed`, wait for `release`: a disk that stops
+    answering mid-write. It notes every thread that runs SQLite."""
+
+    def __init__(self, path: Path) -> None:
+        self.threads = {threading.get_ident()}
+        self.armed = False
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        super().__init__(path)
+
+    def _commit(self, db: sqlite3.Connection) -> None:
+        self.threads.add(threading.get_ident())
+        if self.armed:
+            self.stalled.set()
+            self.release.wait(60)
+        super()._commit(db)
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        self.threads.add(threading.get_ident())
+        return super()._read(sql, args)
+
+
+async def test_a_stalled_disk_delays_no_engine_no_read_and_loses_nothing(
+    nursery: trio.Nursery, tmp_path: Path, target: RunningTarget
+) -> None:
+    stores: list[StallingStore] = []
+
+    def open_store(path: Path) -> Store:
+        stores.append(StallingStore(path))
+        return stores[-1]
+
+    d = Daemon(
+        ServeOptions(port=0, live_port=0, data_dir=tmp_path, grace=0.5), open_store=open_store
+    )
+    await nursery.start(d.serve)
+    (store,) = stores
+    port, live_port = d.port, d.live_port
+    assert port is not None and live_port is not None
+    _, a = await api(port, "POST", "/api/runs", scenario(target, name="a", duration="30s"))
+    _, b = await api(port, "POST", "/api/runs", scenario(target, name="b", duration="30s"))
+    store.armed = True
+    try:
+        # a write is now stuck inside its transaction, holding the write lock
+        assert await trio.to_thread.run_sync(store.stalled.wait, 10)
+        # the disk stays stalled until released (60 s): each answer below comes in spite of it
+        with trio.fail_after(15):
+            status, health = await api(port, "GET", "/api/health")
+            assert (status, health["runs_active"]) == (200, 2)
+            status, listed = await api(port, "GET", "/api/runs")
+            assert status == 200
+            assert {r["id"] for r in listed["runs"]} == {a["id"], b["id"]}
+            status, shown = await api(port, "GET", f"/api/runs/{a['id']}?points")
+            assert status == 200
+            assert shown["status"] == "running"
+            before = shown["summary"]["requests"]
+            # both engines go on: run b's intervals reach its live stream...
+            snapshots = 0
+            async with open_websocket_url(f"ws://127.0.0.1:{live_port}/runs/{b['id']}") as ws:
+                while snapshots < 3:
+                    if json.loads(await ws.get_message())["type"] == "snapshot":
+                        snapshots += 1
+            # ...and run a's figures keep growing, in memory while the disk is away
+            _, shown = await api(port, "GET", f"/api/runs/{a['id']}")
+            assert shown["summary"]["requests"] > before
+            assert (await api(port, "GET", "/metrics"))[0] == 200
+        assert not store.release.is_set()
+    finally:
+        store.release.set()
+    # the disk is back: what the engines did while it was away is all written
+    assert (await api(port, "POST", f"/api/runs/{a['id']}/stop"))[0] == 202
+    final = await wait_status(port, a["id"], "stopped")
+    _, with_points = await api(port, "GET", f"/api/runs/{a['id']}?points")
+    assert sum(p["requests"] for p in with_points["points"]) == final["summary"]["requests"]
+    # and no SQLite call, read or write, ran on the trio thread
+    assert threading.get_ident() not in store.threads
+    assert len(store.threads) >= 2
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "a directory", "another database"])
+async def test_a_file_that_is_not_a_ballista_database_is_refused_untouched(
+    kind: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = data / "ballista.db"
+    if kind == "random bytes":
+        db.write_bytes(random.Random(7).randbytes(8192))
+        why = "not a Ballista database (not an SQLite file)"
+    elif kind == "a directory":
+        db.mkdir()
+        (db / "notes.txt").write_text("mine")
+        why = "not a Ballista database (it is a directory)"
+    else:
+        other = sqlite3.connect(db)
+        other.executescript(
+            "CREATE TABLE users (id INTEGER); CREATE TABLE orders (id INTEGER, runs TEXT);"
+            "INSERT INTO users VALUES (1);"
+        )
+        other.close()
+        why = "not a Ballista database (it has tables orders, users)"
+    before = _tree(data)
+    cmd = [sys.executable, "-m", "ballista", "serve", "--port", "0", "--live-port", "0"]
+    result = await trio.run_process(
+        [*cmd, "--data-dir", str(data)], capture_stderr=True, check=False
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode() == f"ballista: error: {db}: {why}\n"
+    assert _tree(data) == before
 
 
 # -- token and redaction ---------------------------------------------------------------------

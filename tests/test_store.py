@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
-from ballista.daemon.store import Point, Store, merge_points
+from ballista.daemon.store import Point, Store, StoreError, merge_points
 
 
 class FakeClock:
@@ -142,3 +143,66 @@ def test_restart_marks_active_runs_interrupted_and_resumes_segments(tmp_path: Pa
     assert [p.seg for p in store.points("soak1")] == [1, 2]
     with pytest.raises(ValueError, match="not interrupted"):
         store.resume_run("soak1")
+
+
+def test_reads_see_the_last_commit_while_a_write_is_stuck(tmp_path: Path) -> None:
+    class StuckCommit(Store):
+        def __init__(self, path: Path) -> None:
+            self.entered = threading.Event()
+            self.release = threading.Event()
+            self.hold = False
+            super().__init__(path)
+
+        def _commit(self, db: sqlite3.Connection) -> None:
+            if self.hold:
+                self.entered.set()
+                self.release.wait(30)
+            super()._commit(db)
+
+    store = StuckCommit(tmp_path / "runs.db")
+    new_run(store)
+    store.record_interval("r1", point(0.0), {"requests": 10})
+    store.hold = True
+    writer = threading.Thread(
+        target=store.record_interval, args=("r1", point(1.0), {"requests": 20})
+    )
+    writer.start()
+    try:
+        assert store.entered.wait(10)
+        # the write holds SQLite's write lock, its rows not committed: reads go on,
+        # and see the state before it
+        run = store.get_run("r1")
+        assert run is not None
+        assert run.summary == {"requests": 10}
+        assert [p.t_start for p in store.points("r1")] == [0.0]
+        assert [r.id for r in store.list_runs()] == ["r1"]
+        assert store.segments("r1")[0]["requests"] == 10
+    finally:
+        store.release.set()
+        writer.join(10)
+    assert not writer.is_alive()
+    run = store.get_run("r1")
+    assert run is not None
+    assert run.summary == {"requests": 20}
+    assert store.point_count("r1") == 2
+
+
+def test_a_database_of_another_schema_version_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"runs\.db: written by another version of Ballista"):
+        Store(path)
+    assert path.read_bytes() == before
+
+
+def test_an_empty_file_becomes_a_new_database(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    path.write_bytes(b"")
+    store = Store(path)
+    new_run(store)
+    assert [r.id for r in store.list_runs()] == ["r1"]
