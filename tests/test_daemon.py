@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import servers
 import trio
+from disks import StallingStore
 from helpers import free_port, wait_until
 from servers import FaultServer, RunningTarget
 from trio_websocket import open_websocket_url
@@ -268,29 +269,6 @@ async def test_run_limit(nursery: trio.Nursery, tmp_path: Path, target: RunningT
 
 
 # -- the disk: a stall stalls nothing else; a file that is not ours is refused ---------------
-
-
-class StallingStore(Store):
-    """A store whose commits, once `armed`, wait for `release`: a disk that stops
-    answering mid-write. It notes every thread that runs SQLite."""
-
-    def __init__(self, path: Path) -> None:
-        self.threads = {threading.get_ident()}
-        self.armed = False
-        self.stalled = threading.Event()
-        self.release = threading.Event()
-        super().__init__(path)
-
-    def _commit(self, db: sqlite3.Connection) -> None:
-        self.threads.add(threading.get_ident())
-        if self.armed:
-            self.stalled.set()
-            self.release.wait(60)
-        super()._commit(db)
-
-    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        self.threads.add(threading.get_ident())
-        return super()._read(sql, args)
 
 
 async def test_a_stalled_disk_delays_no_engine_no_read_and_loses_nothing(

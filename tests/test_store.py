@@ -8,7 +8,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import trio
+from disks import StallingStore
 
+from ballista.daemon.history import History, IntervalQueue
 from ballista.daemon.store import Point, Store, StoreError, merge_points
 
 
@@ -146,29 +149,16 @@ def test_restart_marks_active_runs_interrupted_and_resumes_segments(tmp_path: Pa
 
 
 def test_reads_see_the_last_commit_while_a_write_is_stuck(tmp_path: Path) -> None:
-    class StuckCommit(Store):
-        def __init__(self, path: Path) -> None:
-            self.entered = threading.Event()
-            self.release = threading.Event()
-            self.hold = False
-            super().__init__(path)
-
-        def _commit(self, db: sqlite3.Connection) -> None:
-            if self.hold:
-                self.entered.set()
-                self.release.wait(30)
-            super()._commit(db)
-
-    store = StuckCommit(tmp_path / "runs.db")
+    store = StallingStore(tmp_path / "runs.db")
     new_run(store)
     store.record_interval("r1", point(0.0), {"requests": 10})
-    store.hold = True
+    store.armed = True
     writer = threading.Thread(
         target=store.record_interval, args=("r1", point(1.0), {"requests": 20})
     )
     writer.start()
     try:
-        assert store.entered.wait(10)
+        assert store.stalled.wait(10)
         # the write holds SQLite's write lock, its rows not committed: reads go on,
         # and see the state before it
         run = store.get_run("r1")
@@ -206,3 +196,26 @@ def test_an_empty_file_becomes_a_new_database(tmp_path: Path) -> None:
     store = Store(path)
     new_run(store)
     assert [r.id for r in store.list_runs()] == ["r1"]
+
+
+async def test_a_run_ending_mid_write_still_writes_every_queued_interval(tmp_path: Path) -> None:
+    """The run ends (its writer is cancelled) while the disk holds one interval:
+    that one and those queued behind it are written by the last flush, once each."""
+    store = StallingStore(tmp_path / "runs.db")
+    new_run(store)
+    history = History(store)
+    queue = IntervalQueue(history, "r1", lambda: {"requests": 50})
+    for i in range(5):
+        queue.put(point(float(i)))
+    store.armed = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.write_forever)
+        assert await trio.to_thread.run_sync(store.stalled.wait, 10)
+        nursery.cancel_scope.cancel()
+        store.armed = False
+        store.release.set()
+    await queue.flush()
+    assert [p.t_start for p in store.points("r1")] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    run = store.get_run("r1")
+    assert run is not None
+    assert run.summary == {"requests": 50}

@@ -145,18 +145,25 @@ class IntervalQueue:
             self._queue.append(point)
         self._queued.set()
 
-    def _take(self) -> list[Point]:
-        points, self._queue = self._queue, []
-        self._queued = trio.Event()
-        return points
-
     async def flush(self) -> None:
-        """Write what is queued now; the newest carries the summary as it is now."""
-        points = self._take()
-        summary = self._summary()
-        for i, point in enumerate(points):
-            last = i == len(points) - 1
-            await self._history.record_interval(self._run_id, point, summary if last else None)
+        """Write what is queued, oldest first; the newest carries the summary so far.
+
+        A point leaves the queue only once written, so a cancelled flush (the run
+        ended mid-batch) leaves the rest for the final one. Merging touches only
+        the newest of WRITE_QUEUE points, never the oldest being written."""
+        while self._queue:
+            last = len(self._queue) == 1
+            try:
+                await self._history.record_interval(
+                    self._run_id, self._queue[0], self._summary() if last else None
+                )
+            except Exception:
+                # Not written (the transaction rolled back) and not retried: a
+                # point the disk refuses must not block the ones behind it.
+                del self._queue[0]
+                raise
+            del self._queue[0]
+        self._queued = trio.Event()
 
     async def write_forever(self) -> None:
         while True:

@@ -262,7 +262,7 @@ class StoreError(ConfigError):
 
 def _inspect(db: sqlite3.Connection, path: Path) -> None:
     """Refuse a file that is not (or not yet) a Ballista database, before anything
-    writes to it: its tables if it has some but not ours, a newer schema."""
+    writes to it: a file with tables but not ours, or of another schema version."""
     try:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         version = None
