@@ -484,17 +484,6 @@ class Store:
             )
             level += 1
 
-    def set_status(self, run_id: str, status: str, *, reason: str | None = None) -> None:
-        """Mark a run `stopping` (still active): no summary change."""
-        if status not in ACTIVE_STATES:
-            raise ValueError(f"set_status is for active states, not {status!r}")
-        with self._tx() as db:
-            db.execute(
-                "UPDATE runs SET status = ?, reason = COALESCE(?, reason), updated_at = ?"
-                " WHERE id = ? AND status IN ('running', 'stopping')",
-                (status, reason, self._clock(), run_id),
-            )
-
     def end_run(
         self,
         run_id: str,
