@@ -93,6 +93,11 @@ async def tls_plaintext_server(nursery: trio.Nursery) -> FaultServer:
 
 
 @pytest.fixture
+async def tls_no_alpn_server(nursery: trio.Nursery) -> FaultServer:
+    return await servers.start_tls_no_alpn_server(nursery)
+
+
+@pytest.fixture
 async def h2_rst_server(nursery: trio.Nursery) -> FaultServer:
     return await servers.start_h2_rst_server(nursery)
 
@@ -105,3 +110,8 @@ async def h2_goaway_server(nursery: trio.Nursery) -> FaultServer:
 @pytest.fixture
 async def h2_bad_status_server(nursery: trio.Nursery) -> FaultServer:
     return await servers.start_h2_bad_status_server(nursery)
+
+
+@pytest.fixture
+async def h2_drain_server(nursery: trio.Nursery) -> FaultServer:
+    return await servers.start_h2_drain_server(nursery)

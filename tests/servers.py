@@ -24,6 +24,7 @@ import h2.events
 import h2.exceptions
 import trio
 import trustme
+from hyperframe.frame import GoAwayFrame
 
 from ballista.core.outcome import ErrorKind
 from ballista.target.app import TargetConfig, TargetStats, serve_target
@@ -304,6 +305,22 @@ async def start_tls_untrusted_server(nursery: trio.Nursery) -> FaultServer:
     return await _listen(nursery, server, handle, _foreign_tls_context())
 
 
+async def start_tls_no_alpn_server(nursery: trio.Nursery) -> FaultServer:
+    """HTTPS that ignores ALPN (selects nothing) and then waits in silence, as an
+    HTTP/1.1 server waiting for a request head would (its certificate needs
+    --insecure). A client that insists on HTTP/2 knows from the handshake that it
+    will not get it -> `protocol` at once, not a timeout."""
+    server = FaultServer("tls_no_alpn_server", ErrorKind.PROTOCOL, scheme="https")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        while await stream.receive_some(MAX_HEAD):
+            server.requests += 1
+
+    return await _listen(nursery, server, handle, ctx)
+
+
 async def start_tls_plaintext_server(nursery: trio.Nursery) -> FaultServer:
     """Plain TCP on a port the client treats as https: it reads the ClientHello and
     answers a plaintext HTTP 400, so the client's handshake fails at once
@@ -332,6 +349,7 @@ async def _serve_h2(
     server: FaultServer,
     on_request: Callable[[h2.connection.H2Connection, int], bool],
     on_answered: Callable[[h2.connection.H2Connection, int], bool],
+    before_send: Callable[[], bytes] = bytes,
     *,
     status: bytes = b"200",
 ) -> None:
@@ -341,6 +359,8 @@ async def _serve_h2(
     True to answer it; `on_answered(conn, stream_id)` runs after a stream was
     answered and returns True to end the connection (after sending what the
     connection queued, e.g. a GOAWAY). Answers carry `status`, sent unchecked.
+    `before_send()` gives raw bytes to put before what h2 queued, in the same
+    write (frames h2 itself would refuse).
     """
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(
@@ -377,7 +397,7 @@ async def _serve_h2(
                 conn.send_data(event.stream_id, b"ok\n", end_stream=True)
                 server.answered += 1
                 finish = on_answered(conn, event.stream_id)
-        await stream.send_all(conn.data_to_send())
+        await stream.send_all(before_send() + conn.data_to_send())
         if finish:
             await _close_gracefully(stream)
             return
@@ -455,6 +475,47 @@ async def start_h2_goaway_server(
     return await _listen(nursery, server, handle)
 
 
+async def start_h2_drain_server(nursery: trio.Nursery, *, after_streams: int = 3) -> FaultServer:
+    """h2c server that drains each connection as nginx does at keepalive_requests:
+    once `after_streams` requests arrived it sends GOAWAY(NO_ERROR, last_stream_id =
+    the last of them) and then, in the same write, answers those streams; then it
+    closes. Streams it ignored (`extra["ignored"]`) were never processed: a client
+    sends them again on a new connection, and nothing is an error."""
+    server = FaultServer("h2_drain_server", ErrorKind.GOAWAY)
+    server.extra["ignored"] = 0
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        accepted: list[int] = []
+        goaway = bytearray()
+        answered_here = 0
+
+        def on_request(conn: h2.connection.H2Connection, stream_id: int) -> bool:
+            if len(accepted) >= after_streams:
+                server.extra["ignored"] += 1
+                return False
+            accepted.append(stream_id)
+            if len(accepted) == after_streams:
+                # h2 would close its state machine on close_connection(): the frame
+                # is written by hand so that the answers can follow it.
+                goaway.extend(GoAwayFrame(0, last_stream_id=stream_id, error_code=0).serialize())
+                server.goaways += 1
+            return True
+
+        def on_answered(conn: h2.connection.H2Connection, stream_id: int) -> bool:
+            nonlocal answered_here
+            answered_here += 1
+            return answered_here == after_streams
+
+        def before_send() -> bytes:
+            out = bytes(goaway)
+            goaway.clear()
+            return out
+
+        await _serve_h2(stream, server, on_request, on_answered, before_send)
+
+    return await _listen(nursery, server, handle)
+
+
 #: Every fault server starter, by fixture name (the `closed_port` fixture is `helpers.free_port`).
 FAULT_SERVERS: dict[str, Callable[[trio.Nursery], Awaitable[FaultServer]]] = {
     "reset_server": start_reset_server,
@@ -463,6 +524,8 @@ FAULT_SERVERS: dict[str, Callable[[trio.Nursery], Awaitable[FaultServer]]] = {
     "close_immediately_server": start_close_immediately_server,
     "tls_untrusted_server": start_tls_untrusted_server,
     "tls_plaintext_server": start_tls_plaintext_server,
+    "tls_no_alpn_server": start_tls_no_alpn_server,
     "h2_rst_server": start_h2_rst_server,
     "h2_goaway_server": start_h2_goaway_server,
+    "h2_drain_server": start_h2_drain_server,
 }

@@ -243,6 +243,21 @@ async def test_plaintext_on_https_is_tls(tls_plaintext_server: FaultServer) -> N
     assert kinds(final) == {"tls": 4}
 
 
+async def test_http2_without_alpn_fails_at_once(tls_no_alpn_server: FaultServer) -> None:
+    """The handshake selected no protocol: HTTP/2 will not happen on that connection,
+    so --http2 requests fail as `protocol` at once instead of waiting for a SETTINGS
+    frame until the timeout, and the summary says what the server selected."""
+    engine, final = await run(
+        tls_no_alpn_server.url, "--http2", "--insecure", "-n", "4", "-c", "2", "--timeout", "10s"
+    )
+    assert kinds(final) == {"protocol": 4}
+    assert final.latency.max < 2.0
+    assert 1 <= tls_no_alpn_server.connections <= 4
+    # Nothing was sent on a connection that cannot carry HTTP/2.
+    assert tls_no_alpn_server.requests == 0
+    assert any("over ALPN (it selected no protocol)" in note for note in engine.notes())
+
+
 async def test_unknown_host_is_dns() -> None:
     _, final = await run("http://nonexistent.invalid/", "-n", "3", "-c", "1")
     assert kinds(final) == {"dns": 3}
@@ -272,6 +287,19 @@ async def test_h2_malformed_status_is_a_protocol_error(h2_bad_status_server: Fau
     assert kinds(final) == {"protocol": 3}
     # The malformed answer ends its connection: each request opened a new one.
     assert h2_bad_status_server.connections == 3
+
+
+async def test_h2_graceful_goaway_finishes_and_retries(h2_drain_server: FaultServer) -> None:
+    """GOAWAY(NO_ERROR) read together with the answers that follow it: the streams the
+    server took end well, the ones it ignored are sent again, and nothing is an error."""
+    server = h2_drain_server
+    _, final = await run(server.url, "--http2", "-n", "30", "-c", "5")
+    assert kinds(final) == {}
+    assert final.requests == final.responses == server.answered == 30
+    assert final.status_codes == {200: 30}
+    # Five workers, three streams a connection: all but the last ignored two.
+    assert server.extra["ignored"] >= 2 * (server.goaways - 1)
+    assert final.connections_opened == server.connections == server.goaways == 10
 
 
 async def test_target_errors_are_failed_not_errors(target: RunningTarget) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 from interop import (
+    ECHO,
     MODES,
     SERVERS,
     SMALL,
@@ -60,16 +61,8 @@ async def assert_matches_log(server: RealServer, final: Snapshot, mode: str) -> 
     assert connections == final.connections_opened
 
 
-def _known_broken(name: str, mode: str) -> pytest.MarkDecorator | tuple[()]:
-    if name == "nginx" and mode.startswith("h2"):
-        return pytest.mark.xfail(reason="issue 11: nginx's graceful GOAWAY", strict=True)
-    return ()
-
-
-@pytest.mark.parametrize(
-    ("name", "mode"),
-    [pytest.param(n, m, marks=_known_broken(n, m)) for n in SERVERS for m in MODES],
-)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", SERVERS)
 async def test_counts_match_the_access_log(
     nursery: trio.Nursery, tmp_path: Path, tls_files: TlsFiles, name: str, mode: str
 ) -> None:
@@ -80,3 +73,101 @@ async def test_counts_match_the_access_log(
     assert final.requests == final.responses == n
     assert final.status_codes == {200: n}
     await assert_matches_log(server, final, mode)
+
+
+@pytest.mark.parametrize("mode", ["h2c", "h2-tls"])
+async def test_nginx_graceful_goaway_under_concurrency(
+    nursery: trio.Nursery, tmp_path: Path, tls_files: TlsFiles, mode: str
+) -> None:
+    """nginx ends each HTTP/2 connection after 1,000 requests (keepalive_requests) with
+    GOAWAY(NO_ERROR): the streams it took complete, the others go to a fresh connection."""
+    server = await start_server(nursery, "nginx", mode, tmp_path, tls_files)
+    n = 4500
+    final = await run(
+        server, SMALL, "--http2", "-n", str(n), "-c", "100", "--connections", "4", tls=tls_files
+    )
+    assert final.requests == final.responses == n
+    assert final.status_codes == {200: n}
+    await assert_matches_log(server, final, mode)
+    # At most 1,000 requests per connection: at least five of them.
+    assert final.connections_opened >= 5
+
+
+#: What each server answers to a POST of a body it does not read.
+EARLY_ANSWER = {
+    "nginx": (ECHO, 200),
+    "apache": (SMALL, 200),
+    "h2o": (SMALL, 405),
+    "caddy": (ECHO, 200),
+}
+
+
+def _early_cases() -> list[object]:
+    cases: list[object] = []
+    for name in SERVERS:
+        for mode in ("h2c", "h2-tls", "http1"):
+            marks: tuple[pytest.MarkDecorator, ...] = ()
+            if (name, mode) == ("caddy", "http1"):
+                marks = (
+                    pytest.mark.xfail(
+                        reason="HTTP/1.1 sends the whole body before reading", strict=True
+                    ),
+                )
+            cases.append(pytest.param(name, mode, marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "mode"), _early_cases())
+async def test_large_body_answered_early(
+    nursery: trio.Nursery, tmp_path: Path, tls_files: TlsFiles, name: str, mode: str
+) -> None:
+    """A body larger than the flow-control window, answered before it was all sent:
+    the response ends the exchange (RFC 9113 §8.1), at once, on the same connection."""
+    server = await start_server(nursery, name, mode, tmp_path, tls_files)
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"x" * 300_000)
+    path, status = EARLY_ANSWER[name]
+    n = 20
+    argv = ["-m", "POST", "--body-file", str(body), "-n", str(n), "-c", "2", "--timeout", "10s"]
+    final = await run(server, path, protocol_flag(mode), *argv, tls=tls_files)
+    assert final.requests == final.responses == n
+    assert final.status_codes == {status: n}
+    await assert_matches_log(server, final, mode)
+    # Nobody waited for a window the server would never open.
+    assert final.latency.max < 2.0
+
+
+async def test_waiters_for_a_stream_slot_are_served_in_turn(
+    nursery: trio.Nursery, tmp_path: Path, tls_files: TlsFiles
+) -> None:
+    """h2o allows 100 streams a connection: with 101 workers on one connection one
+    always waits for a slot, and takes the next one that frees; none waits the run out."""
+    server = await start_server(nursery, "h2o", "h2c", tmp_path, tls_files)
+    final = await run(
+        server, SMALL, "--http2", "-c", "101", "--connections", "1", "-d", "2s", tls=tls_files
+    )
+    await assert_matches_log(server, final, "h2c")
+    assert final.connections_opened == 1
+    assert final.responses > 101
+    assert final.latency.max < 1.0
+
+
+async def test_http2_refused_by_alpn_fails_at_once(
+    nursery: trio.Nursery, tmp_path: Path, tls_files: TlsFiles
+) -> None:
+    """Apache without h2 in its Protocols selects http/1.1 from what --http2 offers
+    (h2, then http/1.1): HTTP/2 will not happen, so each request fails at once, with
+    nothing sent, and the summary says what the server selected."""
+    server = await start_server(nursery, "apache", "http1-tls", tmp_path, tls_files)
+    args = ["run", server.url + SMALL, "--http2", "-n", "6", "-c", "2", "--timeout", "10s"]
+    args += ["--cacert", tls_files.ca_path]
+    ns = build_parser(args).parse_args(args)
+    engine = Engine(config_from_args(ns, sequential=ns.sequential), grace=2.0)
+    with trio.fail_after(30):
+        final = await engine.run()
+    assert errors(final) == {"protocol": 6}
+    assert final.latency.max < 2.0
+    assert server.lines() == []
+    assert any(
+        "did not agree to HTTP/2 over ALPN (it selected 'http/1.1')" in n for n in engine.notes()
+    )

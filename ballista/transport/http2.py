@@ -3,7 +3,9 @@
 Workers call `request()`; each opens a stream, flushes its frames and waits.
 A single reader task per connection feeds incoming bytes to the h2 state
 machine and wakes the waiting streams. Streams beyond the server's
-SETTINGS_MAX_CONCURRENT_STREAMS wait for a free slot.
+SETTINGS_MAX_CONCURRENT_STREAMS wait for a free slot, in arrival order.
+A graceful GOAWAY drains the connection: streams the server took finish, the
+ones it never processed are sent again on a fresh connection.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import trio
+from hyperframe.frame import Frame, GoAwayFrame
 
 from ballista.core.config import Origin
 from ballista.core.outcome import NO_ERROR, ErrorKind
@@ -34,6 +37,7 @@ from ballista.transport.connect import (
     parse_retry_after,
 )
 from ballista.transport.http1 import ConnectionEvents, Result
+from ballista.transport.slots import StreamSlots
 
 _WINDOW = 16 * 1024 * 1024
 _CONFIG = h2.config.H2Configuration(
@@ -45,16 +49,66 @@ _CONFIG = h2.config.H2Configuration(
     normalize_inbound_headers=False,
 )
 _REFUSED = {h2.errors.ErrorCodes.REFUSED_STREAM, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM}
+#: How often one request is sent again after GOAWAYs said it was never processed: a
+#: server that drains every connection at once must not make it reconnect without end.
+MAX_GOAWAY_RETRIES = 10
+
+
+class AlpnRefused(ProtocolViolation):
+    """TLS was set up but ALPN did not select h2: the server will not speak HTTP/2 here."""
+
+    def __init__(self, selected: str | None) -> None:
+        self.selected = selected
+        said = f"selected {selected!r}" if selected else "selected no protocol (it ignores ALPN)"
+        super().__init__(f"the server did not agree to HTTP/2 over ALPN: it {said}")
+
+
+class _ClientH2(h2.connection.H2Connection):
+    """h2's connection, except that a GOAWAY does not end reception.
+
+    RFC 9113 §6.8: streams up to the GOAWAY's last_stream_id are still being
+    answered. h2 closes its state machine on GOAWAY, so every later frame of
+    those streams would raise ProtocolError (and a GOAWAY read together with
+    them would be lost), and it drops frames not yet written, request bodies
+    and WINDOW_UPDATEs of those very streams among them. Here the GOAWAY is only
+    reported; the connection refuses new streams itself (`_Session.draining`).
+    """
+
+    def _receive_goaway_frame(
+        self, frame: GoAwayFrame
+    ) -> tuple[list[Frame], list[h2.events.Event]]:
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = h2.errors.ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 class _Stream:
-    __slots__ = ("done", "error", "received", "status")
+    __slots__ = ("done", "error", "received", "sending", "status", "unprocessed")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.status = 0
         self.error = NO_ERROR
         self.received = 0
+        #: the request body is still going out: wake the sender when the stream ends
+        self.sending = False
+        #: above a GOAWAY's last_stream_id: the server never processed it, send it again
+        self.unprocessed = False
+
+
+class _Waiter:
+    """A request waiting for a stream slot; `granted` tells whether it got one."""
+
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.granted = False
 
 
 class _Session:
@@ -64,8 +118,10 @@ class _Session:
         #: httpcore's stream, for closing; `io` is what frames are read from and written to
         self.stream = connected.stream
         self.io = connected.io
-        self.h2 = h2.connection.H2Connection(config=_CONFIG)
+        self.h2 = _ClientH2(config=_CONFIG)
         self.streams: dict[int, _Stream] = {}
+        #: none until the server's SETTINGS say how many streams it allows
+        self.slots: StreamSlots[_Waiter] = StreamSlots(0)
         #: set when h2 has frames queued; the writer task waits on it.
         self.pending = trio.Event()
         self.alive = True
@@ -100,9 +156,10 @@ class H2Connection:
         self._session: _Session | None = None
         self._connecting: trio.Event | None = None
         self._connect_error: Exception | None = None
-        self._slot_freed = trio.Event()
-        self.max_streams = 100
-        self.active = 0
+        #: connections that received GOAWAY and are finishing their streams
+        self._draining: set[_Session] = set()
+        #: what ALPN selected when it did not select h2 ("" for nothing), for the summary
+        self.alpn_refused: str | None = None
         #: seconds from the last Retry-After seen on this connection, until the engine takes it
         self.retry_after: float | None = None
 
@@ -143,9 +200,12 @@ class H2Connection:
         self._session = await self._start(connected)
 
     async def _start(self, connected: Connected) -> _Session:
-        if connected.alpn not in (None, "h2"):
+        if self._ssl_context is not None and connected.alpn != "h2":
+            # Without h2 selected the server speaks HTTP/1.1 here: its SETTINGS
+            # would never come, and every request would wait for its timeout.
             await close_quietly(connected.stream)
-            raise ProtocolViolation(f"ALPN chose {connected.alpn!r}, not h2")
+            self.alpn_refused = connected.alpn or ""
+            raise AlpnRefused(connected.alpn)
         session = _Session(connected)
         conn = session.h2
         conn.initiate_connection()
@@ -216,6 +276,8 @@ class H2Connection:
                         st = streams.pop(event.stream_id, None)  # type: ignore[attr-defined]
                         if st is not None:
                             st.done.set()
+                            if st.sending:
+                                self._wake_senders(session)
                     elif cls is h2.events.StreamReset:
                         st = streams.pop(event.stream_id, None)  # type: ignore[attr-defined]
                         if st is not None:
@@ -224,15 +286,16 @@ class H2Connection:
                                 ErrorKind.REFUSED_STREAM if code in _REFUSED else ErrorKind.RESET
                             )
                             st.done.set()
+                            if st.sending:
+                                self._wake_senders(session)
                     elif cls is h2.events.ConnectionTerminated:
                         self._on_goaway(session, event)  # type: ignore[arg-type]
                     elif cls is h2.events.RemoteSettingsChanged:
-                        self.max_streams = conn.remote_settings.max_concurrent_streams
+                        limit = conn.remote_settings.max_concurrent_streams
+                        _grant(session.slots.set_limit(limit))
                         session.settings_received.set()
-                        self._wake_slots()
                     elif cls is h2.events.WindowUpdated:
-                        session.window_changed.set()
-                        session.window_changed = trio.Event()
+                        self._wake_senders(session)
                 if session.draining and not streams:
                     break
                 session.pending.set()
@@ -247,14 +310,21 @@ class H2Connection:
 
     def _on_goaway(self, session: _Session, event: h2.events.ConnectionTerminated) -> None:
         session.draining = True
+        self._draining.add(session)
+        if self._session is session:
+            # New requests open a fresh connection; this one only finishes its streams.
+            self._session = None
         last = event.last_stream_id if event.last_stream_id is not None else 0
         for sid in [s for s in session.streams if s > last]:
             st = session.streams.pop(sid)
             st.error = ErrorKind.GOAWAY
+            st.unprocessed = True
             st.done.set()
         if event.error_code not in (None, h2.errors.ErrorCodes.NO_ERROR):
+            # Streams it took may still end well; if the connection dies first, say why.
             session.failure = ErrorKind.GOAWAY
-        self._wake_slots()
+        _refuse(session.slots.close())
+        self._wake_senders(session)
 
     def _kill(self, session: _Session, kind: ErrorKind, *, crashed: bool = False) -> None:
         """End a session; its streams end with `kind`. When a bug in Ballista
@@ -263,6 +333,7 @@ class H2Connection:
         if not session.alive:
             return
         session.alive = False
+        self._draining.discard(session)
         if crashed:
             if self._session is session:
                 self._session = None
@@ -278,11 +349,13 @@ class H2Connection:
         if self._session is session:
             self._session = None
         self._events.connection_closed()
-        self._wake_slots()
+        _refuse(session.slots.close())
 
-    def _wake_slots(self) -> None:
-        self._slot_freed.set()
-        self._slot_freed = trio.Event()
+    @staticmethod
+    def _wake_senders(session: _Session) -> None:
+        """Wake requests waiting to send body: the window grew or a stream ended."""
+        session.window_changed.set()
+        session.window_changed = trio.Event()
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
@@ -295,89 +368,149 @@ class H2Connection:
                 pass
             self._kill(session, ErrorKind.OTHER)
             await close_quietly(session.stream)
+        for draining in list(self._draining):
+            self._kill(draining, ErrorKind.OTHER)
+            await close_quietly(draining.stream)
 
     # -- one request ----------------------------------------------------------
 
     async def request(self, req: PreparedRequest, deadline: float) -> Result:
-        """Send `req` on a new stream and wait for its end before `deadline`."""
+        """Send `req` on a new stream and wait for its end before `deadline`.
+
+        A request the server never processed (above a GOAWAY's last_stream_id)
+        is sent again on a fresh connection: it counts once, with its whole wait.
+        """
         #: what running out of time means at this point of the request
         waiting = ErrorKind.POOL_TIMEOUT
         phase = Phase.CONNECT
-        sent = 0
+        sent = received = 0
         st: _Stream | None = None
         session: _Session | None = None
         sid = 0
-        acquired = False
+        retries = 0
         with trio.CancelScope(deadline=deadline):
             try:
                 while True:
-                    waiting = ErrorKind.CONNECT_TIMEOUT
+                    waiting, phase = ErrorKind.CONNECT_TIMEOUT, Phase.CONNECT
+                    st = None
                     session = self._session
                     if session is None or not session.alive or session.draining:
                         session = await self._get_session()
-                    if self.active < self.max_streams:
-                        break
                     waiting = ErrorKind.POOL_TIMEOUT
-                    await self._slot_freed.wait()
-                self.active += 1
-                acquired = True
-                waiting, phase = ErrorKind.WRITE_TIMEOUT, Phase.WRITE
-                conn = session.h2
-                sid = conn.get_next_available_stream_id()
-                st = _Stream()
-                session.streams[sid] = st
-                body = req.body
-                conn.send_headers(sid, req.h2_headers, end_stream=not body)
-                sent = req.h2_header_bytes
-                if body:
-                    await self._send_body(session, sid, body)
-                    sent += len(body)
-                session.pending.set()
-                waiting, phase = ErrorKind.READ_TIMEOUT, Phase.READ
-                await st.done.wait()
-                return st.status if st.error == NO_ERROR else 0, st.error, sent, st.received
+                    slots = session.slots
+                    if not slots.try_acquire() and not await _wait_for_slot(slots):
+                        continue  # that connection stopped taking streams: another one
+                    try:
+                        if not session.alive or session.draining:
+                            continue
+                        waiting, phase = ErrorKind.WRITE_TIMEOUT, Phase.WRITE
+                        st = _Stream()
+                        sid = session.h2.get_next_available_stream_id()
+                        session.streams[sid] = st
+                        body = req.body
+                        session.h2.send_headers(sid, req.h2_headers, end_stream=not body)
+                        sent += req.h2_header_bytes
+                        if body:
+                            sent += await self._send_body(session, sid, st, body)
+                        session.pending.set()
+                        waiting, phase = ErrorKind.READ_TIMEOUT, Phase.READ
+                        await st.done.wait()
+                    finally:
+                        _grant(slots.release())
+                    received += st.received
+                    if st.unprocessed and retries < MAX_GOAWAY_RETRIES:
+                        retries += 1
+                        continue
+                    return st.status if st.error == NO_ERROR else 0, st.error, sent, received
             except TARGET_FAILURES as exc:
                 kind = classify(exc, phase)
+                if st is not None:
+                    received += st.received
                 if session is not None:
                     self._kill(session, kind)
                     await close_quietly(session.stream)
-                return 0, kind, sent, st.received if st is not None else 0
+                return 0, kind, sent, received
             except BaseException:
                 self._abandon(session, sid, st)
                 raise
-            finally:
-                if acquired:
-                    self.active -= 1
-                    if self.active + 1 >= self.max_streams:
-                        self._wake_slots()
         # Only reached when the deadline cancelled the request.
         self._abandon(session, sid, st)
-        return 0, waiting, sent, st.received if st is not None else 0
+        return 0, waiting, sent, received + (st.received if st is not None else 0)
 
     def _abandon(self, session: _Session | None, sid: int, st: _Stream | None) -> None:
         """Give up on a stream (timeout or cancellation): reset it, keep the connection."""
         if session is None or st is None or not session.alive:
             return
         if session.streams.pop(sid, None) is not None:
-            try:
-                session.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-            except h2.exceptions.H2Error:
-                pass
-            session.pending.set()
+            _reset(session, sid)
 
-    async def _send_body(self, session: _Session, sid: int, body: bytes) -> None:
+    async def _send_body(self, session: _Session, sid: int, st: _Stream, body: bytes) -> int:
+        """Send the body as flow control allows; the bytes sent.
+
+        RFC 9113 §8.1: a complete response (or a reset) ends the exchange even if
+        the body is not all sent: stop sending and reset the stream, so that
+        neither side keeps it open. That is not a failure of the request.
+        """
         conn = session.h2
         view = memoryview(body)
-        while view:
-            window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-            if window <= 0:
-                session.pending.set()
-                await session.window_changed.wait()
+        sent = 0
+        st.sending = True
+        try:
+            while view:
+                if st.done.is_set():
+                    _reset(session, sid)
+                    break
                 if not session.alive:
                     raise PeerClosed("connection lost while sending the body")
-                continue
-            chunk, view = view[:window], view[window:]
-            conn.send_data(sid, bytes(chunk), end_stream=not view)
+                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if window <= 0:
+                    session.pending.set()
+                    await session.window_changed.wait()
+                    continue
+                chunk, view = view[:window], view[window:]
+                conn.send_data(sid, bytes(chunk), end_stream=not view)
+                sent += len(chunk)
+        except h2.exceptions.StreamClosedError:
+            # The server reset the stream; the reader reports how it ended.
+            pass
+        finally:
+            st.sending = False
+        return sent
+
+
+async def _wait_for_slot(slots: StreamSlots[_Waiter]) -> bool:
+    """Queue for a slot; True once granted, False if the connection stopped granting."""
+    waiter = _Waiter()
+    if not slots.enqueue(waiter):
+        return False
+    try:
+        await waiter.event.wait()
+    except BaseException:
+        if not slots.withdraw(waiter):
+            # Granted while being cancelled: pass the slot on.
+            _grant(slots.release())
+        raise
+    return waiter.granted
+
+
+def _grant(waiters: list[_Waiter]) -> None:
+    for waiter in waiters:
+        waiter.granted = True
+        waiter.event.set()
+
+
+def _refuse(waiters: list[_Waiter]) -> None:
+    for waiter in waiters:
+        waiter.event.set()
+
+
+def _reset(session: _Session, sid: int) -> None:
+    """RST_STREAM(CANCEL) unless the stream is closed already."""
+    try:
+        session.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+    except h2.exceptions.H2Error:
+        return
+    session.pending.set()
 
 
 def _status(value: bytes) -> int:
