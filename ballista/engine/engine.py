@@ -163,7 +163,8 @@ class Engine:
         self._pick = self._make_picker()
         #: the pool of the run (closed models bind workers to it)
         self._connections: list[Connection] = []
-        #: every connection of the run, whatever the model (closed after a failure)
+        #: every connection of the run, whatever the model (closed after a failure;
+        #: notes read them at the end)
         self._pool: list[Connection] = []
         #: set when a bug in Ballista ended the run (run() raised)
         self.failed = False
@@ -240,6 +241,15 @@ class Engine:
                 f"Ballista started requests up to {final.max_scheduler_lag * 1e3:.0f} ms later "
                 "than scheduled while slots were free: this machine, not the target, limited "
                 "the rate (fewer workers elsewhere, more CPU, or a lower -r)"
+            )
+        refused = {c.alpn_refused for c in self._pool if isinstance(c, H2Connection)} - {None}
+        if refused:
+            said = ", ".join(
+                sorted(repr(p) if p else "no protocol" for p in refused if p is not None)
+            )
+            notes.append(
+                f"the server did not agree to HTTP/2 over ALPN (it selected {said}): "
+                "HTTP/2 requests failed at once as protocol errors; drop --http2 to let ALPN choose"
             )
         if self._controller is not None:
             notes.append(self._controller.capacity_note(final))
@@ -387,7 +397,9 @@ class Engine:
         origin = config.origin
         if not origin.tls:
             return config.protocol == "http2", None, None
-        offer = {"http1": ("http/1.1",), "http2": ("h2",)}.get(config.protocol, ("h2", "http/1.1"))
+        # --http2 offers http/1.1 too: a server without h2 then says so by selecting
+        # it (some select it even when not offered, failing the handshake obscurely).
+        offer = {"http1": ("http/1.1",)}.get(config.protocol, ("h2", "http/1.1"))
         ctx = make_ssl_context(insecure=config.insecure, alpn=offer, ca_file=config.ca_file)
         if config.protocol != "auto":
             return config.protocol == "http2", ctx, None
