@@ -102,22 +102,8 @@ EARLY_ANSWER = {
 }
 
 
-def _early_cases() -> list[object]:
-    cases: list[object] = []
-    for name in SERVERS:
-        for mode in ("h2c", "h2-tls", "http1"):
-            marks: tuple[pytest.MarkDecorator, ...] = ()
-            if (name, mode) == ("caddy", "http1"):
-                marks = (
-                    pytest.mark.xfail(
-                        reason="HTTP/1.1 sends the whole body before reading", strict=True
-                    ),
-                )
-            cases.append(pytest.param(name, mode, marks=marks))
-    return cases
-
-
-@pytest.mark.parametrize(("name", "mode"), _early_cases())
+@pytest.mark.parametrize("mode", ["h2c", "h2-tls", "http1", "http1-tls"])
+@pytest.mark.parametrize("name", SERVERS)
 async def test_large_body_answered_early(
     nursery: trio.Nursery, tmp_path: Path, tls_files: TlsFiles, name: str, mode: str
 ) -> None:

@@ -15,6 +15,7 @@ from ballista.transport.connect import (
     BACKOFF_STATUSES,
     READ_SIZE,
     TARGET_FAILURES,
+    ByteStream,
     Connected,
     PeerClosed,
     Phase,
@@ -114,9 +115,9 @@ class H1Connection:
         retried = False
         while True:
             phase = Phase.CONNECT
-            sent = received = 0
+            sent = 0
+            reading = _Reading()
             reused = self._conn is not None
-            eof = False
             with trio.CancelScope(deadline=deadline):
                 try:
                     conn = self._conn
@@ -129,51 +130,41 @@ class H1Connection:
                     if req.body:
                         data += h.send(h11.Data(data=req.body))
                     data += h.send(_EOM)
-                    await io.send_all(data)
-                    sent = len(data)
-                    phase = Phase.READ
-                    status = 0
-                    next_event = h.next_event
-                    while True:
-                        event = next_event()
-                        if event is h11.NEED_DATA:
-                            chunk = await io.receive_some(READ_SIZE)
-                            if not chunk:
-                                eof = True
-                            received += len(chunk)
-                            # TLS streams hand out bytearrays; h11 appends them as is.
-                            h.receive_data(chunk)  # type: ignore[arg-type]
-                            continue
-                        cls = type(event)
-                        if cls is h11.Response:
-                            status = event.status_code  # type: ignore[union-attr]
-                            if status in BACKOFF_STATUSES:
-                                self._note_retry_after(event.headers)  # type: ignore[union-attr]
-                        elif cls is h11.EndOfMessage:
-                            break
-                        elif cls is h11.ConnectionClosed:
-                            raise PeerClosed("connection closed before the response ended")
-                    if h.our_state is h11.DONE and h.their_state is h11.DONE:
+                    if len(data) <= _SEND_BEFORE_READING:
+                        await io.send_all(data)
+                        sent = len(data)
+                        phase = Phase.READ
+                        status = await self._read_response(h, io, reading)
+                        complete = True
+                    else:
+                        sender = _Sender(io, data)
+                        phase = Phase.READ
+                        status = await self._send_while_reading(h, io, sender, reading)
+                        sent = sender.sent
+                        complete = sender.sent == len(data)
+                    if complete and h.our_state is h11.DONE and h.their_state is h11.DONE:
                         h.start_next_cycle()
                     else:
+                        # Answered before the whole body went out: what is left of
+                        # the request makes the connection unusable for another.
                         await self._drop()
-                    return status, NO_ERROR, sent, received
+                    return status, NO_ERROR, sent, reading.received
                 except h11.RemoteProtocolError as exc:
                     await self._drop()
-                    if not eof:
-                        return 0, ErrorKind.PROTOCOL, sent, received
-                    if reused and received == 0 and not retried:
+                    if not reading.eof:
+                        return 0, ErrorKind.PROTOCOL, sent, reading.received
+                    if reused and reading.received == 0 and not retried:
                         # The server closed an idle keep-alive connection as we reused it:
                         # open a fresh one and send again, as browsers and httpcore do.
                         retried = True
                         continue
-                    return 0, classify(PeerClosed(str(exc)), phase), sent, received
+                    return 0, classify(PeerClosed(str(exc)), phase), sent, reading.received
                 except TARGET_FAILURES as exc:
                     await self._drop()
-                    if reused and received == 0 and not retried and _is_stale(exc):
+                    if reused and reading.received == 0 and not retried and _is_stale(exc):
                         retried = True
                         continue
-                    return 0, classify(exc, phase), sent, received
+                    return 0, classify(exc, phase), sent, reading.received
                 except BaseException:
                     # Cancelled from outside (the run is over), or a bug in Ballista:
                     # the exchange is unfinished and not the target's failure.
@@ -181,7 +172,86 @@ class H1Connection:
                     raise
             # Only reached when the deadline cancelled the exchange.
             await self._drop()
-            return 0, phase.timeout, sent, received
+            return 0, phase.timeout, sent, reading.received
+
+    async def _read_response(self, h: h11.Connection, io: ByteStream, reading: _Reading) -> int:
+        """Read one whole response; its status."""
+        status = 0
+        next_event = h.next_event
+        while True:
+            event = next_event()
+            if event is h11.NEED_DATA:
+                chunk = await io.receive_some(READ_SIZE)
+                if not chunk:
+                    reading.eof = True
+                reading.received += len(chunk)
+                # TLS streams hand out bytearrays; h11 appends them as is.
+                h.receive_data(chunk)  # type: ignore[arg-type]
+                continue
+            cls = type(event)
+            if cls is h11.Response:
+                status = event.status_code  # type: ignore[union-attr]
+                if status in BACKOFF_STATUSES:
+                    self._note_retry_after(event.headers)  # type: ignore[union-attr]
+            elif cls is h11.EndOfMessage:
+                return status
+            elif cls is h11.ConnectionClosed:
+                raise PeerClosed("connection closed before the response ended")
+
+    async def _send_while_reading(
+        self, h: h11.Connection, io: ByteStream, sender: _Sender, reading: _Reading
+    ) -> int:
+        """Send a large request while reading the response: a server may answer before
+        it has read the body (an error, a redirect, a handler that ignores it) and then
+        stop reading, or close. Its complete answer ends the exchange (RFC 9112 §9.5)."""
+        result: int | Exception
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            try:
+                result = await self._read_response(h, io, reading)
+            except Exception as exc:
+                # Raised outside the nursery, so that it is not wrapped in a group.
+                result = exc
+            nursery.cancel_scope.cancel()
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+#: Requests up to this size are written before reading: the socket buffers take
+#: them at once, and no task is needed to read at the same time.
+_SEND_BEFORE_READING = 64 * 1024
+_SEND_CHUNK = 64 * 1024
+
+
+class _Reading:
+    """What reading a response has seen so far (kept when it fails, for classifying)."""
+
+    __slots__ = ("eof", "received")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.eof = False
+
+
+class _Sender:
+    """Writes a request in chunks, counting what went out. A failed write ends it
+    quietly: the response, read meanwhile, decides how the exchange ended."""
+
+    def __init__(self, io: ByteStream, data: bytes) -> None:
+        self._io = io
+        self._data = memoryview(data)
+        self.sent = 0
+
+    async def run(self) -> None:
+        data = self._data
+        try:
+            while self.sent < len(data):
+                chunk = data[self.sent : self.sent + _SEND_CHUNK]
+                await self._io.send_all(chunk)
+                self.sent += len(chunk)
+        except TARGET_FAILURES:
+            pass
 
 
 def _is_stale(exc: Exception) -> bool:
