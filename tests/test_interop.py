@@ -14,7 +14,10 @@ import pytest
 import trio
 from interop import (
     ECHO,
+    LARGE,
+    LARGE_SIZE,
     MODES,
+    REDIRECT,
     SERVERS,
     SMALL,
     RealServer,
@@ -157,3 +160,33 @@ async def test_http2_refused_by_alpn_fails_at_once(
     assert any(
         "did not agree to HTTP/2 over ALPN (it selected 'http/1.1')" in n for n in engine.notes()
     )
+
+
+@pytest.mark.parametrize("mode", ["h2c", "h2-tls", "http1"])
+@pytest.mark.parametrize("name", SERVERS)
+async def test_large_responses(
+    nursery: trio.Nursery, tmp_path: Path, tls_files: TlsFiles, name: str, mode: str
+) -> None:
+    """1 MB files, several streams at once: flow control keeps them coming, every byte counted."""
+    server = await start_server(nursery, name, mode, tmp_path, tls_files)
+    n = 12
+    final = await run(server, LARGE, protocol_flag(mode), "-n", str(n), "-c", "4", tls=tls_files)
+    assert final.requests == final.responses == n
+    assert final.status_codes == {200: n}
+    await assert_matches_log(server, final, mode)
+    assert final.bytes_received >= n * LARGE_SIZE
+
+
+@pytest.mark.parametrize("mode", ["h2-tls", "http1"])
+@pytest.mark.parametrize("name", SERVERS)
+async def test_redirects_are_counted_not_followed(
+    nursery: trio.Nursery, tmp_path: Path, tls_files: TlsFiles, name: str, mode: str
+) -> None:
+    server = await start_server(nursery, name, mode, tmp_path, tls_files)
+    n = 100
+    final = await run(server, REDIRECT, protocol_flag(mode), "-n", str(n), "-c", "4", tls=tls_files)
+    assert final.requests == final.responses == n
+    assert final.status_codes == {301: n}
+    assert final.failed == 0
+    await assert_matches_log(server, final, mode)
+    assert {line.path for line in server.lines()} == {REDIRECT}
