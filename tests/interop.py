@@ -1,4 +1,5 @@
-"""Real web servers from Debian's packages (nginx, Apache with mod_http2, h2o, Caddy), each
+"""Real web servers from Debian's packages (nginx, Apache with mod_http2, h2o, Caddy, and
+Node's http and http2 modules), each
 started as a child process with a minimal configuration and its default limits, logging
 every request to an access log that tests count Ballista against.
 
@@ -35,7 +36,7 @@ ECHO = "/answer"  # answers 200 at once, whatever the request body (not read)
 REDIRECT = "/old"  # 301 to SMALL
 LARGE_SIZE = 1_000_000
 
-SERVERS = ("nginx", "apache", "h2o", "caddy")
+SERVERS = ("nginx", "apache", "h2o", "caddy", "node")
 #: How each server is reached: HTTP/1.1 and h2 (prior knowledge) in clear, both over TLS.
 MODES = ("http1", "h2c", "http1-tls", "h2-tls")
 
@@ -277,7 +278,16 @@ def _caddy(work: Path, port: int, mode: str, tls: TlsFiles | None, root: Path) -
     return ["caddy", "run", "--adapter", "caddyfile", "--config", str(work / "Caddyfile")]
 
 
-_CONFIGS = {"nginx": _nginx, "apache": _apache, "h2o": _h2o, "caddy": _caddy}
+def _node(work: Path, port: int, mode: str, tls: TlsFiles | None, root: Path) -> list[str]:
+    script = Path(__file__).with_name("node_server.js")
+    kind = "tls" if tls is not None else mode
+    argv = ["node", str(script), kind, str(port), str(root), str(work / "access.log")]
+    if tls is not None:
+        argv += [tls.certfile, tls.keyfile]
+    return argv
+
+
+_CONFIGS = {"nginx": _nginx, "apache": _apache, "h2o": _h2o, "caddy": _caddy, "node": _node}
 _PARSERS: dict[str, Callable[[str], LogLine]] = {"caddy": _parse_caddy}
 
 
