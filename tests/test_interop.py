@@ -71,7 +71,7 @@ async def test_counts_match_the_access_log(
 ) -> None:
     server = await start_server(nursery, name, mode, tmp_path, tls_files)
     # Over nginx's default keepalive_requests (1000) on HTTP/2, so its GOAWAY is met.
-    n = 1100 if mode.startswith("h2") else 300
+    n = 1100 if name == "nginx" and mode.startswith("h2") else 300
     final = await run(server, SMALL, protocol_flag(mode), "-n", str(n), "-c", "8", tls=tls_files)
     assert final.requests == final.responses == n
     assert final.status_codes == {200: n}
@@ -85,15 +85,15 @@ async def test_nginx_graceful_goaway_under_concurrency(
     """nginx ends each HTTP/2 connection after 1,000 requests (keepalive_requests) with
     GOAWAY(NO_ERROR): the streams it took complete, the others go to a fresh connection."""
     server = await start_server(nursery, "nginx", mode, tmp_path, tls_files)
-    n = 4500
+    n = 2500
     final = await run(
-        server, SMALL, "--http2", "-n", str(n), "-c", "100", "--connections", "4", tls=tls_files
+        server, SMALL, "--http2", "-n", str(n), "-c", "100", "--connections", "2", tls=tls_files
     )
     assert final.requests == final.responses == n
     assert final.status_codes == {200: n}
     await assert_matches_log(server, final, mode)
-    # At most 1,000 requests per connection: at least five of them.
-    assert final.connections_opened >= 5
+    # At most 1,000 requests per connection: at least three of them.
+    assert final.connections_opened >= 3
 
 
 #: What each server answers to a POST of a body it does not read.
