@@ -26,20 +26,24 @@ from interop import (
 )
 from servers import TlsFiles
 
-from ballista.cli.main import build_parser, config_from_args
+from ballista.cli.main import build_parser
+from ballista.cli.run import config_from_args
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
 
 
-async def run(server: RealServer, path: str, *argv: str, tls: TlsFiles) -> Snapshot:
-    """Run Ballista as the CLI would, against `path` on `server`."""
+def engine_for(server: RealServer, path: str, *argv: str, tls: TlsFiles) -> Engine:
+    """An Engine built from `ballista run` flags against `path` on `server`, as the CLI does."""
     args = ["run", server.url + path, *argv]
     if server.tls:
         args += ["--cacert", tls.ca_path]
     ns = build_parser(args).parse_args(args)
-    engine = Engine(config_from_args(ns, sequential=ns.sequential), grace=2.0)
+    return Engine(config_from_args(ns, sequential=ns.sequential), grace=2.0)
+
+
+async def run(server: RealServer, path: str, *argv: str, tls: TlsFiles) -> Snapshot:
     with trio.fail_after(30):
-        return await engine.run()
+        return await engine_for(server, path, *argv, tls=tls).run()
 
 
 def protocol_flag(mode: str) -> str:
@@ -149,10 +153,9 @@ async def test_http2_refused_by_alpn_fails_at_once(
     (h2, then http/1.1): HTTP/2 will not happen, so each request fails at once, with
     nothing sent, and the summary says what the server selected."""
     server = await start_server(nursery, "apache", "http1-tls", tmp_path, tls_files)
-    args = ["run", server.url + SMALL, "--http2", "-n", "6", "-c", "2", "--timeout", "10s"]
-    args += ["--cacert", tls_files.ca_path]
-    ns = build_parser(args).parse_args(args)
-    engine = Engine(config_from_args(ns, sequential=ns.sequential), grace=2.0)
+    engine = engine_for(
+        server, SMALL, "--http2", "-n", "6", "-c", "2", "--timeout", "10s", tls=tls_files
+    )
     with trio.fail_after(30):
         final = await engine.run()
     assert errors(final) == {"protocol": 6}
