@@ -232,6 +232,16 @@ async def test_untrusted_certificate_is_tls(tls_untrusted_server: FaultServer) -
     assert kinds(final) == {"tls": 4}
 
 
+async def test_failed_handshakes_are_attempts_not_connections(
+    tls_untrusted_server: FaultServer,
+) -> None:
+    """TCP connections were made, but none became a usable connection."""
+    _, final = await run(tls_untrusted_server.url, "--http1", "-n", "5", "-c", "1")
+    assert kinds(final) == {"tls": 5}
+    assert tls_untrusted_server.connections == final.connection_attempts == 5
+    assert final.connections_opened == 0
+
+
 async def test_insecure_skips_verification(tls_untrusted_server: FaultServer) -> None:
     _, final = await run(tls_untrusted_server.url, "-n", "4", "-c", "2", "--insecure")
     assert final.errors == 0
@@ -300,6 +310,10 @@ async def test_h2_graceful_goaway_finishes_and_retries(h2_drain_server: FaultSer
     # Five workers, three streams a connection: all but the last ignored two.
     assert server.extra["ignored"] >= 2 * (server.goaways - 1)
     assert final.connections_opened == server.connections == server.goaways == 10
+    # Sent again and counted as such: every stream the server ignored, and those
+    # it never read before closing.
+    assert final.retried >= server.extra["ignored"]
+    assert server.requests == 30 + server.extra["ignored"]
 
 
 async def test_target_errors_are_failed_not_errors(target: RunningTarget) -> None:

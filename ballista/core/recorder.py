@@ -99,6 +99,8 @@ class Recorder:
         self._dropped = 0
         self._connections_opened = 0
         self._connections_closed = 0
+        self._connection_attempts = 0
+        self._retried = 0
         self._lag = 0.0
         self._max_lag = 0.0
         #: requests started and not yet recorded
@@ -143,6 +145,14 @@ class Recorder:
 
     def connection_closed(self) -> None:
         self._connections_closed += 1
+
+    def connection_attempted(self) -> None:
+        """A connection is being opened; `connection_opened` follows if it works out."""
+        self._connection_attempts += 1
+
+    def request_retried(self) -> None:
+        """A request is sent again: the server said it had not processed it."""
+        self._retried += 1
 
     def record_lag(self, seconds: float) -> None:
         """Open model: a request started `seconds` after its scheduled time."""
@@ -264,4 +274,6 @@ class Recorder:
             interval_errors_by_kind=_by_label(window_errors),
             interval_scheduler_lag=lag,
             max_scheduler_lag=self._max_lag,
+            connection_attempts=self._connection_attempts,
+            retried=self._retried,
         )

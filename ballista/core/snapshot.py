@@ -111,6 +111,11 @@ class Snapshot:
     #: time and the moment Ballista managed to start it, this interval.
     interval_scheduler_lag: float = 0.0
     max_scheduler_lag: float = 0.0
+    #: connections tried, whether or not they were established (TCP, TLS, ALPN)
+    connection_attempts: int = 0
+    #: requests sent again because the server had not processed them (a GOAWAY
+    #: above their stream, or a keep-alive connection it closed as it was reused)
+    retried: int = 0
 
     @property
     def rps(self) -> float:

@@ -168,6 +168,8 @@ class Engine:
         self._pool: list[Connection] = []
         #: set when a bug in Ballista ended the run (run() raised)
         self.failed = False
+        #: ALPN probes that failed before the recorder existed: connection attempts too
+        self._failed_probes = 0
         #: open model: set and replaced whenever a request ends (or the run stops)
         self._slot_freed = trio.Event()
         #: called with the RunInfo once the protocol and connections are decided
@@ -326,6 +328,8 @@ class Engine:
                 config.requests, track_service_time=self.model == "open", start=start
             )
             self.recorder = recorder
+            for _ in range(self._failed_probes):
+                recorder.connection_attempted()
             if self.model == "open":
                 recorder.target_rate = self._rate_at(0.0)
             else:
@@ -409,6 +413,7 @@ class Engine:
         except TARGET_FAILURES:  # trio.TooSlowError included
             # The target cannot be reached now: speak HTTP/1.1 and let every
             # request record its own failure.
+            self._failed_probes += 1
             ctx = make_ssl_context(
                 insecure=config.insecure, alpn=("http/1.1",), ca_file=config.ca_file
             )

@@ -64,6 +64,8 @@ def summary_dict(snap: Snapshot, meta: RunMeta) -> dict[str, Any]:
                 "final_limit": meta.final_limit,
             },
             "connections_opened": snap.connections_opened,
+            "connection_attempts": snap.connection_attempts,
+            "retried": snap.retried,
             "bytes_sent": snap.bytes_sent,
             "bytes_received": snap.bytes_received,
             "requests_by_name": names,
@@ -150,9 +152,14 @@ def format_summary(snap: Snapshot, meta: RunMeta) -> str:
     lines.append(f"  status codes {codes or '-'}")
     errs = "  ".join(f"{k}: {_count(v)}" for k, v in snap.errors_by_kind.items() if v)
     lines.append(f"  errors       {errs or 'none'}")
-    lines.append(
-        f"  connections  {snap.connections_opened} opened   peak in flight {snap.max_in_flight}"
-    )
+    opened = f"{snap.connections_opened} opened"
+    if snap.connection_attempts > snap.connections_opened:
+        opened += f" of {snap.connection_attempts} attempts"
+    lines.append(f"  connections  {opened}   peak in flight {snap.max_in_flight}")
+    if snap.retried:
+        lines.append(
+            f"  retried      {_count(snap.retried)} (sent again: the server had not processed them)"
+        )
     lines.append(
         f"  bytes        sent {_bytes(snap.bytes_sent)}   received {_bytes(snap.bytes_received)}"
     )

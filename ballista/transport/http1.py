@@ -35,9 +35,13 @@ Result = tuple[int, int, int, int]
 class ConnectionEvents(Protocol):
     """Where connections report their lifecycle (the recorder)."""
 
+    def connection_attempted(self) -> None: ...
+
     def connection_opened(self) -> None: ...
 
     def connection_closed(self) -> None: ...
+
+    def request_retried(self) -> None: ...
 
 
 class H1Connection:
@@ -76,9 +80,11 @@ class H1Connection:
         """Take over a connection opened elsewhere (the engine's ALPN probe)."""
         self._conn = connected
         self._h11 = h11.Connection(h11.CLIENT)
+        self._events.connection_attempted()
         self._events.connection_opened()
 
     async def _open(self) -> Connected:
+        self._events.connection_attempted()
         connected = await connect(self._origin, self._ssl_context)
         if connected.alpn not in (None, "http/1.1"):
             await close_quietly(connected.stream)
@@ -157,12 +163,14 @@ class H1Connection:
                         # The server closed an idle keep-alive connection as we reused it:
                         # open a fresh one and send again, as browsers and httpcore do.
                         retried = True
+                        self._events.request_retried()
                         continue
                     return 0, classify(PeerClosed(str(exc)), phase), sent, reading.received
                 except TARGET_FAILURES as exc:
                     await self._drop()
                     if reused and reading.received == 0 and not retried and _is_stale(exc):
                         retried = True
+                        self._events.request_retried()
                         continue
                     return 0, classify(exc, phase), sent, reading.received
                 except BaseException:

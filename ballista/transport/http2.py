@@ -193,10 +193,12 @@ class H2Connection:
                 self._connecting = None
 
     async def _open(self) -> _Session:
+        self._events.connection_attempted()
         return await self._start(await connect(self._origin, self._ssl_context))
 
     async def adopt(self, connected: Connected) -> None:
         """Take over a connection opened elsewhere (the engine's ALPN probe)."""
+        self._events.connection_attempted()
         self._session = await self._start(connected)
 
     async def _start(self, connected: Connected) -> _Session:
@@ -420,6 +422,7 @@ class H2Connection:
                     received += st.received
                     if st.unprocessed and retries < MAX_GOAWAY_RETRIES:
                         retries += 1
+                        self._events.request_retried()
                         continue
                     return st.status if st.error == NO_ERROR else 0, st.error, sent, received
             except TARGET_FAILURES as exc:
