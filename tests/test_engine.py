@@ -520,3 +520,28 @@ async def test_large_bodies_both_ways(target: RunningTarget, tmp_path: Path, pro
     _, down = await run(target.url_for("/?size=2000000"), protocol, "-n", "8", "-c", "4")
     assert down.status_codes == {200: 8}
     assert down.bytes_received >= 8 * 2_000_000
+
+
+async def test_http1_body_the_server_never_reads_is_a_write_timeout(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The body is written while the response is read; when neither ends, what was
+    stuck was the writing."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    held: list[trio.SocketStream] = []
+
+    async def hold(stream: trio.SocketStream) -> None:
+        held.append(stream)  # never read: the client's writes fill the socket buffers
+        await trio.sleep_forever()
+
+    nursery.start_soon(trio.serve_listeners, hold, listeners)
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"x" * 32_000_000)
+    _, final = await run(
+        f"http://127.0.0.1:{port}/", "--http1", "-m", "POST", "--body-file", str(body),
+        "-n", "2", "-c", "1", "--timeout", "500ms",
+    )  # fmt: skip
+    assert kinds(final) == {"write_timeout": 2}
+    assert 0 < final.bytes_sent < 2 * 32_000_000
+    assert len(held) == 2

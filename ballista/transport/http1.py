@@ -123,6 +123,7 @@ class H1Connection:
             phase = Phase.CONNECT
             sent = 0
             reading = _Reading()
+            sender: _Sender | None = None
             reused = self._conn is not None
             with trio.CancelScope(deadline=deadline):
                 try:
@@ -147,7 +148,7 @@ class H1Connection:
                         phase = Phase.READ
                         status = await self._send_while_reading(h, io, sender, reading)
                         sent = sender.sent
-                        complete = sender.sent == len(data)
+                        complete = sender.done
                     if complete and h.our_state is h11.DONE and h.their_state is h11.DONE:
                         h.start_next_cycle()
                     else:
@@ -157,6 +158,8 @@ class H1Connection:
                     return status, NO_ERROR, sent, reading.received
                 except h11.RemoteProtocolError as exc:
                     await self._drop()
+                    if sender is not None:
+                        sent = sender.sent
                     if not reading.eof:
                         return 0, ErrorKind.PROTOCOL, sent, reading.received
                     if reused and reading.received == 0 and not retried:
@@ -168,6 +171,8 @@ class H1Connection:
                     return 0, classify(PeerClosed(str(exc)), phase), sent, reading.received
                 except TARGET_FAILURES as exc:
                     await self._drop()
+                    if sender is not None:
+                        sent = sender.sent
                     if reused and reading.received == 0 and not retried and _is_stale(exc):
                         retried = True
                         self._events.request_retried()
@@ -180,6 +185,9 @@ class H1Connection:
                     raise
             # Only reached when the deadline cancelled the exchange.
             await self._drop()
+            if sender is not None:
+                sent = sender.sent
+                phase = Phase.READ if sender.done else Phase.WRITE
             return 0, phase.timeout, sent, reading.received
 
     async def _read_response(self, h: h11.Connection, io: ByteStream, reading: _Reading) -> int:
@@ -250,6 +258,10 @@ class _Sender:
         self._io = io
         self._data = memoryview(data)
         self.sent = 0
+
+    @property
+    def done(self) -> bool:
+        return self.sent == len(self._data)
 
     async def run(self) -> None:
         data = self._data
