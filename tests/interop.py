@@ -116,6 +116,11 @@ def _parse_caddy(line: str) -> LogLine:
     )
 
 
+def _as_root(line: str) -> str:
+    """A server started as root drops to an unprivileged user; otherwise it stays who it is."""
+    return line if os.geteuid() == 0 else ""
+
+
 def _docroot() -> Path:
     """Static files readable by the unprivileged user a server drops to when run as
     root: pytest's tmp_path lives under a directory only its owner may enter."""
@@ -192,8 +197,8 @@ def _apache(work: Path, port: int, mode: str, tls: TlsFiles | None, root: Path) 
 ServerRoot {work}
 ServerName 127.0.0.1
 {loads}
-User www-data
-Group www-data
+{_as_root("User www-data")}
+{_as_root("Group www-data")}
 Listen {HOST}:{port}
 PidFile {work / "apache2.pid"}
 DefaultRuntimeDir {work}
@@ -225,7 +230,7 @@ def _h2o(work: Path, port: int, mode: str, tls: TlsFiles | None, root: Path) -> 
     )
     (work / "h2o.conf").write_text(
         f"""
-user: www-data
+{_as_root("user: www-data")}
 error-log: {work / "error.log"}
 access-log:
   path: {work / "access.log"}
