@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections import Counter
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from helpers import free_port, wait_until
 from servers import HOST, TlsFiles
 
 #: How long a server may take to listen, and to write the last lines of its log.
@@ -74,9 +74,9 @@ class RealServer:
 
     async def wait_for_lines(self, n: int) -> list[LogLine]:
         """The log once it holds at least `n` lines (servers log after answering)."""
-        with trio.move_on_after(LOG_TIMEOUT):
-            while len(self.lines()) < n:
-                await trio.sleep(0.02)
+        await wait_until(
+            lambda: len(self.lines()) >= n, f"{n} lines in {self.name}'s log", limit=LOG_TIMEOUT
+        )
         return self.lines()
 
 
@@ -85,13 +85,6 @@ def tally(lines: list[LogLine]) -> tuple[Counter[int], Counter[str], int]:
     statuses = Counter(line.status for line in lines)
     protocols = Counter(line.protocol for line in lines)
     return statuses, protocols, len({line.port for line in lines})
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def _protocol(text: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from helpers import run_config
 from interop import (
     ECHO,
     LARGE,
@@ -26,19 +27,16 @@ from interop import (
 )
 from servers import TlsFiles
 
-from ballista.cli.main import build_parser
-from ballista.cli.run import config_from_args
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
 
 
 def engine_for(server: RealServer, path: str, *argv: str, tls: TlsFiles) -> Engine:
     """An Engine built from `ballista run` flags against `path` on `server`, as the CLI does."""
-    args = ["run", server.url + path, *argv]
+    args = [server.url + path, *argv]
     if server.tls:
         args += ["--cacert", tls.ca_path]
-    ns = build_parser(args).parse_args(args)
-    return Engine(config_from_args(ns, sequential=ns.sequential), grace=2.0)
+    return Engine(run_config(*args), grace=2.0)
 
 
 async def run(server: RealServer, path: str, *argv: str, tls: TlsFiles) -> Snapshot:
