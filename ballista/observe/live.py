@@ -75,6 +75,8 @@ def snapshot_message(snap: Snapshot) -> dict[str, Any]:
         "dropped": snap.dropped,
         "connections_opened": snap.connections_opened,
         "open_connections": snap.open_connections,
+        "connection_attempts": snap.connection_attempts,
+        "retried": snap.retried,
         "bytes_sent": snap.bytes_sent,
         "bytes_received": snap.bytes_received,
         # gauges at the instant of the snapshot
