@@ -221,6 +221,19 @@ def test_counters_and_gauges() -> None:
     assert (s.dropped, s.connections_opened, s.concurrency_limit) == (5, 3, None)
 
 
+def test_connection_attempts_and_retries_are_cumulative() -> None:
+    rec = Recorder([HOME], start=0.0)
+    for _ in range(4):
+        rec.connection_attempted()
+    rec.connection_opened()
+    rec.request_retried()
+    s = rec.snapshot(1.0)
+    assert (s.connection_attempts, s.connections_opened, s.retried) == (4, 1, 1)
+    rec.request_retried()
+    s = rec.snapshot(2.0)
+    assert (s.connection_attempts, s.retried) == (4, 2)
+
+
 def test_scheduler_lag() -> None:
     rec = Recorder([HOME], start=0.0)
     s = rec.snapshot(1.0)
