@@ -11,6 +11,7 @@ ones it never processed are sent again on a fresh connection.
 from __future__ import annotations
 
 import ssl
+from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
@@ -19,7 +20,6 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import trio
-from hyperframe.frame import Frame, GoAwayFrame
 
 from ballista.core.config import Origin
 from ballista.core.outcome import NO_ERROR, ErrorKind
@@ -38,6 +38,10 @@ from ballista.transport.connect import (
 )
 from ballista.transport.http1 import ConnectionEvents, Result
 from ballista.transport.slots import StreamSlots
+
+if TYPE_CHECKING:
+    # h2's own frame types (hyperframe comes with h2); only named in a signature.
+    from hyperframe.frame import Frame, GoAwayFrame
 
 _WINDOW = 16 * 1024 * 1024
 _CONFIG = h2.config.H2Configuration(
