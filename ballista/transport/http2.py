@@ -493,7 +493,7 @@ async def _wait_for_slot(slots: StreamSlots[_Waiter]) -> bool:
     try:
         await waiter.event.wait()
     except BaseException:
-        if not slots.withdraw(waiter):
+        if not slots.withdraw(waiter) and waiter.granted:
             # Granted while being cancelled: pass the slot on.
             _grant(slots.release())
         raise

@@ -63,7 +63,8 @@ class StreamSlots(Generic[W]):
 
     def withdraw(self, waiter: W) -> bool:
         """`waiter` gives up (timeout, cancellation). True if it was still queued;
-        False if it was granted a slot meanwhile (it must `release()` it)."""
+        False if it left the queue meanwhile: granted a slot (it must `release()`
+        it) or handed back by `close()` (it holds nothing)."""
         try:
             self._queue.remove(waiter)
         except ValueError:
