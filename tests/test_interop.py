@@ -1,9 +1,10 @@
 """Ballista against real servers with their default settings, counted at their access logs.
 
-nginx, Apache (mod_http2), h2o and Caddy from Debian's packages, and Node's http2, over HTTP/1.1 and
-HTTP/2, in clear (h2c by prior knowledge) and over TLS with ALPN. Every test
-compares what Ballista reports with what the server logged: requests, statuses,
-protocol and connections (one client port per connection), exactly.
+nginx, Apache (mod_http2), h2o and Caddy from Debian's packages, and Node's http
+and http2 modules, over HTTP/1.1 and HTTP/2, in clear (h2c by prior knowledge)
+and over TLS with ALPN. Every test compares what Ballista reports with what the
+server logged: requests, statuses, protocol and connections (one client port
+per connection), exactly.
 """
 
 from __future__ import annotations
