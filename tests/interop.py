@@ -1,7 +1,7 @@
-"""Real web servers from Debian's packages (nginx, Apache with mod_http2, h2o, Caddy, and
-Node's http and http2 modules), each
-started as a child process with a minimal configuration and its default limits, logging
-every request to an access log that tests count Ballista against.
+"""Real web servers (nginx, Apache with mod_http2, h2o and Caddy from Debian's packages;
+Node's http and http2 modules), each started as a child process with a minimal
+configuration and its default limits, logging every request to an access log that
+tests count Ballista against.
 
 The configurations only listen on 127.0.0.1:<free port>, write the log, serve a few
 fixed paths and turn on h2c or TLS; keep-alive requests, concurrent streams and flow
