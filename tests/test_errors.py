@@ -147,10 +147,16 @@ def test_bugs_are_outside_the_map(bug: Exception) -> None:
 
 
 class _Events:
+    def connection_attempted(self) -> None:
+        pass
+
     def connection_opened(self) -> None:
         pass
 
     def connection_closed(self) -> None:
+        pass
+
+    def request_retried(self) -> None:
         pass
 
 

@@ -128,6 +128,9 @@ class _Session:
         self.slots: StreamSlots[_Waiter] = StreamSlots(0)
         #: set when h2 has frames queued; the writer task waits on it.
         self.pending = trio.Event()
+        #: aclose(): the writer flushes what is queued (the GOAWAY last) and stops
+        self.closing = False
+        self.writer_done = trio.Event()
         self.alive = True
         #: set once GOAWAY arrives: no new streams, finish the old ones.
         self.draining = False
@@ -244,9 +247,13 @@ class H2Connection:
                 out = conn.data_to_send()
                 if out:
                     await session.io.send_all(out)
+                if session.closing:
+                    break
         except TARGET_FAILURES as exc:
             self._kill(session, classify(exc, Phase.WRITE))
             await close_quietly(stream)
+        finally:
+            session.writer_done.set()
 
     async def _reader(self, session: _Session) -> None:
         stream = session.stream
@@ -366,12 +373,16 @@ class H2Connection:
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None and session.alive:
+            # The writer sends the GOAWAY: a second sender on the stream would be
+            # trio's BusyResourceError while it is still flushing request bodies.
+            session.closing = True
             try:
                 session.h2.close_connection()
-                with trio.move_on_after(0.2):
-                    await session.io.send_all(session.h2.data_to_send())
-            except TARGET_FAILURES:
+            except h2.exceptions.ProtocolError:
                 pass
+            session.pending.set()
+            with trio.move_on_after(0.2):
+                await session.writer_done.wait()
             self._kill(session, ErrorKind.OTHER)
             await close_quietly(session.stream)
         for draining in list(self._draining):
