@@ -112,6 +112,9 @@ class ClosedLoop:
                     self.windows.append(controller.windows[-1])
                 if controller.limit > before:
                     self.start()
+                pause = controller.pause_after(Sample(0, status, NO_ERROR, t1 - t0, t1 - t0, 0, 0))
+                if pause > 0:
+                    await trio.sleep(pause)
         finally:
             self._running.discard(index)
 
@@ -168,8 +171,12 @@ async def test_simulation_finds_tracks_and_recovers_capacity(
         assert rate >= 0.9 * (SLOTS // 2) / SERVICE_MEAN
         assert max(w.limit for w in halved) <= 1.3 * (SLOTS // 2) + QUEUE
 
-        # Full capacity again: the limit climbs back by additive increase.
+        # Full capacity again: the limit climbs back by additive increase, once the next
+        # probe of the level that was rejected while halved finds it accepted.
         target.set_capacity(SLOTS)
+        next_probe = trio.current_time() + controller.probe_gap
+        while trio.current_time() < next_probe:
+            await loop.run_windows(1)
         recovered, _ = await loop.run_windows(30)
         assert recovered[-1].limit >= SLOTS
         assert max(w.limit for w in recovered) <= 1.3 * SLOTS + QUEUE

@@ -194,6 +194,10 @@ def test_latency_far_over_the_target_cuts_in_proportion_but_at_most_by_half() ->
     assert c.limit == 25
 
 
+def _label(s: Sample) -> str:
+    return ErrorKind(s.error).label if s.error != NO_ERROR else str(s.status)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -203,18 +207,27 @@ def test_latency_far_over_the_target_cuts_in_proportion_but_at_most_by_half() ->
         failed(ErrorKind.CONNECT_TIMEOUT),
         failed(ErrorKind.CONNECT_REFUSED),
         failed(ErrorKind.RESET),
-        failed(ErrorKind.REFUSED_STREAM),
         failed(ErrorKind.GOAWAY),
-        ok(0.001, 503),
-        ok(0.001, 429),
     ],
-    ids=lambda s: ErrorKind(s.error).label if s.error != NO_ERROR else str(s.status),
+    ids=_label,
 )
-def test_congestion_signals_back_off(bad: Sample) -> None:
+def test_congestion_errors_back_off(bad: Sample) -> None:
     c = AimdController(spec(initial=20))
     w = window(c, 0.0, 0.05, bad=bad, n_bad=1)
-    assert (w.congestion, w.signals) == ("signals", 1)
+    assert (w.congestion, w.signals, w.rejections, w.limited_by) == ("signals", 1, 0, "errors")
     assert c.limit == 18  # 20 * 0.9: the target still served about 20 at once
+
+
+@pytest.mark.parametrize(
+    "bad", [failed(ErrorKind.REFUSED_STREAM), ok(0.001, 503), ok(0.001, 429)], ids=_label
+)
+def test_rejections_cut_to_what_the_target_accepted_even_one_below(bad: Sample) -> None:
+    c = AimdController(spec(initial=20))
+    w = window(c, 0.0, 0.05, bad=bad, n_bad=1)
+    assert (w.congestion, w.signals, w.rejections) == ("signals", 1, 1)
+    assert w.limited_by == "rejections"
+    # The target served about 20 at once (Little's law): one below the limit, not 10% below.
+    assert c.limit == 19
 
 
 @pytest.mark.parametrize(
@@ -232,32 +245,64 @@ def test_congestion_statuses_are_configurable() -> None:
     w = window(c, 0.0, 0.05, bad=ok(0.001, 503), n_bad=5)
     assert (w.congestion, c.limit) == ("", 21)
     w = window(c, w.end, 0.05, bad=ok(0.001, 502), n_bad=1)
-    assert (w.congestion, c.limit) == ("signals", 18)
+    assert (w.congestion, w.rejections, c.limit) == ("signals", 1, 20)
 
 
 def test_signals_within_the_tolerance_are_ignored() -> None:
     # 1 signal in ~400 samples is under 1%; 10 are over.
     c = AimdController(spec(initial=20, congestion_tolerance=0.01))
-    w = window(c, 0.0, 0.05, bad=ok(0.001, 503), n_bad=1)
+    w = window(c, 0.0, 0.05, bad=failed(ErrorKind.RESET), n_bad=1)
     assert (w.signals, w.congestion, c.limit) == (1, "", 21)
-    w = window(c, w.end, 0.05, bad=ok(0.001, 503), n_bad=10)
+    w = window(c, w.end, 0.05, bad=failed(ErrorKind.RESET), n_bad=10)
     assert (w.signals, w.congestion, c.limit) == (10, "signals", 18)
 
 
 def test_signals_cut_to_the_concurrency_the_target_accepted() -> None:
-    # Limit 40, but the target serves 20.5 at once (205 requests of 100 ms in 1 s)
-    # and turns the rest away: the limit goes to 20, not to 36.
+    # Limit 40, but the target serves 20.5 at once (205 requests of 100 ms a second)
+    # and times the rest out: the limit goes to 20, not to 36.
     c = AimdController(spec(initial=40, window_samples=250))
     t = 0.0
-    for k in range(1, 206):
+    k = 0
+    while c.windows_closed == 0:
+        k += 1
         t = k / 205
         c.on_sample(t, ok(0.1) if k > 1 else ok(t))  # the first one sets the start: 0
         if k % 4 == 0:
-            c.on_sample(t, ok(0.001, 503))
-    assert c.windows_closed == 1
+            c.on_sample(t, failed(ErrorKind.READ_TIMEOUT, 0.0))
     w = c.windows[-1]
-    assert (w.start, w.end, w.congestion) == (0.0, 1.0, "signals")
+    # Signals well over the tolerance close the window early, once it has lasted four
+    # typical latencies (0.4 s), short of its second: waiting would only add failures.
+    assert (w.start, w.congestion, w.signals) == (0.0, "signals", 21)
+    assert w.end == pytest.approx(0.4, abs=0.01)
     assert c.limit == 20
+
+
+def test_a_window_closes_early_only_on_enough_signals_over_the_tolerance() -> None:
+    # 1% tolerance; 100 accepted of 50 ms a second, and a 503 every 25 ms (20% of all).
+    c = AimdController(spec(initial=10, congestion_tolerance=0.01))
+    t = 0.0
+    while c.windows_closed == 0:
+        t += 0.01
+        c.on_sample(t, ok(0.05))
+        if round(t * 100) % 4 == 0:
+            c.on_sample(t, ok(0.001, 503))
+    w = c.windows[-1]
+    # At 0.2 s (four typical latencies) with 5 rejections: over 1% and enough to be a rate.
+    assert (w.signals, w.rejections, w.samples) == (5, 5, 25)
+    assert w.end == pytest.approx(0.2)
+    assert c.limit == 5  # what the target accepted: 100/s x 50 ms; no deeper than half
+
+    # The same signals under the tolerance: the window runs its full second.
+    c = AimdController(spec(initial=10, congestion_tolerance=0.3))
+    t = 0.0
+    while c.windows_closed == 0:
+        t += 0.01
+        c.on_sample(t, ok(0.05))
+        if round(t * 100) % 4 == 0:
+            c.on_sample(t, ok(0.001, 503))
+    w = c.windows[-1]
+    assert w.congestion == ""
+    assert w.end - w.start == pytest.approx(1.0)
 
 
 def test_a_decrease_never_goes_below_the_minimum() -> None:
@@ -329,7 +374,9 @@ def test_capacity_note_in_plain_words() -> None:
         t = window(c, t, 0.05).end  # 20, 21, 22 workers at 50 ms: 400-440 requests/s
     note = c.capacity_note(_final_snapshot(1, 0.05, t))  # type: ignore[arg-type]
     match = re.fullmatch(
-        r"sustains about 21 concurrent requests, (\d+) requests/s at p99 50 ms", note
+        r"sustains about 21 concurrent requests, (\d+) requests/s at p99 50 ms; "
+        r"nothing pushed back: the limit was still rising",
+        note,
     )
     assert match is not None, note
     assert int(match[1]) == pytest.approx(420, rel=0.03)

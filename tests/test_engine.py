@@ -434,6 +434,12 @@ class FixedLimit:
     def on_retry_after(self, now: float, seconds: float) -> None:
         pass
 
+    def pause_after(self, sample: Sample) -> float:
+        return 0.0
+
+    def on_lag(self, now: float, lag: float) -> None:
+        pass
+
 
 async def test_adaptive_h2_opens_connections_only_as_streams_need_them(
     target: RunningTarget,

@@ -28,7 +28,8 @@ from trio_websocket import (
 
 from ballista.core.durations import parse_duration
 from ballista.core.errors import ConfigError
-from ballista.observe.summary import check_output_path
+from ballista.core.runmeta import LAG_WARNING
+from ballista.observe.summary import check_output_path, generator_bound
 
 EXIT_OK = 0
 EXIT_GAVE_UP = 1
@@ -240,6 +241,9 @@ class View:
             f"in flight  {s.get('in_flight', 0):>12,}   limit {limit if limit is not None else '-':>8}"
             f"   target rate {fmt_num(rate):>10}"
         )
+        loop_lag = float(s.get("loop_lag_s") or 0.0)
+        if loop_lag > LAG_WARNING:
+            lines.append(f"!          {generator_bound(loop_lag)}")
         lines.append(f"status     {fmt_counts(s.get('status_codes') or {})}")
         lines.append(f"errors     {fmt_counts(s.get('errors_by_kind') or {})}")
         chart = max(10, width - 24)
@@ -263,6 +267,7 @@ class View:
             f" target_rate={fmt_num(s.get('target_rate'))}"
             f" status={fmt_counts(s.get('status_codes') or {}, grouped=False)}"
             f" errors={fmt_counts(s.get('errors_by_kind') or {}, grouped=False)}"
+            f" loop_lag={fmt_ms(s.get('loop_lag_s'))}"
         )
 
 

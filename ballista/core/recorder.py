@@ -17,6 +17,8 @@ from ballista.core.outcome import ERROR_KINDS, ERROR_LABELS, ErrorKind, Sample
 from ballista.core.snapshot import LatencySummary, RequestStats, Snapshot
 
 _KINDS = len(ERROR_KINDS)
+#: Which percentile of the event loop's lag probes a snapshot reports.
+LOOP_LAG_PERCENTILE = 95.0
 
 # `record` indexes the error list with Sample.error as it is, so a response-less
 # sample that says NO_ERROR (-1) lands on the last kind: keep that one OTHER.
@@ -103,6 +105,8 @@ class Recorder:
         self._retried = 0
         self._lag = 0.0
         self._max_lag = 0.0
+        self._loop_lag = Histogram()
+        self._loop_lag_total = Histogram()
         #: requests started and not yet recorded
         self.in_flight = 0
         #: the largest `in_flight` of the run
@@ -157,6 +161,10 @@ class Recorder:
     def record_lag(self, seconds: float) -> None:
         """Open model: a request started `seconds` after its scheduled time."""
         self._lag = max(self._lag, seconds)
+
+    def record_loop_lag(self, seconds: float) -> None:
+        """The event loop woke a sleeper `seconds` late: Ballista's own delay."""
+        self._loop_lag.record(max(0.0, seconds))
 
     # -- snapshots ---------------------------------------------------------
 
@@ -237,6 +245,11 @@ class Recorder:
         lag = self._lag
         self._lag = 0.0
         self._max_lag = max(self._max_lag, lag)
+        loop_lag = self._loop_lag.percentile(LOOP_LAG_PERCENTILE) if self._loop_lag.count else 0.0
+        self._loop_lag_total.merge(self._loop_lag)
+        self._loop_lag.reset()
+        total_lag = self._loop_lag_total
+        loop_lag_run = total_lag.percentile(LOOP_LAG_PERCENTILE) if total_lag.count else 0.0
         responses = sum(self._statuses.values())
         errors = sum(self._errors)
         seq = self._seq
@@ -276,4 +289,7 @@ class Recorder:
             max_scheduler_lag=self._max_lag,
             connection_attempts=self._connection_attempts,
             retried=self._retried,
+            interval_loop_lag=loop_lag,
+            loop_lag=loop_lag_run,
+            max_loop_lag=total_lag.max,
         )

@@ -116,6 +116,12 @@ class Snapshot:
     #: requests sent again because the server had not processed them (a GOAWAY
     #: above their stream, or a keep-alive connection it closed as it was reused)
     retried: int = 0
+    #: how late Ballista's event loop woke a sleeper (p95 of a probe every 10 ms):
+    #: delay of the generator's own, included in every latency. This interval...
+    interval_loop_lag: float = 0.0
+    #: ...and the run so far (p95, and the largest)
+    loop_lag: float = 0.0
+    max_loop_lag: float = 0.0
 
     @property
     def rps(self) -> float:

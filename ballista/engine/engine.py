@@ -42,6 +42,8 @@ STREAMS_PER_CONNECTION = 100
 
 #: Open model, HTTP/1.1: connections when neither --connections nor --max-in-flight is given.
 OPEN_MODEL_CONNECTIONS = 1000
+#: How often the event loop's lag is measured (a sleep of this long, and how late it woke).
+LAG_PROBE_PERIOD = 0.010
 
 SnapshotSink = Callable[[Snapshot], None]
 
@@ -59,6 +61,10 @@ class LimitController(Protocol):
     def capacity_note(self, final: Snapshot) -> str: ...
 
     def on_retry_after(self, now: float, seconds: float) -> None: ...
+
+    def pause_after(self, sample: Sample) -> float: ...
+
+    def on_lag(self, now: float, lag: float) -> None: ...
 
 
 class Connection(Protocol):
@@ -179,6 +185,8 @@ class Engine:
         #: set by signal handling: a person asked the run to stop
         self.interrupted = False
         self._signalled = trio.Event()
+        #: set by stop(): wakes workers pausing after a rejection
+        self._stopped = trio.Event()
 
     def _initial_limit(self) -> int:
         if self._controller is not None:
@@ -198,6 +206,7 @@ class Engine:
         if not self._stop_sending and self._started_at is not None:
             self._sending_ended_at = trio.current_time()
         self._stop_sending = True
+        self._stopped.set()
         # Wake an open-model scheduler waiting for a free slot: it counts its backlog.
         self._slot_freed.set()
         scope = self._workers_scope
@@ -347,6 +356,7 @@ class Engine:
             )
             self._pool = connections
             background.start_soon(self._ticker, recorder, start)
+            background.start_soon(self._lag_probe, recorder)
             duration = load.effective_duration
             with trio.CancelScope() as workers_scope:
                 self._workers_scope = workers_scope
@@ -387,6 +397,19 @@ class Engine:
             if self.model == "open":
                 recorder.target_rate = self._rate_at(now - start)
             self._emit(recorder.snapshot(now))
+
+    async def _lag_probe(self, recorder: Recorder) -> None:
+        """Measure how late the event loop wakes a sleeper: Ballista's own delay, which
+        every measured latency includes too. The controller tells it from the target's."""
+        controller = self._controller
+        now = trio.current_time
+        while True:
+            due = now() + LAG_PROBE_PERIOD
+            await trio.sleep_until(due)
+            woke = now()
+            recorder.record_loop_lag(woke - due)
+            if controller is not None:
+                controller.on_lag(woke, woke - due)
 
     def _emit(self, snapshot: Snapshot) -> None:
         for sink in self._sinks:
@@ -574,6 +597,11 @@ class Engine:
                     limit = controller.on_sample(t1, sample)
                     if limit != self._limit:
                         self.set_limit(limit)
+                    pause = controller.pause_after(sample)
+                    if pause > 0.0:
+                        # A fast rejection: the slot stays taken, as a served request's would.
+                        with trio.move_on_after(pause):
+                            await self._stopped.wait()
         finally:
             self._running_workers.discard(index)
 

@@ -93,6 +93,8 @@ def snapshot_message(snap: Snapshot) -> dict[str, Any]:
         "interval_status_codes": {str(k): v for k, v in sorted(snap.interval_status_codes.items())},
         "interval_errors_by_kind": dict(sorted(snap.interval_errors_by_kind.items())),
         "scheduler_lag_s": round(snap.interval_scheduler_lag, 6),
+        # p95 of how late Ballista's event loop woke this interval: its own delay
+        "loop_lag_s": round(snap.interval_loop_lag, 6),
     }
 
 

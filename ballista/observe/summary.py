@@ -74,6 +74,9 @@ def summary_dict(snap: Snapshot, meta: RunMeta) -> dict[str, Any]:
     )
     if snap.service_time is not None:
         doc["scheduler_lag_max_s"] = round(snap.max_scheduler_lag, 6)
+    # Ballista's own delay, part of every latency above: large, and the generator was
+    # the bottleneck rather than the target.
+    doc["loop_lag_s"] = {"p95": round(snap.loop_lag, 6), "max": round(snap.max_loop_lag, 6)}
     if meta.notes:
         doc["notes"] = list(meta.notes)
     return doc
@@ -185,6 +188,11 @@ def format_summary(snap: Snapshot, meta: RunMeta) -> str:
     return "\n".join(lines) + "\n"
 
 
+def generator_bound(loop_lag: float) -> str:
+    """The live views' warning that Ballista, not the target, is the bottleneck now."""
+    return f"generator-bound: event loop {loop_lag * 1e3:.0f}ms late"
+
+
 def _latency_line(label: str, lat: LatencySummary) -> str:
     parts = [
         ("min", lat.min),
@@ -242,6 +250,8 @@ class LiveLine:
         if snap.interval_scheduler_lag > LAG_WARNING:
             # Open model: requests started late with free slots: Ballista is the limit.
             text += f"  ! ballista lagging {snap.interval_scheduler_lag * 1e3:.0f}ms"
+        elif snap.interval_loop_lag > LAG_WARNING:
+            text += f"  ! {generator_bound(snap.interval_loop_lag)}"
         return text
 
     def _progress(self, snap: Snapshot) -> float | None:

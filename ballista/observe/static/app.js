@@ -148,6 +148,9 @@
     $("in-flight").textContent = int(s.in_flight);
     $("limit").textContent = s.concurrency_limit == null ? "–" : int(s.concurrency_limit);
     $("target-rate").textContent = s.target_rate == null ? "–" : num(s.target_rate);
+    // Ballista's own event loop running late: the generator, not the target, is the limit.
+    const lag = s.loop_lag_s || 0;
+    $("generator").textContent = lag > 0.010 ? `generator-bound: event loop ${Math.round(lag * 1000)} ms late` : "";
     fillTable("status-table", s.status_codes);
     fillTable("errors-table", s.errors_by_kind);
 
