@@ -211,7 +211,7 @@ class AimdController:
         return (
             signals >= EARLY_SIGNALS
             and signals > self.spec.congestion_tolerance * self._samples
-            and elapsed >= min(self._length, 4.0 * self.typical_latency)
+            and elapsed >= min(self._length, 2.0 * self.typical_latency)
         )
 
     @property
