@@ -502,3 +502,134 @@ def test_bad_flags_exit_2_with_one_line(
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1
+
+
+# --- rejections: probes of a rejected limit, spaced in time --------------------------
+
+
+def _rejected_window(c: AimdController, start: float) -> Window:
+    """A window at the current limit in which a few requests (half the limit) are
+    turned away at once: over the 1% tolerance."""
+    return window(c, start, 0.05, bad=ok(0.001, 503), n_bad=c.limit // 2)
+
+
+def test_a_rejected_limit_is_probed_again_only_after_the_probe_gap() -> None:
+    c = AimdController(spec(initial=12, congestion_tolerance=0.01))
+    w = _rejected_window(c, 0.0)
+    assert (w.limited_by, c.limit) == ("rejections", 11)
+    gap = c.probe_gap
+    # Four windows (of 1 s) at least, and 50 typical latencies (2.5 s) at least.
+    assert gap == pytest.approx(4.0)
+    probe_at = w.end + gap
+    t = w.end
+    actions = []
+    while t < probe_at:
+        w = window(c, t, 0.05)
+        actions.append((w.limit, w.action, w.limited_by))
+        t = w.end
+    # Clean windows below the rejected limit wait; the window that ends after the gap
+    # goes back to it: the probe.
+    assert actions[:-1] == [(11, "wait", "rejections")] * (len(actions) - 1)
+    assert actions[-1] == (11, "increase", "")
+    assert c.limit == 12
+    # The probe is rejected again: the gap doubles, and doubles once more, no further.
+    gaps = []
+    for _ in range(4):
+        w = _rejected_window(c, t)
+        gaps.append(c.probe_gap)
+        t = w.end
+        while c.limit < 12:
+            t = window(c, t, 0.05).end
+    assert gaps == [pytest.approx(g) for g in (8.0, 16.0, 16.0, 16.0)]
+
+
+def test_a_probe_that_passes_forgets_the_rejected_limit() -> None:
+    c = AimdController(spec(initial=12, congestion_tolerance=0.01))
+    t = _rejected_window(c, 0.0).end
+    while c.limit < 12:
+        t = window(c, t, 0.05).end
+    # The capacity grew: the probe at 12 is clean, and the limit keeps climbing a window
+    # at a time, with no more waiting.
+    actions = []
+    for _ in range(3):
+        w = window(c, t, 0.05)
+        actions.append((w.limit, w.action))
+        t = w.end
+    assert actions == [(12, "increase"), (13, "increase"), (14, "increase")]
+
+
+# --- the generator's own lag ---------------------------------------------------------
+
+
+def _lagging_window(c: AimdController, start: float, latency: float, lag: float) -> Window:
+    closed = c.windows_closed
+    t = start
+    while c.windows_closed == closed:
+        t += latency / c.limit
+        c.on_lag(t, lag)
+        c.on_sample(t, ok(latency))
+    return c.windows[-1]
+
+
+def test_latency_that_the_event_loop_lag_explains_does_not_cut_the_limit() -> None:
+    # Target 100 ms; requests take 130 ms, of which the event loop woke 40 ms late.
+    c = AimdController(spec(initial=20))
+    w = _lagging_window(c, 0.0, 0.130, 0.040)
+    assert (w.congestion, w.action, w.limited_by, c.limit) == ("generator", "hold", "generator", 20)
+    assert w.lag == pytest.approx(0.040, rel=0.01)
+    # The same latency with 20 ms of lag: 110 ms are the target's, over 100 ms: cut.
+    w = _lagging_window(c, w.end, 0.130, 0.020)
+    assert (w.congestion, w.action, w.limited_by) == ("latency", "decrease", "latency")
+    assert c.limit < 20
+
+
+def test_capacity_note_says_the_generator_limited_the_run() -> None:
+    c = AimdController(spec(initial=20))
+    t = 0.0
+    for _ in range(3):
+        t = _lagging_window(c, t, 0.130, 0.040).end
+    note = c.capacity_note(_final_snapshot(1, 0.13, t))  # type: ignore[arg-type]
+    assert note.endswith(
+        "; limited by Ballista itself, not the target: its event loop ran 40 ms late "
+        "(p95 of a window), which accounts for the latency over the target "
+        "(give it more CPU or less company)"
+    ), note
+
+
+def _final_with(statuses: dict[int, int], errors: dict[ErrorKind, int]) -> object:
+    recorder = Recorder((RequestSpec("default", "GET", "/"),), start=0.0)
+    for status, n in statuses.items():
+        for _ in range(n):
+            recorder.request_started()
+            recorder.record(ok(0.05, status))
+    for kind, n in errors.items():
+        for _ in range(n):
+            recorder.request_started()
+            recorder.record(failed(kind))
+    return recorder.snapshot(10.0, final=True)
+
+
+def test_capacity_note_says_what_limited_the_run() -> None:
+    # Latency.
+    c = AimdController(spec(initial=20))
+    t = 0.0
+    for _ in range(3):
+        t = window(c, t, 0.2).end
+    final = _final_with({200: 100}, {})
+    assert c.capacity_note(final).endswith("; limited by the latency target (p95 under 100 ms)")  # type: ignore[arg-type]
+    # Rejections, with their share of the whole run.
+    c = AimdController(spec(initial=20))
+    _rejected_window(c, 0.0)
+    final = _final_with({200: 985, 503: 10}, {ErrorKind.REFUSED_STREAM: 5})
+    note = c.capacity_note(final)  # type: ignore[arg-type]
+    assert note.endswith("; limited by rejections (503, refused_stream: 1.5% of requests)")
+    # Errors.
+    c = AimdController(spec(initial=20))
+    window(c, 0.0, 0.05, bad=failed(ErrorKind.READ_TIMEOUT), n_bad=3)
+    final = _final_with({200: 997}, {ErrorKind.READ_TIMEOUT: 3})
+    note = c.capacity_note(final)  # type: ignore[arg-type]
+    assert note.endswith("; limited by errors (read_timeout: 0.3% of requests)")
+    # The maximum.
+    c = AimdController(spec(initial=100))
+    window(c, 0.0, 0.05)
+    assert c.capacity_note(final).endswith("; limited by --max-concurrency 100")  # type: ignore[arg-type]
