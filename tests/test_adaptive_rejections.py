@@ -8,8 +8,12 @@ time takes a second. Then a few seconds over real sockets, one per signal.
 
 from __future__ import annotations
 
+import io
 import math
 import random
+import subprocess
+import sys
+import time
 
 import pytest
 import trio
@@ -19,6 +23,7 @@ from ballista.core.config import AdaptiveSpec, LoadSpec, Origin, RequestSpec, Ru
 from ballista.core.controller import AimdController
 from ballista.core.outcome import NO_ERROR, ErrorKind
 from ballista.engine.engine import Engine
+from ballista.observe.summary import LiveLine
 from ballista.target.shedder import start_shedder
 from ballista.transport.connect import PreparedRequest
 
@@ -224,3 +229,59 @@ async def test_real_shedder_for_each_signal(nursery: trio.Nursery, signal: str) 
     assert stats.rejected / final.requests <= 0.05, (stats, controller.windows)
     assert abs(controller.settled_limit() - capacity) <= 1, controller.windows
     assert "limited by rejections" in engine.notes()[-1]
+
+
+# --- Ballista's own lag ---------------------------------------------------------------
+
+
+async def _hog(busy: float) -> None:
+    """CPU work that yields only between slices of `busy` seconds: every turn of the
+    event loop takes that long, as on a saturated machine."""
+    while True:
+        end = time.perf_counter() + busy
+        while time.perf_counter() < end:
+            pass
+        await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.timeout(60)
+async def test_a_saturated_generator_holds_the_limit_and_says_so(nursery: trio.Nursery) -> None:
+    # The target runs in its own process and answers in about 1 ms; in this one, a task
+    # that yields only every 30 ms makes the event loop wake everything else that late.
+    server = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "ballista.target.shedder", "--capacity", "1000", "--service", "1ms"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None
+        with trio.fail_after(20):
+            url = (await server.stdout.receive_some(200)).decode().split()[0]
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        spec = AdaptiveSpec(latency_target=0.050, window_min=0.3, initial=4, slow_start=False)
+        config = RunConfig(
+            origin=Origin("http", "127.0.0.1", port),
+            requests=(RequestSpec("default", "GET", "/"),),
+            load=LoadSpec(model="adaptive", duration=3.0, adaptive=spec),
+            protocol="http1",
+        )
+        controller = AimdController(spec)
+        lines: list[str] = []
+        live = LiveLine(io.StringIO(), duration=3.0, total=None)
+        engine = Engine(
+            config, controller=controller, sinks=[lambda s: lines.append(live.render(s))]
+        )
+        async with trio.open_nursery() as hogs:
+            hogs.start_soon(_hog, 0.030)
+            with trio.fail_after(30):
+                final = await engine.run()
+            hogs.cancel_scope.cancel()
+    finally:
+        server.kill()
+        await server.wait()
+    windows = controller.windows
+    assert final.latency.p95 > spec.latency_target  # the latency is over the target...
+    assert final.loop_lag > spec.latency_target  # ...because the event loop is late
+    assert controller.decreases == 0, windows  # so the limit holds
+    assert controller.limited_by() == "generator", windows
+    assert "limited by Ballista itself, not the target" in engine.notes()[-1]
+    assert any("generator-bound: event loop" in line for line in lines), lines

@@ -572,13 +572,14 @@ def _lagging_window(c: AimdController, start: float, latency: float, lag: float)
 
 
 def test_latency_that_the_event_loop_lag_explains_does_not_cut_the_limit() -> None:
-    # Target 100 ms; requests take 130 ms, of which the event loop woke 40 ms late.
+    # Target 100 ms; requests take 180 ms while the event loop wakes sleepers 20 ms late:
+    # four wake-ups of a request account for 80 ms, leaving 100 ms to the target.
     c = AimdController(spec(initial=20))
-    w = _lagging_window(c, 0.0, 0.130, 0.040)
+    w = _lagging_window(c, 0.0, 0.180, 0.020)
     assert (w.congestion, w.action, w.limited_by, c.limit) == ("generator", "hold", "generator", 20)
-    assert w.lag == pytest.approx(0.040, rel=0.01)
-    # The same latency with 20 ms of lag: 110 ms are the target's, over 100 ms: cut.
-    w = _lagging_window(c, w.end, 0.130, 0.020)
+    assert w.lag == pytest.approx(0.020, rel=0.01)
+    # The same latency with 15 ms of lag: 120 ms are the target's, over 100 ms: cut.
+    w = _lagging_window(c, w.end, 0.180, 0.015)
     assert (w.congestion, w.action, w.limited_by) == ("latency", "decrease", "latency")
     assert c.limit < 20
 
@@ -587,10 +588,10 @@ def test_capacity_note_says_the_generator_limited_the_run() -> None:
     c = AimdController(spec(initial=20))
     t = 0.0
     for _ in range(3):
-        t = _lagging_window(c, t, 0.130, 0.040).end
-    note = c.capacity_note(_final_snapshot(1, 0.13, t))  # type: ignore[arg-type]
+        t = _lagging_window(c, t, 0.180, 0.020).end
+    note = c.capacity_note(_final_snapshot(1, 0.18, t))  # type: ignore[arg-type]
     assert note.endswith(
-        "; limited by Ballista itself, not the target: its event loop ran 40 ms late "
+        "; limited by Ballista itself, not the target: its event loop ran 20 ms late "
         "(p95 of a window), which accounts for the latency over the target "
         "(give it more CPU or less company)"
     ), note
