@@ -370,9 +370,10 @@ class AimdController:
     def _decrease(self, limit: int, pct: float, accepted: float, cause: str) -> int:
         """The limit after a congested window.
 
-        Rejections say exactly how much the target takes: the limit goes to the
+        Rejections say how much the target takes: the limit goes to the
         concurrency it accepted meanwhile (Little's law: the sum of their
-        latencies over the window's length), even when that is only one below.
+        latencies over the window's length) or to the share of slots it did
+        not turn away, whichever is lower, even when that is only one below.
         Otherwise at least the usual multiplicative step (limit * backoff),
         deeper when the window shows the target is far below the limit:
         latency overshot the target by a factor (cut in proportion), or, with
@@ -382,7 +383,12 @@ class AimdController:
         spec = self.spec
         level: float
         if cause == "rejections":
-            level = math.floor(accepted + 0.5)
+            # Paced, a rejected slot sends as often as an accepted one: the share of
+            # rejected requests is the share of slots above the capacity. Little's law
+            # says the same for a target with no queue before its limiter; with one,
+            # it counts the queue too, and the share still tells.
+            kept = limit * (1.0 - self._signals / max(1, self._samples))
+            level = math.floor(min(accepted, kept) + 0.5)
         else:
             level = limit * spec.backoff
             if cause == "errors":
