@@ -312,8 +312,9 @@ class AimdController:
             ceiling = self._ceiling
             if ceiling is not None and new >= ceiling and now < self._probe_at:
                 new = max(limit, ceiling - 1)
-                action = "wait"
-                cause = self._ceiling_cause
+                if new == limit:
+                    action = "wait"
+                    cause = self._ceiling_cause
             elif new == limit:
                 cause = "maximum"
         if new == limit and action not in ("cooldown", "wait"):
