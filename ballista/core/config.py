@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, urlsplit
@@ -222,6 +224,104 @@ class LoadSpec:
         if self.requests is None:
             return DEFAULT_DURATION
         return None
+
+
+#: Open model: outstanding requests when --max-in-flight is not given. Each one is
+#: a task and (HTTP/1.1) a connection: this bounds the memory and the files an
+#: overload can take, and covers 10,000 req/s at 100 ms (Little's law).
+DEFAULT_MAX_IN_FLIGHT = 1000
+
+# Upper bounds on what one process is asked to do. Past the soft bounds a value
+# is far more often a slip (-r 1e12 for 1e3) than a plan, yet a big machine
+# could mean it: `check_bounds(..., unbounded=True)` lifts them. The hard bounds
+# hold always: past them Ballista could not keep its promises at all.
+#: requests per second (soft): one process sends tens of thousands at most
+MAX_RATE = 1_000_000.0
+#: closed-model workers, adaptive maximum, open-model --max-in-flight (soft):
+#: each is a task of a few kB, and on HTTP/1.1 a connection and a file
+MAX_CONCURRENCY = 100_000
+#: hard bound on rates: counted in O(1) per tick, but every figure stays exact below it
+HARD_MAX_RATE = 1e9
+#: hard bound on workers and in-flight requests (memory: about 10 GB of tasks)
+HARD_MAX_CONCURRENCY = 2_000_000
+#: connections to one target (hard): a source address has 65,535 ports at most
+MAX_CONNECTIONS = 65_535
+#: a run, a stage (hard): soak tests last days, not years
+MAX_DURATION = 366 * 86400.0
+#: stages of a ramp (hard): each tick walks them
+MAX_STAGES = 10_000
+#: scheduled requests in a run (hard): open-model arrivals are counted in floats
+MAX_SCHEDULED = 2**50
+
+
+def check_bounds(
+    load: LoadSpec,
+    connections: int | None = None,
+    *,
+    name: Callable[[str], str] = str,
+    unbounded: bool = False,
+    override: str = "",
+) -> None:
+    """Reject sizes that would eat the machine, with one line naming the key.
+
+    `name` turns a LoadSpec field (`rate`, `concurrency`, `max_in_flight`,
+    `duration`, `stages`, `adaptive.maximum`, `connections`) into the front
+    end's spelling (`-r/--rate`, `load.rate`, ...). `override` says how that
+    front end lifts the soft bounds, for the message (e.g. "add --no-limits").
+    """
+    soft = not unbounded
+    hint = f"; {override}" if override else ""
+
+    def above(key: str, value: float, limit: float, unit: str, why: str, lift: bool) -> None:
+        if value <= limit:  # also false for NaN
+            return
+        tail = hint if lift else ""
+        unit = f" {unit}" if unit else ""
+        raise ConfigError(
+            f"{name(key)}: {value:,.6g}{unit} is above the limit of {limit:,.0f}{unit} "
+            f"({why}){tail}"
+        )
+
+    def workers(key: str, value: float) -> None:
+        if soft:
+            above(key, value, MAX_CONCURRENCY, "", "each is a task and maybe a connection", True)
+        above(key, value, HARD_MAX_CONCURRENCY, "", "the memory of one process", False)
+
+    def rate(key: str, value: float) -> None:
+        if soft:
+            above(key, value, MAX_RATE, "requests/s", "one process sends far fewer", True)
+        above(key, value, HARD_MAX_RATE, "requests/s", "the most Ballista counts exactly", False)
+
+    model = load.model
+    if load.rate is not None:
+        rate("rate", load.rate)
+    if load.max_in_flight is not None:
+        workers("max_in_flight", load.max_in_flight)
+    if model in ("closed", "sequential") and not load.stages:
+        workers("concurrency", load.concurrency)
+    if load.adaptive is not None:
+        workers("adaptive.maximum", load.adaptive.maximum)
+    if len(load.stages) > MAX_STAGES:
+        raise ConfigError(f"{name('stages')}: {len(load.stages):,} stages (at most {MAX_STAGES:,})")
+    for stage in load.stages:
+        if model == "open":
+            rate("stages", stage.target)
+        else:
+            workers("stages", stage.target)
+        above("stages", stage.duration, MAX_DURATION, "s", "a stage of a year", False)
+    if load.duration is not None:
+        above("duration", load.duration, MAX_DURATION, "s", "a run of a year", False)
+    if connections is not None:
+        above("connections", connections, MAX_CONNECTIONS, "", "the ports of one address", False)
+    length = load.effective_duration
+    if model == "open" and length is not None:
+        peak = max([load.rate or 0.0, *(s.target for s in load.stages)])
+        scheduled = peak * length
+        if not math.isfinite(scheduled) or scheduled > MAX_SCHEDULED:
+            raise ConfigError(
+                f"{name('rate')}: {scheduled:.3g} requests over the run is more than "
+                f"Ballista counts exactly ({MAX_SCHEDULED:.3g}): lower the rate or the duration"
+            )
 
 
 @dataclass(frozen=True, slots=True)
