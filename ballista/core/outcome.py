@@ -20,7 +20,9 @@ class ErrorKind(enum.IntEnum):
     PROTOCOL = 8
     TLS = 9
     DNS = 10
-    OTHER = 11
+    #: still in flight when the run ended and its grace period was over
+    UNFINISHED = 11
+    OTHER = 12
 
     @property
     def label(self) -> str:

@@ -13,13 +13,15 @@ import itertools
 import math
 import random
 import ssl
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
 
-from ballista.core.config import DEFAULT_GRACE, RunConfig
+from ballista.core.config import DEFAULT_GRACE, DEFAULT_MAX_IN_FLIGHT, RunConfig
+from ballista.core.errors import ConfigError
 from ballista.core.outcome import ErrorKind, Sample
 from ballista.core.recorder import Recorder
 from ballista.core.runmeta import LAG_WARNING, RunMeta
@@ -40,10 +42,11 @@ from ballista.transport.http2 import H2Connection
 #: HTTP/2 streams per connection when --connections is not given.
 STREAMS_PER_CONNECTION = 100
 
-#: Open model, HTTP/1.1: connections when neither --connections nor --max-in-flight is given.
-OPEN_MODEL_CONNECTIONS = 1000
 #: How often the event loop's lag is measured (a sleep of this long, and how late it woke).
 LAG_PROBE_PERIOD = 0.010
+#: Open model: requests the scheduler may start or drop before it yields to the
+#: rest of the run (workers, the ticker, a stop or a signal), however far behind it is.
+SCHEDULER_BATCH = 64
 
 SnapshotSink = Callable[[Snapshot], None]
 
@@ -93,28 +96,112 @@ def protocol_label(http2: bool) -> str:
     return "HTTP/2" if http2 else "HTTP/1.1"
 
 
-class _IdlePool:
-    """HTTP/1.1 connections for the open model: take an idle one, or wait for one.
+class _Waiter:
+    __slots__ = ("conn", "event", "gone")
 
-    O(1) per request: a stack of idle connections and a FIFO of waiters.
+    def __init__(self) -> None:
+        self.conn: H1Connection | None = None
+        self.event = trio.Event()
+        #: gave up (deadline or cancellation): release() passes it by
+        self.gone = False
+
+
+class _IdlePool:
+    """HTTP/1.1 connections for the open model: take an idle one, or queue for one.
+
+    O(1) per request: a stack of idle connections (the most recently used, and
+    so already open, first) and a FIFO of waiters. A released connection goes
+    straight to the oldest waiter, which alone wakes: no herd, no overtaking.
     """
 
     def __init__(self, connections: Sequence[H1Connection]) -> None:
         self._idle = list(connections)
-        self._freed = trio.Event()
+        self._waiters: deque[_Waiter] = deque()
 
     async def acquire(self, deadline: float) -> H1Connection | None:
-        while not self._idle:
-            with trio.CancelScope(deadline=deadline) as scope:
-                await self._freed.wait()
-            if scope.cancelled_caught:
-                return None
-        return self._idle.pop()
+        """An idle connection, or None when none came before `deadline`."""
+        if self._idle:
+            return self._idle.pop()
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        try:
+            with trio.move_on_at(deadline):
+                await waiter.event.wait()
+        except BaseException:
+            waiter.gone = True
+            if waiter.conn is not None:  # handed over as the run was cancelled
+                self.release(waiter.conn)
+            raise
+        waiter.gone = True
+        # A connection handed over just as the deadline passed is still taken.
+        return waiter.conn
 
     def release(self, conn: H1Connection) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.gone:
+                waiter.conn = conn
+                waiter.event.set()
+                return
         self._idle.append(conn)
-        self._freed.set()
-        self._freed = trio.Event()
+
+
+#: Files a run needs besides its connections: standard streams, trio's own,
+#: listeners for /metrics and the live stream, the daemon's database and clients.
+FD_RESERVE = 64
+
+
+def fit_fd_limit(connections: int) -> int:
+    """Raise this process's soft limit on open files to what `connections` need, up
+    to the hard limit (as Locust does at start-up); return how many connections fit."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover (not POSIX)
+        return connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = connections + FD_RESERVE
+    infinite = resource.RLIM_INFINITY
+    if soft != infinite and soft < need:
+        raised = need if hard == infinite else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    if soft == infinite:
+        return connections
+    return max(0, min(connections, soft - FD_RESERVE))
+
+
+def check_fd_limit(config: RunConfig) -> None:
+    """Before a run: fail in one line when its connections cannot all be open at
+    once under the open-file limit (`ulimit -n`). The open model is exempt: its
+    pool opens connections only as the load needs them, and shrinks to fit."""
+    load = config.load
+    if load.model == "open":
+        return
+    http2 = config.protocol == "http2" or (config.protocol == "auto" and config.origin.tls)
+    if load.model == "sequential":
+        wanted = 1
+    elif config.connections is not None:
+        wanted = config.connections
+    else:
+        if load.adaptive is not None:
+            workers = load.adaptive.maximum
+        elif load.stages:
+            workers = max(1, math.ceil(max(s.target for s in load.stages)))
+        else:
+            workers = load.concurrency
+        wanted = math.ceil(workers / STREAMS_PER_CONNECTION) if http2 else workers
+    fits = fit_fd_limit(wanted)
+    if fits < wanted:
+        flags = "--connections" if config.connections is not None else "-c/--concurrency"
+        raise ConfigError(
+            f"{flags}: {wanted:,} connections need {wanted + FD_RESERVE:,} open files, but "
+            f"this process may open {fits + FD_RESERVE:,} (ulimit -n): raise the limit "
+            f"(ulimit -n {wanted + FD_RESERVE}) or open fewer connections"
+        )
 
 
 class Engine:
@@ -149,7 +236,9 @@ class Engine:
         elif self.model == "adaptive":
             self.concurrency = load.adaptive.maximum if load.adaptive else load.concurrency
         elif self.model == "open":
-            self.concurrency = load.max_in_flight or 0
+            self.concurrency = (
+                DEFAULT_MAX_IN_FLIGHT if load.max_in_flight is None else load.max_in_flight
+            )
         elif self._ramp is not None:
             self.concurrency = max(1, math.ceil(max(s.target for s in load.stages)))
         else:
@@ -178,6 +267,8 @@ class Engine:
         self._failed_probes = 0
         #: open model: set and replaced whenever a request ends (or the run stops)
         self._slot_freed = trio.Event()
+        #: the connections the open-file limit let the run have, when fewer than asked
+        self._fd_clamped: tuple[int, int] | None = None
         #: called with the RunInfo once the protocol and connections are decided
         self.on_start: list[Callable[[RunInfo], None]] = []
         self._started_at: float | None = None
@@ -185,7 +276,8 @@ class Engine:
         #: set by signal handling: a person asked the run to stop
         self.interrupted = False
         self._signalled = trio.Event()
-        #: set by stop(): wakes workers pausing after a rejection
+        #: set by stop(): wakes workers pausing after a rejection, and an open-model
+        #: scheduler waiting for the next due time
         self._stopped = trio.Event()
 
     def _initial_limit(self) -> int:
@@ -206,8 +298,9 @@ class Engine:
         if not self._stop_sending and self._started_at is not None:
             self._sending_ended_at = trio.current_time()
         self._stop_sending = True
+        # Wake an open-model scheduler waiting for a due time or a free slot: it
+        # counts its backlog as dropped and returns.
         self._stopped.set()
-        # Wake an open-model scheduler waiting for a free slot: it counts its backlog.
         self._slot_freed.set()
         scope = self._workers_scope
         if scope is not None:
@@ -261,6 +354,37 @@ class Engine:
             notes.append(
                 f"the server did not agree to HTTP/2 over ALPN (it selected {said}): "
                 "HTTP/2 requests failed at once as protocol errors; drop --http2 to let ALPN choose"
+            )
+        if final.dropped:
+            scheduled = final.requests + final.dropped
+            if final.max_in_flight >= self.concurrency:
+                why = (
+                    f"{self.concurrency:,} requests were in flight (--max-in-flight): the target "
+                    "could not keep up with the rate"
+                )
+            else:
+                why = "Ballista fell further behind the schedule than --timeout"
+            notes.append(
+                f"{final.dropped:,} of {scheduled:,} scheduled requests were dropped, "
+                f"never sent: {why}"
+            )
+        unfinished = final.errors_by_kind.get(ErrorKind.UNFINISHED.label, 0)
+        if unfinished:
+            notes.append(
+                f"{unfinished:,} requests were still in flight when the run ended (grace "
+                f"{self._grace:g}s): counted as errors of kind 'unfinished', their age then "
+                "as latency"
+            )
+        if self._fd_clamped is not None:
+            wanted, fits = self._fd_clamped
+            notes.append(
+                f"the open-file limit (ulimit -n) lets this process hold {fits:,} of the "
+                f"{wanted:,} connections asked for: "
+                + (
+                    "requests beyond them waited for one (pool_timeout)"
+                    if self.model == "open"
+                    else "connecting beyond it fails (errors of kind 'other')"
+                )
             )
         if self._controller is not None:
             notes.append(self._controller.capacity_note(final))
@@ -331,6 +455,8 @@ class Engine:
         async with trio.open_nursery() as background:
             http2, ssl_context, probe = await self._negotiate()
             n_conn = self._connection_count(http2)
+            if self._connection_factory is None:
+                n_conn = self._fit_fd_limit(n_conn)
             start = trio.current_time()
             self._started_at = start
             recorder = Recorder(
@@ -454,13 +580,19 @@ class Engine:
             return 1
         if self.config.connections is not None:
             return self.config.connections
-        if self.model == "open":
-            if http2:
-                return max(1, math.ceil((self.concurrency or 100) / STREAMS_PER_CONNECTION))
-            return self.concurrency or OPEN_MODEL_CONNECTIONS
         if http2:
             return max(1, math.ceil(self.concurrency / STREAMS_PER_CONNECTION))
         return self.concurrency
+
+    def _fit_fd_limit(self, wanted: int) -> int:
+        """Raise the open-file limit toward what the connections need; the open
+        model's pool (connections open only as the load needs them) shrinks to
+        what fits, other models are told in a note that connections will fail."""
+        fits = fit_fd_limit(wanted)
+        if fits >= wanted:
+            return wanted
+        self._fd_clamped = (wanted, fits)
+        return max(1, fits) if self.model == "open" else wanted
 
     async def _open_pool(
         self,
@@ -477,6 +609,8 @@ class Engine:
         origin = self.config.origin
         pool: list[Connection] = []
         for i in range(n):
+            if i % 1024 == 1023:
+                await trio.lowlevel.checkpoint()  # tens of thousands: keep signals heard
             if http2:
                 h2c = H2Connection(origin, ssl_context, recorder, nursery)
                 if i == 0 and probe is not None:
@@ -586,10 +720,18 @@ class Engine:
                 req = pick()
                 t0 = now()
                 started()
-                status, error, sent, received = await conn.request(req, t0 + timeout)
+                try:
+                    status, error, sent, received = await conn.request(req, t0 + timeout)
+                except BaseException:
+                    _record_unfinished(recorder, req.index, t0, t0)
+                    raise
                 t1 = now()
                 sample = Sample(req.index, status, error, t1 - t0, t1 - t0, sent, received)
                 record(sample)
+                if status == 0:
+                    # Some failures (no file descriptor left, say) return without
+                    # ever blocking: yield, or a stop is never heard.
+                    await trio.lowlevel.checkpoint()
                 if controller is not None:
                     if conn.retry_after is not None:
                         controller.on_retry_after(t1, conn.retry_after)
@@ -618,13 +760,17 @@ class Engine:
         """Start each request at its scheduled time, whatever earlier ones are doing.
 
         The backlog is never a list: the schedule is generated one time at a
-        time, and a request that cannot start within the timeout of its
-        scheduled time is counted as dropped.
+        time. A request that cannot start within the timeout of its scheduled
+        time (the cap on requests in flight is full, or Ballista itself is that
+        far behind) is dropped, together with every other one as late, in one
+        step: work per turn is bounded whatever the rate, and the scheduler
+        yields at least every SCHEDULER_BATCH requests, so a stop is heard.
+        Every request scheduled before the end is either started or dropped.
         """
         load = self.config.load
         ramp = self._ramp or constant(load.rate or 0.0)
         arrivals = Arrivals(ramp, poisson=load.arrival == "poisson", seed=self._rng.getrandbits(64))
-        cap = load.max_in_flight
+        cap = self.concurrency
         timeout = self.config.timeout
         nursery = self._workers_nursery
         assert nursery is not None
@@ -636,34 +782,50 @@ class Engine:
         )
         rr = itertools.cycle(connections) if multiplexed else None
         end = load.effective_duration
+        horizon = math.inf if end is None else end
+        checkpoint = trio.lowlevel.checkpoint
+        batch = 0
         while not self._stop_sending:
+            batch += 1
+            if batch >= SCHEDULER_BATCH:
+                batch = 0
+                await checkpoint()
+                if self._stop_sending:
+                    break
             offset = arrivals.next()
-            if offset is None or (end is not None and offset >= end):
+            if offset is None or offset >= horizon:
+                if end is not None:
+                    # The schedule is over, the run is not: it lasts what was asked.
+                    await self._stopped.wait()
                 return
-            due = start + offset
             if not self._take_budget():
                 return
+            due = start + offset
             now = trio.current_time()
             if due > now:
-                await trio.sleep_until(due)
+                batch = 0
+                with trio.move_on_at(due):
+                    await self._stopped.wait()
+                if self._stop_sending:
+                    self._drop_backlog(arrivals, start, end, recorder, pending=offset)
+                    return
                 now = trio.current_time()
-            if self._stop_sending:
-                self._drop_backlog(arrivals, start, end, recorder, pending=offset < now - start)
-                return
+            elif now >= due + timeout:  # the same sum as the deadlines below: no float gap
+                self._drop_late(arrivals, start, now - timeout, recorder)
+                continue
             waited = False
-            if cap is not None:
-                while recorder.in_flight >= cap:
-                    waited = True
-                    if now >= due + timeout:  # the same sum as the deadline below: no float gap
-                        break
+            if recorder.in_flight >= cap:
+                waited = True
+                batch = 0
+                while recorder.in_flight >= cap and now < due + timeout:
                     with trio.move_on_at(due + timeout):
                         await self._slot_freed.wait()
                     now = trio.current_time()
                     if self._stop_sending:
-                        self._drop_backlog(arrivals, start, end, recorder, pending=True)
+                        self._drop_backlog(arrivals, start, end, recorder, pending=offset)
                         return
                 if recorder.in_flight >= cap:
-                    recorder.record_dropped()
+                    self._drop_late(arrivals, start, now - timeout, recorder)
                     continue
             if not waited:
                 # Late with a free slot: Ballista itself could not keep up.
@@ -671,7 +833,22 @@ class Engine:
             recorder.request_started()
             conn = next(rr) if rr is not None else None
             nursery.start_soon(self._open_request, due, conn, idle, recorder)
-        self._drop_backlog(arrivals, start, end, recorder, pending=False)
+        self._drop_backlog(arrivals, start, end, recorder, pending=None)
+
+    def _skip(self, arrivals: Arrivals, before: float) -> int:
+        """Pass over the requests due before `before` (seconds from the start) that
+        the -n budget allows, counting them against it."""
+        n = arrivals.skip_before(before, self._remaining)
+        if self._remaining is not None:
+            self._remaining -= n
+        return n
+
+    def _drop_late(
+        self, arrivals: Arrivals, start: float, oldest: float, recorder: Recorder
+    ) -> None:
+        """The request in hand could not start in time: neither can any other one
+        scheduled before `oldest` (a clock time). All of them are dropped at once."""
+        recorder.record_dropped(1 + self._skip(arrivals, oldest - start))
 
     def _drop_backlog(
         self,
@@ -680,17 +857,20 @@ class Engine:
         end: float | None,
         recorder: Recorder,
         *,
-        pending: bool,
+        pending: float | None,
     ) -> None:
         """At a stop, requests that were already due but never started (the one in
-        hand when `pending`, and any a lagging scheduler had not reached) count as
-        dropped, so that requests + dropped = what was scheduled until the stop."""
-        horizon = trio.current_time() - start
+        hand, due at `pending`, and any a lagging scheduler had not reached) count
+        as dropped, so that requests + dropped = what was scheduled until the stop."""
+        stopped_at = self._sending_ended_at
+        horizon = (trio.current_time() if stopped_at is None else stopped_at) - start
         if end is not None:
             horizon = min(horizon, end)
-        dropped = int(pending)
-        while (nxt := arrivals.next()) is not None and nxt < horizon and self._take_budget():
-            dropped += 1
+        dropped = 0
+        if pending is not None and pending < horizon:
+            dropped = 1 + self._skip(arrivals, horizon)
+        elif pending is None:
+            dropped = self._skip(arrivals, horizon)
         if dropped:
             recorder.record_dropped(dropped)
 
@@ -704,6 +884,8 @@ class Engine:
         req = self._pick()
         deadline = due + self.config.timeout
         h1: H1Connection | None = None
+        sent_at: float | None = None
+        recorded = False
         try:
             if conn is None:
                 assert idle is not None
@@ -713,6 +895,7 @@ class Engine:
                     recorder.record(
                         Sample(req.index, 0, ErrorKind.POOL_TIMEOUT, now - due, 0.0, 0, 0)
                     )
+                    recorded = True
                     return
                 conn = h1
             sent_at = trio.current_time()
@@ -721,8 +904,19 @@ class Engine:
             recorder.record(
                 Sample(req.index, status, error, now - due, now - sent_at, sent, received)
             )
+            recorded = True
         finally:
+            if not recorded:
+                _record_unfinished(recorder, req.index, due, sent_at)
             if h1 is not None and idle is not None:
                 idle.release(h1)
             self._slot_freed.set()
             self._slot_freed = trio.Event()
+
+
+def _record_unfinished(recorder: Recorder, index: int, began: float, sent_at: float | None) -> None:
+    """A request still going when the run ended (its grace over): counted, not lost.
+    Its age at the end is a lower bound of its latency."""
+    now = trio.current_time()
+    service = 0.0 if sent_at is None else now - sent_at
+    recorder.record(Sample(index, 0, ErrorKind.UNFINISHED, now - began, service, 0, 0))

@@ -58,6 +58,8 @@ def summary_dict(snap: Snapshot, meta: RunMeta) -> dict[str, Any]:
             "status_codes": {str(k): v for k, v in sorted(snap.status_codes.items())},
             "errors_by_kind": dict(snap.errors_by_kind),
             "dropped": snap.dropped,
+            # requests still in flight when the run ended: also in errors_by_kind
+            "unfinished": snap.errors_by_kind.get("unfinished", 0),
             "concurrency": {
                 "configured": meta.concurrency,
                 "max_in_flight": snap.max_in_flight,
