@@ -785,6 +785,9 @@ class Engine:
         horizon = math.inf if end is None else end
         checkpoint = trio.lowlevel.checkpoint
         batch = 0
+        #: when the scheduler last got a slot after waiting for one: requests that
+        #: fell due while it waited are late by the target's doing, not Ballista's
+        slot_at = -math.inf
         while not self._stop_sending:
             batch += 1
             if batch >= SCHEDULER_BATCH:
@@ -813,9 +816,7 @@ class Engine:
             elif now >= due + timeout:  # the same sum as the deadlines below: no float gap
                 self._drop_late(arrivals, start, now - timeout, recorder)
                 continue
-            waited = False
             if recorder.in_flight >= cap:
-                waited = True
                 batch = 0
                 while recorder.in_flight >= cap and now < due + timeout:
                     with trio.move_on_at(due + timeout):
@@ -827,9 +828,9 @@ class Engine:
                 if recorder.in_flight >= cap:
                     self._drop_late(arrivals, start, now - timeout, recorder)
                     continue
-            if not waited:
-                # Late with a free slot: Ballista itself could not keep up.
-                recorder.record_lag(max(0.0, now - due))
+                slot_at = now
+            # Late with a free slot: Ballista itself could not keep up.
+            recorder.record_lag(max(0.0, now - max(due, slot_at)))
             recorder.request_started()
             conn = next(rr) if rr is not None else None
             nursery.start_soon(self._open_request, due, conn, idle, recorder)
