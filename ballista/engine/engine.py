@@ -722,7 +722,7 @@ class Engine:
                 started()
                 try:
                     status, error, sent, received = await conn.request(req, t0 + timeout)
-                except BaseException:
+                except trio.Cancelled:
                     _record_unfinished(recorder, req.index, t0, t0)
                     raise
                 t1 = now()
@@ -826,7 +826,19 @@ class Engine:
                         self._drop_backlog(arrivals, start, end, recorder, pending=offset)
                         return
                 if recorder.in_flight >= cap:
-                    self._drop_late(arrivals, start, now - timeout, recorder)
+                    # Out of time, and so is every request that falls due before a
+                    # slot frees: wait for one, then drop them all in one step
+                    # rather than waking for each of their deadlines.
+                    recorder.record_dropped()
+                    while recorder.in_flight >= cap:
+                        await self._slot_freed.wait()
+                        if self._stop_sending:
+                            self._drop_backlog(arrivals, start, end, recorder, pending=None)
+                            return
+                    slot_at = trio.current_time()
+                    late = self._skip(arrivals, slot_at - timeout - start)
+                    if late:
+                        recorder.record_dropped(late)
                     continue
                 slot_at = now
             # Late with a free slot: Ballista itself could not keep up.
@@ -847,8 +859,8 @@ class Engine:
     def _drop_late(
         self, arrivals: Arrivals, start: float, oldest: float, recorder: Recorder
     ) -> None:
-        """The request in hand could not start in time: neither can any other one
-        scheduled before `oldest` (a clock time). All of them are dropped at once."""
+        """The request in hand is too late to start: so is every other one scheduled
+        before `oldest` (a clock time). All of them are dropped at once."""
         recorder.record_dropped(1 + self._skip(arrivals, oldest - start))
 
     def _drop_backlog(
@@ -886,7 +898,6 @@ class Engine:
         deadline = due + self.config.timeout
         h1: H1Connection | None = None
         sent_at: float | None = None
-        recorded = False
         try:
             if conn is None:
                 assert idle is not None
@@ -896,7 +907,6 @@ class Engine:
                     recorder.record(
                         Sample(req.index, 0, ErrorKind.POOL_TIMEOUT, now - due, 0.0, 0, 0)
                     )
-                    recorded = True
                     return
                 conn = h1
             sent_at = trio.current_time()
@@ -905,10 +915,10 @@ class Engine:
             recorder.record(
                 Sample(req.index, status, error, now - due, now - sent_at, sent, received)
             )
-            recorded = True
+        except trio.Cancelled:
+            _record_unfinished(recorder, req.index, due, sent_at)
+            raise
         finally:
-            if not recorded:
-                _record_unfinished(recorder, req.index, due, sent_at)
             if h1 is not None and idle is not None:
                 idle.release(h1)
             self._slot_freed.set()
