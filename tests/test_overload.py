@@ -198,6 +198,30 @@ async def test_a_stop_wakes_a_scheduler_waiting_for_its_next_request(
     assert (final.requests, final.dropped) == (1, 0)
 
 
+class FailingConnection:
+    """Fails every request at once without blocking, as a connect does with no
+    file descriptor left (EMFILE)."""
+
+    multiplexed = False
+    retry_after: float | None = None
+
+    async def request(self, req: object, deadline: float) -> tuple[int, int, int, int]:
+        return 0, ErrorKind.OTHER, 0, 0
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_workers_failing_without_blocking_still_stop_on_time() -> None:
+    load = LoadSpec(model="closed", concurrency=50, duration=0.3)
+    engine = Engine(fake_config(load), connection_factory=lambda i: FailingConnection())
+    t0 = trio.current_time()
+    with trio.fail_after(5):
+        final = await engine.run()
+    assert trio.current_time() - t0 < 1.5
+    assert final.errors == final.requests > 0
+
+
 # -- the idle pool: a FIFO of waiters ------------------------------------------------------
 
 

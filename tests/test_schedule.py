@@ -173,3 +173,44 @@ def test_arrivals_stop_when_the_rate_ends_at_zero() -> None:
         times.append(t)
     assert len(times) == 11  # area 10 over the two seconds, k = 0..10
     assert times[-1] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    "stages",
+    ["10s:100,5s:100,5s:0", "1s:10,1s:0", "3s:7"],
+)
+@pytest.mark.parametrize("cut", [0.0, 0.3, 1.0, 2.5, 7.3, 10.0, 17.0, 19.999, 25.0])
+def test_skip_before_passes_over_what_next_would_return(stages: str, cut: float) -> None:
+    one_by_one = Arrivals(Ramp(parse_stages(stages)))
+    at_once = Arrivals(Ramp(parse_stages(stages)))
+    count = 0
+    while (t := one_by_one.next()) is not None and t < cut:
+        count += 1
+    assert at_once.skip_before(cut) == count
+    assert at_once.count == count
+    # and both go on from the same request
+    assert at_once.next() == t
+
+
+@pytest.mark.parametrize("rate", [0.2, 3.0, 250.0, 1e6, 1e9, 1e12])
+def test_skip_before_counts_a_constant_rate_exactly(rate: float) -> None:
+    arrivals = Arrivals(constant(rate))
+    assert arrivals.skip_before(1.0) == math.ceil(rate)
+    assert arrivals.skip_before(1.0) == 0  # nothing is due twice
+    assert arrivals.next() == pytest.approx(math.ceil(rate) / rate)
+
+
+def test_skip_before_respects_a_limit() -> None:
+    arrivals = Arrivals(constant(1e9))
+    assert arrivals.skip_before(1.0, 5000) == 5000
+    assert arrivals.next() == pytest.approx(5000 / 1e9)
+    assert arrivals.skip_before(1.0, 0) == 0
+
+
+@pytest.mark.parametrize("rate", [2.0, 50.0, 5000.0, 1e9])
+def test_skip_before_poisson_counts_have_the_poisson_mean_and_spread(rate: float) -> None:
+    # Skipping one second at a time, 400 times: counts of mean R and variance R.
+    arrivals = Arrivals(constant(rate), poisson=True, seed=3)
+    counts = [arrivals.skip_before(s + 1.0) for s in range(400)]
+    assert statistics.fmean(counts) == pytest.approx(rate, rel=5 / math.sqrt(400 * rate))
+    assert statistics.variance(counts) / rate == pytest.approx(1.0, abs=0.3)

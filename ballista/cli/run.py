@@ -16,6 +16,7 @@ from ballista.core.controller import parse_statuses
 from ballista.core.durations import parse_duration, parse_share
 from ballista.core.errors import ConfigError
 from ballista.core.scenario import read_scenario_file
+from ballista.engine.engine import check_fd_limit
 from ballista.engine.run import Run
 from ballista.observe.outputs import Outputs, run_with_outputs
 from ballista.observe.summary import check_output_path
@@ -456,6 +457,7 @@ def outputs_from_args(ns: argparse.Namespace) -> Outputs:
 
 def main(ns: argparse.Namespace) -> int:
     config = config_from_args(ns)
+    check_fd_limit(config)
     outputs = outputs_from_args(ns)
 
     async def go() -> int:
