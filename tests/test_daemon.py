@@ -944,3 +944,23 @@ async def test_runs_client_against_a_daemon(
     assert json.loads(out)["status"] == "stopped"
     assert (await runs("stop", run_id))[0] == 1
     assert (await runs("show", "nope"))[0] == 1
+
+
+@pytest.mark.parametrize("load", [{"rate": 1e308}, {"concurrency": 10**9}])
+async def test_absurd_sizes_are_refused_and_the_daemon_stays_up(
+    daemon: Daemon, target: RunningTarget, load: dict[str, Any]
+) -> None:
+    assert daemon.port is not None
+    doc = scenario(target)
+    doc["load"] = {**load, "duration": "1s"}
+    with trio.fail_after(5):
+        status, body = await api(daemon.port, "POST", "/api/runs", doc)
+        assert status == 400, body
+        assert "is above the limit" in body["error"]
+        status, health = await api(daemon.port, "GET", "/api/health")
+        assert status == 200 and health["status"] == "ok"
+        # refused before the store heard of it: no run left "running" forever
+        status, runs = await api(daemon.port, "GET", "/api/runs")
+    assert runs["runs"] == []
+    assert target.stats.requests == 0
+

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ballista.core.config import DEFAULT_GRACE, DEFAULT_MAX_IN_FLIGHT, RunConfig
+from ballista.core.config import DEFAULT_GRACE, DEFAULT_MAX_IN_FLIGHT, RunConfig, check_bounds
 from ballista.core.errors import ConfigError
 from ballista.core.outcome import ErrorKind, Sample
 from ballista.core.recorder import Recorder
@@ -217,6 +217,9 @@ class Engine:
         seed: int | None = None,
         connection_factory: Callable[[int], Connection] | None = None,
     ) -> None:
+        # Past the hard bounds no run can keep its promises (or its memory): whatever
+        # front end built this config, refuse it here too.
+        check_bounds(config.load, config.connections, unbounded=True)
         self.config = config
         #: test seam: builds connection i instead of the transport (no sockets)
         self._connection_factory = connection_factory
