@@ -963,4 +963,3 @@ async def test_absurd_sizes_are_refused_and_the_daemon_stays_up(
         status, runs = await api(daemon.port, "GET", "/api/runs")
     assert runs["runs"] == []
     assert target.stats.requests == 0
-
