@@ -271,6 +271,9 @@ class Engine:
         self._failed_probes = 0
         #: open model: set and replaced whenever a request ends (or the run stops)
         self._slot_freed = trio.Event()
+        #: open model: requests dropped because the cap stayed full (the rest of
+        #: `dropped` are those Ballista itself fell too far behind on)
+        self._dropped_at_cap = 0
         #: the connections the open-file limit let the run have, when fewer than asked
         self._fd_clamped: tuple[int, int] | None = None
         #: called with the RunInfo once the protocol and connections are decided
@@ -361,16 +364,21 @@ class Engine:
             )
         if final.dropped:
             scheduled = final.requests + final.dropped
-            if final.max_in_flight >= self.concurrency:
-                why = (
-                    f"{self.concurrency:,} requests were in flight (--max-in-flight): the target "
-                    "could not keep up with the rate"
+            at_cap = self._dropped_at_cap
+            causes = []
+            if at_cap:
+                causes.append(
+                    f"{at_cap:,} found {self.concurrency:,} requests in flight (--max-in-flight) "
+                    "until too late: the target could not keep up with the rate"
                 )
-            else:
-                why = "Ballista fell further behind the schedule than --timeout"
+            if final.dropped > at_cap:
+                causes.append(
+                    f"{final.dropped - at_cap:,} fell due faster than Ballista could start "
+                    "them: this machine could not keep up"
+                )
             notes.append(
-                f"{final.dropped:,} of {scheduled:,} scheduled requests were dropped, "
-                f"never sent: {why}"
+                f"{final.dropped:,} of {scheduled:,} scheduled requests were dropped, never "
+                f"sent: {'; '.join(causes)}"
             )
         unfinished = final.errors_by_kind.get(ErrorKind.UNFINISHED.label, 0)
         if unfinished:
@@ -827,22 +835,28 @@ class Engine:
                         await self._slot_freed.wait()
                     now = trio.current_time()
                     if self._stop_sending:
-                        self._drop_backlog(arrivals, start, end, recorder, pending=offset)
+                        self._drop_backlog(
+                            arrivals, start, end, recorder, pending=offset, at_cap=True
+                        )
                         return
                 if recorder.in_flight >= cap:
                     # Out of time, and so is every request that falls due before a
                     # slot frees: wait for one, then drop them all in one step
                     # rather than waking for each of their deadlines.
                     recorder.record_dropped()
+                    self._dropped_at_cap += 1
                     while recorder.in_flight >= cap:
                         await self._slot_freed.wait()
                         if self._stop_sending:
-                            self._drop_backlog(arrivals, start, end, recorder, pending=None)
+                            self._drop_backlog(
+                                arrivals, start, end, recorder, pending=None, at_cap=True
+                            )
                             return
                     slot_at = trio.current_time()
                     late = self._skip(arrivals, slot_at - timeout - start)
                     if late:
                         recorder.record_dropped(late)
+                        self._dropped_at_cap += late
                     continue
                 slot_at = now
             # Late with a free slot: Ballista itself could not keep up.
@@ -875,10 +889,12 @@ class Engine:
         recorder: Recorder,
         *,
         pending: float | None,
+        at_cap: bool = False,
     ) -> None:
         """At a stop, requests that were already due but never started (the one in
         hand, due at `pending`, and any a lagging scheduler had not reached) count
-        as dropped, so that requests + dropped = what was scheduled until the stop."""
+        as dropped, so that requests + dropped = what was scheduled until the stop.
+        `at_cap`: the scheduler was waiting for a slot, not behind by itself."""
         stopped_at = self._sending_ended_at
         horizon = (trio.current_time() if stopped_at is None else stopped_at) - start
         if end is not None:
@@ -890,6 +906,8 @@ class Engine:
             dropped = self._skip(arrivals, horizon)
         if dropped:
             recorder.record_dropped(dropped)
+            if at_cap:
+                self._dropped_at_cap += dropped
 
     async def _open_request(
         self,
