@@ -20,9 +20,8 @@ import tracemalloc
 import pytest
 import trio
 import trio.testing
-from conftest import TargetFactory
-from servers import HOST, RunningTarget
-from test_stages import ORIGIN, FakeConnection
+from helpers import ORIGIN, FakeConnection
+from servers import HOST, RunningTarget, TargetFactory
 
 from ballista.core.config import (
     DEFAULT_MAX_IN_FLIGHT,
