@@ -27,8 +27,8 @@ BALLISTA = [sys.executable, "-m", "ballista"]
 FLAGS = {"rate": "-r/--rate", "concurrency": "-c/--concurrency", "stages": "--stages"}
 
 
-def flag(key: str) -> str:
-    return FLAGS.get(key, f"--{key.replace('_', '-')}")
+def flag(key: str, why: str) -> ConfigError:
+    return ConfigError(f"{FLAGS.get(key, '--' + key.replace('_', '-'))}: {why}")
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def flag(key: str) -> str:
         (
             LoadSpec(model="adaptive", adaptive=AdaptiveSpec(maximum=10**9)),
             None,
-            "--adaptive.maximum: 1e+09",
+            "--adaptive.max: 1e+09",
         ),
     ],
 )
@@ -54,7 +54,7 @@ def test_absurd_sizes_are_one_line_naming_the_key(
     load: LoadSpec, connections: int | None, names: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        check_bounds(load, connections, name=flag)
+        check_bounds(load, connections, error=flag)
     message = str(info.value)
     assert message.startswith(names), message
     assert "\n" not in message

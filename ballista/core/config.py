@@ -258,17 +258,19 @@ def check_bounds(
     load: LoadSpec,
     connections: int | None = None,
     *,
-    name: Callable[[str], str] = str,
+    error: Callable[[str, str], ConfigError] | None = None,
     unbounded: bool = False,
     override: str = "",
 ) -> None:
     """Reject sizes that would eat the machine, with one line naming the key.
 
-    `name` turns a LoadSpec field (`rate`, `concurrency`, `max_in_flight`,
-    `duration`, `stages`, `adaptive.maximum`, `connections`) into the front
-    end's spelling (`-r/--rate`, `load.rate`, ...). `override` says how that
+    `error(key, why)` makes the ConfigError for a canonical key (`rate`,
+    `concurrency`, `max_in_flight`, `duration`, `stages`, `adaptive.max`,
+    `connections`), naming it in the front end's terms: `Layer.error` does.
+    By default the message starts with the key itself. `override` says how that
     front end lifts the soft bounds, for the message (e.g. "add --no-limits").
     """
+    make = error or _plain_error
     soft = not unbounded
     hint = f"; {override}" if override else ""
 
@@ -277,9 +279,8 @@ def check_bounds(
             return
         tail = hint if lift else ""
         unit = f" {unit}" if unit else ""
-        raise ConfigError(
-            f"{name(key)}: {value:,.6g}{unit} is above the limit of {limit:,.0f}{unit} "
-            f"({why}){tail}"
+        raise make(
+            key, f"{value:,.6g}{unit} is above the limit of {limit:,.0f}{unit} ({why}){tail}"
         )
 
     def workers(key: str, value: float) -> None:
@@ -300,9 +301,9 @@ def check_bounds(
     if model in ("closed", "sequential") and not load.stages:
         workers("concurrency", load.concurrency)
     if load.adaptive is not None:
-        workers("adaptive.maximum", load.adaptive.maximum)
+        workers("adaptive.max", load.adaptive.maximum)
     if len(load.stages) > MAX_STAGES:
-        raise ConfigError(f"{name('stages')}: {len(load.stages):,} stages (at most {MAX_STAGES:,})")
+        raise make("stages", f"{len(load.stages):,} stages (at most {MAX_STAGES:,})")
     for stage in load.stages:
         if model == "open":
             rate("stages", stage.target)
@@ -318,10 +319,15 @@ def check_bounds(
         peak = max([load.rate or 0.0, *(s.target for s in load.stages)])
         scheduled = peak * length
         if not math.isfinite(scheduled) or scheduled > MAX_SCHEDULED:
-            raise ConfigError(
-                f"{name('rate')}: {scheduled:.3g} requests over the run is more than "
-                f"Ballista counts exactly ({MAX_SCHEDULED:.3g}): lower the rate or the duration"
+            raise make(
+                "rate",
+                f"{scheduled:.3g} requests over the run is more than Ballista counts "
+                f"exactly ({MAX_SCHEDULED:.3g}): lower the rate or the duration",
             )
+
+
+def _plain_error(key: str, why: str) -> ConfigError:
+    return ConfigError(f"{key}: {why}")
 
 
 @dataclass(frozen=True, slots=True)
