@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 from helpers import ORIGIN, FakeConnection
-from servers import HOST, RunningTarget, TargetFactory
+from servers import HOST, FaultServer, RunningTarget, TargetFactory
 
 from ballista.core.config import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -392,3 +392,30 @@ async def test_a_large_body_is_not_copied_per_request(nursery: trio.Nursery) -> 
     assert received == [size] * 8
     # Four requests at once: one copy each would be 32 MB.
     assert peak < size / 2, peak
+
+
+async def test_a_stop_while_asking_the_target_its_protocol_ends_the_run(
+    silent_server: FaultServer,
+) -> None:
+    # https with the protocol left to ALPN: the engine asks first, and this server
+    # never completes the handshake. A signal then must not wait out --timeout (30 s).
+    origin, path = parse_url(f"https://{HOST}:{silent_server.port}/")
+    config = RunConfig(
+        origin=origin,
+        requests=(RequestSpec("default", "GET", path),),
+        load=LoadSpec(model="closed", concurrency=2, duration=60.0),
+    )
+    engine = Engine(config)
+    async with trio.open_nursery() as nursery:
+
+        async def stop_soon() -> None:
+            await trio.sleep(0.3)
+            engine.signal()
+
+        nursery.start_soon(stop_soon)
+        t0 = trio.current_time()
+        with trio.fail_after(5):
+            final = await engine.run()
+    assert trio.current_time() - t0 < 1.0
+    assert final.requests == 0
+    assert engine.interrupted

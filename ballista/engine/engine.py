@@ -8,13 +8,14 @@ hands a snapshot to each sink once per interval.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import itertools
 import math
 import random
 import ssl
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -271,6 +272,8 @@ class Engine:
         self._failed_probes = 0
         #: open model: set and replaced whenever a request ends (or the run stops)
         self._slot_freed = trio.Event()
+        #: the set-up step under way (asking the target its protocol): a stop cuts it short
+        self._setup_scope: trio.CancelScope | None = None
         #: open model: requests dropped because the cap stayed full (the rest of
         #: `dropped` are those Ballista itself fell too far behind on)
         self._dropped_at_cap = 0
@@ -309,6 +312,8 @@ class Engine:
         # counts its backlog as dropped and returns.
         self._stopped.set()
         self._slot_freed.set()
+        if self._setup_scope is not None:
+            self._setup_scope.cancel()
         scope = self._workers_scope
         if scope is not None:
             g = self._grace if grace is None else grace
@@ -465,7 +470,11 @@ class Engine:
         config = self.config
         load = config.load
         async with trio.open_nursery() as background:
-            http2, ssl_context, probe = await self._negotiate()
+            negotiated: tuple[bool, ssl.SSLContext | None, Connected | None] = (False, None, None)
+            with self._stoppable(math.inf):
+                negotiated = await self._negotiate()
+            # Stopped before the target answered: nothing will be sent on these.
+            http2, ssl_context, probe = negotiated
             n_conn = self._connection_count(http2)
             if self._connection_factory is None:
                 n_conn = self._fit_fd_limit(n_conn)
@@ -520,6 +529,18 @@ class Engine:
                     await conn.aclose()
             background.cancel_scope.cancel()
         return final
+
+    @contextlib.contextmanager
+    def _stoppable(self, deadline: float) -> Iterator[trio.CancelScope]:
+        """A set-up step that a stop (a signal) or `deadline` cuts short."""
+        with trio.CancelScope(deadline=deadline) as scope:
+            if self._stop_sending:
+                scope.cancel()
+            self._setup_scope = scope
+            try:
+                yield scope
+            finally:
+                self._setup_scope = None
 
     async def _stop_at(self, when: float) -> None:
         await trio.sleep_until(when)
@@ -627,8 +648,14 @@ class Engine:
                 h2c = H2Connection(origin, ssl_context, recorder, nursery)
                 if i == 0 and probe is not None:
                     try:
-                        with trio.fail_after(self.config.timeout):
+                        # SETTINGS within --timeout, and no waiting past a stop (a signal)
+                        with (
+                            self._stoppable(math.inf) as setup,
+                            trio.fail_after(self.config.timeout),
+                        ):
                             await h2c.adopt(probe)
+                        if setup.cancelled_caught:
+                            await close_quietly(probe.stream)
                     except TARGET_FAILURES:
                         # The probe died (or the server never sent SETTINGS) before
                         # HTTP/2 began: this connection opens afresh on its first request.
