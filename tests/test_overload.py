@@ -419,3 +419,21 @@ async def test_a_stop_while_asking_the_target_its_protocol_ends_the_run(
     assert trio.current_time() - t0 < 1.0
     assert final.requests == 0
     assert engine.interrupted
+
+
+async def test_no_request_starts_after_the_duration_however_busy_the_loop() -> None:
+    # 5,000 workers whose requests take 10 ms keep trio's run loop busy: the
+    # timer that ends -d fires a batch late, yet nothing may start after the end.
+    starts: list[float] = []
+    load = LoadSpec(model="closed", concurrency=5000, duration=0.3)
+    engine = Engine(
+        fake_config(load, connections=100),
+        grace=1.0,
+        connection_factory=lambda i: FakeConnection(starts, 0.01),
+    )
+    began: list[float] = []
+    engine.on_start.append(lambda info: began.append(trio.current_time()))
+    final = await engine.run()
+    assert final.requests == len(starts) > 0
+    assert max(starts) - began[0] < 0.3
+    assert engine.sending_duration == pytest.approx(0.3, abs=1e-6)

@@ -272,6 +272,8 @@ class Engine:
         self._failed_probes = 0
         #: open model: set and replaced whenever a request ends (or the run stops)
         self._slot_freed = trio.Event()
+        #: when -d ends, once the run has started
+        self._end_at = math.inf
         #: the set-up step under way (asking the target its protocol): a stop cuts it short
         self._setup_scope: trio.CancelScope | None = None
         #: open model: requests dropped because the cap stayed full (the rest of
@@ -306,7 +308,8 @@ class Engine:
     def stop(self, *, grace: float | None = None) -> None:
         """Stop sending now; in-flight requests get `grace` seconds to finish."""
         if not self._stop_sending and self._started_at is not None:
-            self._sending_ended_at = trio.current_time()
+            # A stop heard late (a busy loop) still ends sending at the end of -d.
+            self._sending_ended_at = min(trio.current_time(), self._end_at)
         self._stop_sending = True
         # Wake an open-model scheduler waiting for a due time or a free slot: it
         # counts its backlog as dropped and returns.
@@ -510,7 +513,8 @@ class Engine:
                 if self._stop_sending:  # stopped before it began
                     workers_scope.deadline = trio.current_time() + self._grace
                 if duration is not None:
-                    background.start_soon(self._stop_at, start + duration)
+                    self._end_at = start + duration
+                    background.start_soon(self._stop_at, self._end_at)
                 async with trio.open_nursery() as workers:
                     self._workers_nursery = workers
                     if self.model == "open":
@@ -756,8 +760,13 @@ class Engine:
         controller = self._controller
         try:
             while not self._stop_sending and index < self._limit and self._take_budget():
-                req = pick()
                 t0 = now()
+                if t0 >= self._end_at:
+                    # -d is over though its timer has not fired yet (a loop busy
+                    # with many workers): no request starts after the end.
+                    self.stop()
+                    break
+                req = pick()
                 started()
                 try:
                     status, error, sent, received = await conn.request(req, t0 + timeout)
