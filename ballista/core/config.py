@@ -238,8 +238,9 @@ DEFAULT_MAX_IN_FLIGHT = 1000
 #: requests per second (soft): one process sends tens of thousands at most
 MAX_RATE = 1_000_000.0
 #: closed-model workers, adaptive maximum, open-model --max-in-flight (soft):
-#: each is a task of a few kB, and on HTTP/1.1 a connection and a file
-MAX_CONCURRENCY = 100_000
+#: each is a task (and on HTTP/1.1 a connection and a file) that the run loop
+#: visits in turn: 30,000 busy ones already take seconds per turn on 2 cores
+MAX_CONCURRENCY = 20_000
 #: hard bound on rates: counted in O(1) per tick, but every figure stays exact below it
 HARD_MAX_RATE = 1e9
 #: hard bound on workers and in-flight requests (memory: about 10 GB of tasks)
