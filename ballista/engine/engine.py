@@ -474,7 +474,7 @@ class Engine:
         load = config.load
         async with trio.open_nursery() as background:
             negotiated: tuple[bool, ssl.SSLContext | None, Connected | None] = (False, None, None)
-            with self._stoppable(math.inf):
+            with self._stoppable():
                 negotiated = await self._negotiate()
             # Stopped before the target answered: nothing will be sent on these.
             http2, ssl_context, probe = negotiated
@@ -535,9 +535,9 @@ class Engine:
         return final
 
     @contextlib.contextmanager
-    def _stoppable(self, deadline: float) -> Iterator[trio.CancelScope]:
-        """A set-up step that a stop (a signal) or `deadline` cuts short."""
-        with trio.CancelScope(deadline=deadline) as scope:
+    def _stoppable(self) -> Iterator[trio.CancelScope]:
+        """A set-up step that a stop (a signal) cuts short."""
+        with trio.CancelScope() as scope:
             if self._stop_sending:
                 scope.cancel()
             self._setup_scope = scope
@@ -654,7 +654,7 @@ class Engine:
                     try:
                         # SETTINGS within --timeout, and no waiting past a stop (a signal)
                         with (
-                            self._stoppable(math.inf) as setup,
+                            self._stoppable() as setup,
                             trio.fail_after(self.config.timeout),
                         ):
                             await h2c.adopt(probe)
