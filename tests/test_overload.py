@@ -31,6 +31,7 @@ from ballista.core.config import (
     parse_url,
 )
 from ballista.core.outcome import ErrorKind
+from ballista.core.recorder import Recorder
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine, _IdlePool
 from ballista.observe.summary import summary_dict
@@ -225,12 +226,9 @@ async def test_workers_failing_without_blocking_still_stop_on_time() -> None:
 
 
 def _connections(n: int) -> list[H1Connection]:
-    class Events:
-        def connection_opened(self) -> None: ...
-
-        def connection_closed(self) -> None: ...
-
-    return [H1Connection(ORIGIN, None, Events()) for _ in range(n)]
+    # The pool never opens them: a recorder takes the events they would report.
+    events = Recorder((RequestSpec("default", "GET", "/"),), start=0.0)
+    return [H1Connection(ORIGIN, None, events) for _ in range(n)]
 
 
 async def test_idle_pool_serves_waiters_in_arrival_order(
