@@ -48,6 +48,12 @@ BALLISTA = [sys.executable, "-m", "ballista"]
         (["compare", "http://127.0.0.1/", "--json", "/nonexistent/out.json"], "no such directory"),
         (["watch", "ws://127.0.0.1:1/", "--json", "/nonexistent/out.json"], "no such directory"),
         (["bogus"], "invalid choice"),
+        (["run", "http://127.0.0.1/", "-r", "1e12"], "-r/--rate: 1e+12 requests/s is above"),
+        (["run", "http://127.0.0.1/", "-r", "1e12", "--no-limits"], "limit of 1,000,000,000"),
+        (["run", "http://127.0.0.1/", "-c", "30000"], "add --no-limits if you mean it"),
+        (["run", "http://127.0.0.1/", "--connections", "1e8"], "is not a whole number"),
+        (["run", "http://127.0.0.1/", "--stages", "1s:1e308"], "--stages: 1e+308"),
+        (["run", "http://127.0.0.1/", "--interval", "1us"], "--interval: must be at least 50ms"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

@@ -253,6 +253,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="repeatable: p99<250ms, p95<=1s, error_rate<1%%, rps>500, checkout.p99<400ms",
     )
     scenario.add_argument(
+        "--no-limits",
+        action="store_true",
+        help="lift the soft bounds on rate (1e6/s) and workers (20,000) for a machine that "
+        "can take more",
+    )
+    scenario.add_argument(
         "--abort-on-fail",
         action="store_true",
         help="stop the run as soon as a threshold is known to fail",
@@ -430,7 +436,13 @@ def config_from_args(ns: argparse.Namespace, *, sequential: bool | None = None) 
     scenario = scenario_from_args(ns)
     overrides = flags_layer(ns, sequential=sequential)
     thresholds = [(t, "--threshold") for t in getattr(ns, "threshold", None) or ()]
-    config = build_config(scenario, overrides, thresholds=thresholds)
+    config = build_config(
+        scenario,
+        overrides,
+        thresholds=thresholds,
+        unbounded=bool(getattr(ns, "no_limits", False)),
+        override="add --no-limits if you mean it",
+    )
     if config.ca_file is not None:
         # A bundle ssl cannot load fails here, in one line, not at the first connection.
         check_ca_file(config.ca_file)

@@ -19,6 +19,7 @@ from ballista.core.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_INTERVAL,
     DEFAULT_TIMEOUT,
+    MIN_INTERVAL,
     AdaptiveSpec,
     LoadSpec,
     Model,
@@ -27,6 +28,7 @@ from ballista.core.config import (
     RequestSpec,
     RunConfig,
     Stage,
+    check_bounds,
     check_request,
 )
 from ballista.core.errors import ConfigError
@@ -125,18 +127,29 @@ def build_config(
     overrides: Layer | None = None,
     *,
     thresholds: Sequence[tuple[str, str]] = (),
+    unbounded: bool = False,
+    override: str = "",
 ) -> RunConfig:
     """The scenario's settings under `overrides`, checked together -> RunConfig.
 
     `thresholds` are added to the scenario's own. ConfigError names the key as
-    the user wrote it.
+    the user wrote it. Sizes are held to `config.check_bounds`; `unbounded` lifts
+    its soft bounds, and `override` tells the user how (e.g. "add --no-limits").
     """
     values = scenario.settings.merged_under(overrides or Layer())
     load = _load(values)
+
+    def bound_error(key: str, why: str) -> ConfigError:
+        return values.error(key, why) if key in values else ConfigError(f"{key}: {why}")
+
+    interval = values.get("interval", DEFAULT_INTERVAL)
+    if interval < MIN_INTERVAL:
+        raise bound_error("interval", f"must be at least {MIN_INTERVAL * 1e3:.0f}ms")
     protocol = cast(Protocol, values.get("protocol", "auto"))
     connections: int | None = values.get("connections")
     if load.model == "sequential" and connections not in (None, 1):
         raise values.error("connections", "the sequential model uses one connection")
+    check_bounds(load, connections, error=bound_error, unbounded=unbounded, override=override)
     for spec in scenario.requests:
         check_request(spec, http2=protocol == "http2")
     names = [r.name for r in scenario.requests]
@@ -151,7 +164,7 @@ def build_config(
         connections=connections,
         timeout=values.get("timeout", DEFAULT_TIMEOUT),
         insecure=bool(values.get("insecure", False)),
-        interval=values.get("interval", DEFAULT_INTERVAL),
+        interval=interval,
         scenario=values.get("name") or scenario.name,
         thresholds=tuple(parsed),
         ca_file=values.get("ca_file"),

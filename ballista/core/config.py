@@ -23,6 +23,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: Defaults, in one place: every front end (flags, files, the API) leaves them to this module.
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_INTERVAL = 1.0
+#: a shorter snapshot interval would spend the run formatting snapshots
+MIN_INTERVAL = 0.05
 DEFAULT_CONCURRENCY = 10
 #: a run with neither -d nor -n lasts this long
 DEFAULT_DURATION = 10.0
