@@ -67,6 +67,7 @@ _REFUSED: dict[str, tuple[int, str | None]] = {
     "full": (429, None),
     "closing": (503, None),
     "inactive": (409, None),
+    "invalid": (400, None),
 }
 
 
