@@ -21,11 +21,12 @@ connection is served by hypercorn's own TCPServer.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -34,7 +35,7 @@ from hypercorn.config import Config
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
-from hypercorn.utils import parse_socket_addr, wrap_app
+from hypercorn.utils import wrap_app
 
 from ballista import __version__
 from ballista.core.errors import ListenError, reason_of
@@ -148,6 +149,12 @@ class Slot:
         self.deadline = math.inf
 
 
+#: The connection the current task serves (tasks a connection spawns inherit it).
+current_slot: contextvars.ContextVar[Slot | None] = contextvars.ContextVar(
+    "current_slot", default=None
+)
+
+
 class Slots:
     """The connections a listener holds, and which one gives way when it is full.
 
@@ -157,7 +164,7 @@ class Slots:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._held: OrderedDict[Any, Slot] = OrderedDict()
+        self._held: OrderedDict[Slot, None] = OrderedDict()
         #: connections pushed out to make room, and ones refused for lack of it
         self.evicted = 0
         self.refused = 0
@@ -165,29 +172,71 @@ class Slots:
     def __len__(self) -> int:
         return len(self._held)
 
-    def admit(self, key: Any, slot: Slot) -> tuple[bool, Slot | None]:
+    def admit(self, slot: Slot) -> tuple[bool, Slot | None]:
         """(admitted, the slot to close to make room)."""
         victim: Slot | None = None
         if len(self._held) >= self.limit:
-            victim_key = next((k for k, s in self._held.items() if not s.busy), None)
-            if victim_key is None:
+            victim = next((s for s in self._held if not s.busy), None)
+            if victim is None:
                 self.refused += 1
                 return False, None
-            victim = self._held.pop(victim_key)
+            del self._held[victim]
             self.evicted += 1
-        self._held[key] = slot
+        self._held[slot] = None
         return True, victim
 
-    def get(self, key: Any) -> Slot | None:
-        return self._held.get(key)
+    def touch(self, slot: Slot) -> None:
+        if slot in self._held:
+            self._held.move_to_end(slot)
 
-    def touch(self, key: Any) -> None:
-        if key in self._held:
-            self._held.move_to_end(key)
+    def release(self, slot: Slot) -> None:
+        self._held.pop(slot, None)
 
-    def release(self, key: Any, slot: Slot) -> None:
-        if self._held.get(key) is slot:
-            del self._held[key]
+
+async def serve_capped(
+    listeners: Sequence[trio.SocketListener],
+    serve_stream: Callable[[trio.SocketStream], Awaitable[None]],
+    slots: Slots,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept on `listeners` until cancelled; each connection is served by
+    `serve_stream` in a slot of `slots` (see `Slots`), as `current_slot`."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        slot = Slot(stream.socket.close)
+        admitted, victim = slots.admit(slot)
+        if victim is not None:
+            # Closing the socket wakes whatever task waits on it (trio's
+            # notify_closing): the victim's server sees it closed and ends.
+            victim.close()
+        if not admitted:
+            await trio.aclose_forcefully(stream)
+            return
+        current_slot.set(slot)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_deadline, slot)
+                await serve_stream(stream)
+                nursery.cancel_scope.cancel()
+        except Exception:
+            # One client must never end the listener (and the daemon): whatever
+            # the protocol code did not survive costs that connection only.
+            log.exception("a connection failed")
+        finally:
+            slots.release(slot)
+            stream.socket.close()
+
+    await trio.serve_listeners(handle, list(listeners), task_status=task_status)
+
+
+async def _watch_deadline(slot: Slot) -> None:
+    while True:
+        await trio.sleep_until(min(slot.deadline, trio.current_time() + 1.0))
+        if trio.current_time() >= slot.deadline:
+            log.info("a client did not take its response in time: connection closed")
+            slot.close()
+            return
 
 
 # -- the ASGI application ------------------------------------------------------------------
@@ -196,8 +245,8 @@ class Slots:
 class RoutesApp:
     """The routes as an ASGI application, with the head, body and send limits.
 
-    `slots` (set by `serve_asgi`) lets it mark a connection busy while it serves
-    a request on it, and give a response a deadline."""
+    Served by `serve_asgi`, it marks its connection busy while it serves a request
+    on it, and gives each response a deadline."""
 
     def __init__(self, routes: Mapping[str, Handler]) -> None:
         self.routes = dict(routes)
@@ -216,8 +265,7 @@ class RoutesApp:
                     return
         if scope["type"] != "http":
             return  # websocket: hypercorn refuses the handshake when the app returns
-        key = scope.get("client")
-        slot = None if self.slots is None or key is None else self.slots.get(tuple(key))
+        slot = current_slot.get()
         if slot is not None:
             slot.busy += 1
         try:
@@ -226,8 +274,8 @@ class RoutesApp:
             if slot is not None:
                 slot.busy -= 1
                 slot.deadline = math.inf
-                assert self.slots is not None
-                self.slots.touch(tuple(key))  # type: ignore[arg-type]
+                if self.slots is not None:
+                    self.slots.touch(slot)
 
     async def _http(
         self,
@@ -365,46 +413,12 @@ async def serve_asgi(
     slots = Slots(max_connections)
     app.slots = slots
 
-    async def handle(stream: trio.SocketStream) -> None:
-        sock = stream.socket
-        try:
-            key = parse_socket_addr(sock.family, sock.getpeername())
-        except OSError:
-            await trio.aclose_forcefully(stream)
-            return
-        slot = Slot(sock.close)
-        admitted, victim = slots.admit(key, slot)
-        if victim is not None:
-            victim.close()
-        if not admitted:
-            await trio.aclose_forcefully(stream)
-            return
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_deadline, slot)
-                await TCPServer(wrapped, config, context, {}, stream)  # type: ignore[arg-type]
-                nursery.cancel_scope.cancel()
-        except Exception:
-            # One client's request must never end the listener (and the daemon):
-            # whatever hypercorn did not survive costs that connection only.
-            log.exception("connection from %s failed", key)
-            sock.close()
-        finally:
-            slots.release(key, slot)
+    async def serve_stream(stream: trio.SocketStream) -> None:
+        await TCPServer(wrapped, config, context, {}, stream)  # type: ignore[arg-type]
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handle, listeners)
+        await nursery.start(serve_capped, listeners, serve_stream, slots)
         task_status.started(bound)
-
-
-async def _watch_deadline(slot: Slot) -> None:
-    while True:
-        deadline = slot.deadline
-        await trio.sleep_until(min(deadline, trio.current_time() + 1.0))
-        if trio.current_time() >= slot.deadline:
-            log.info("a client did not take its response in %gs: connection closed", SEND_TIMEOUT)
-            slot.close()
-            return
 
 
 async def serve_http(

@@ -12,13 +12,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping
-from functools import partial
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+)
 
 from ballista import __version__
 from ballista.core.config import RunConfig
@@ -27,7 +31,14 @@ from ballista.core.redact import redact_header, redact_target, redact_url
 from ballista.core.runmeta import iso_utc
 from ballista.core.snapshot import LatencySummary, Snapshot
 from ballista.engine.engine import RunInfo
-from ballista.observe.httpserver import Handler, Request, Response
+from ballista.observe.httpserver import (
+    Handler,
+    Request,
+    Response,
+    Slots,
+    current_slot,
+    serve_capped,
+)
 
 #: Names the `type` of the first message every client receives.
 LIVE_SCHEMA = "ballista.live/1"
@@ -338,6 +349,54 @@ async def _abort(ws: WebSocketConnection) -> None:
         await ws.aclose(1008)
 
 
+#: A websocket client must finish its handshake within this many seconds of connecting.
+HANDSHAKE_TIMEOUT = 5.0
+#: Connections the live port holds at once; a new one pushes out the oldest that
+#: has not finished its handshake, and established viewers are never pushed out.
+MAX_LIVE_CONNECTIONS = 256
+
+
+async def serve_websockets(
+    handler: Callable[[WebSocketRequest], Awaitable[None]],
+    host: str,
+    port: int,
+    *,
+    what: str = "live stream",
+    close_timeout: float = 2.0,
+    max_connections: int = MAX_LIVE_CONNECTIONS,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """trio-websocket on host:port (0: a free port) until cancelled, with a
+    handshake timeout and a connection cap, so idle or unauthenticated
+    connections cannot pile up. `task_status.started(bound_port)`; ListenError
+    when host:port cannot be bound."""
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:  # socket.gaierror for an address that does not resolve
+        raise ListenError(what, host, port, reason_of(exc)) from exc
+    bound: int = listeners[0].socket.getsockname()[1]
+
+    async def established(request: WebSocketRequest) -> None:
+        slot = current_slot.get()
+        if slot is not None:
+            slot.busy += 1  # past the handshake: a viewer, never pushed out
+        await handler(request)
+
+    server = WebSocketServer(
+        established,
+        listeners,  # for its `port`; the accept loop is serve_capped's
+        connect_timeout=HANDSHAKE_TIMEOUT,
+        disconnect_timeout=close_timeout,
+    )
+    async with trio.open_nursery() as nursery:
+        # The server's own accept loop has no cap: ours admits, then hands each
+        # connection to the server's per-connection code.
+        await nursery.start(
+            serve_capped, listeners, server._handle_connection, Slots(max_connections)
+        )
+        task_status.started(bound)
+
+
 async def serve_live(
     hub: LiveHub,
     host: str,
@@ -350,22 +409,9 @@ async def serve_live(
     Reports the bound port through `task_status.started`; raises ListenError
     when host:port cannot be bound.
     """
-    async with trio.open_nursery() as nursery:
-        try:
-            server = await nursery.start(
-                partial(
-                    serve_websocket,
-                    hub.handle,
-                    host,
-                    port,
-                    None,
-                    disconnect_timeout=hub.close_timeout,
-                    connect_timeout=hub.send_timeout,
-                )
-            )
-        except OSError as exc:  # only binding happens before started()
-            raise ListenError("live stream", host, port, reason_of(exc)) from exc
-        task_status.started(server.port)
+    await serve_websockets(
+        hub.handle, host, port, close_timeout=hub.close_timeout, task_status=task_status
+    )
 
 
 # -- the web page ----------------------------------------------------------------------
