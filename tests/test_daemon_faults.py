@@ -1,5 +1,6 @@
 """Issue 12 on the daemon's side: runs that cannot start or resume never poison the
-store nor keep the daemon from starting."""
+store nor keep the daemon from starting; slow, idle, oversize and misdirected
+clients never take its listeners down."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from ballista.daemon import runs as runs_module
 from ballista.daemon.service import Daemon, ServeOptions
 from ballista.daemon.store import Store
 from ballista.engine.run import Run
+from ballista.observe.httpserver import HEAD_TIMEOUT, MAX_BODY, MAX_HEAD
+from ballista.observe.live import HANDSHAKE_TIMEOUT
 
 
 def http(port: int, method: str, path: str, doc: Any = None) -> tuple[int, Any]:
@@ -130,3 +133,152 @@ async def test_a_run_the_engine_refuses_is_not_stored_and_one_that_fails_is_mark
 
     shown = await wait_until(failed, "the run marked failed")
     assert shown["reason"] == "RuntimeError: engine broke at start"
+
+
+# -- hostile clients -------------------------------------------------------------------------
+
+
+async def raw_exchange(port: int, data: bytes, *, limit: float = 5.0) -> bytes:
+    """Send `data`, read until the server closes (or `limit`): the raw answer."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    out = b""
+    async with stream:
+        await stream.send_all(data)
+        with trio.move_on_after(limit):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+    return out
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
+async def health_within(port: int, limit: float) -> float:
+    """Seconds one GET /api/health took; fails past `limit`."""
+    start = trio.current_time()
+    with trio.fail_after(limit):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            answer = b""
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    assert status_of(answer) == 200, answer[:200]
+    return trio.current_time() - start
+
+
+@pytest.fixture
+async def quiet_daemon(nursery: trio.Nursery, tmp_path: Path) -> Daemon:
+    d = Daemon(ServeOptions(port=0, live_port=0, data_dir=tmp_path / "data", token="tok"))
+    await nursery.start(d.serve)
+    return d
+
+
+async def test_slowloris_does_not_take_the_api_down(quiet_daemon: Daemon) -> None:
+    port = quiet_daemon.port
+    assert port is not None
+    dribblers = 300  # more than a listener holds (MAX_CONNECTIONS)
+    closed_by_server: list[float] = []
+    opened = trio.Event()
+    connected = 0
+
+    async def dribble(start: float) -> None:
+        nonlocal connected
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        connected += 1
+        if connected == dribblers:
+            opened.set()
+        async with stream:
+            await stream.send_all(b"GET /api/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            try:
+                with trio.move_on_after(HEAD_TIMEOUT + 3.0):
+                    while True:
+                        await stream.send_all(b"a")  # one byte a second, never the end
+                        with trio.move_on_after(1.0):
+                            if await stream.receive_some(1024) == b"":
+                                break
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            closed_by_server.append(trio.current_time() - start)
+
+    start = trio.current_time()
+    async with trio.open_nursery() as clients:
+        for _ in range(dribblers):
+            clients.start_soon(dribble, start)
+        with trio.fail_after(10):
+            await opened.wait()
+        # While every dribbler holds on, health answers each time, and fast.
+        times = [await health_within(port, 2.0) for _ in range(10)]
+    assert len(times) == 10
+    assert len(closed_by_server) == dribblers
+    # Pushed out for a real client, or cut at the header-read timeout: none
+    # outlives it by more than the scheduling slack of 300 tasks.
+    assert max(closed_by_server) < HEAD_TIMEOUT + 2.5
+
+
+async def test_idle_connections_on_the_live_port_are_bounded_and_dropped(
+    quiet_daemon: Daemon,
+) -> None:
+    port, live = quiet_daemon.port, quiet_daemon.live_port
+    assert port is not None and live is not None
+    count = 300  # more than the live port holds (MAX_LIVE_CONNECTIONS)
+    dropped: list[float] = []
+    start = trio.current_time()
+
+    async def idle(stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                with trio.move_on_after(HANDSHAKE_TIMEOUT + 3.0):
+                    while await stream.receive_some(1024):
+                        pass
+            except trio.BrokenResourceError:
+                pass  # reset: dropped all the same
+            dropped.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as clients:
+        for _ in range(count):
+            clients.start_soon(idle, await trio.open_tcp_stream("127.0.0.1", live))
+        await health_within(port, 2.0)
+        # A real viewer still gets its handshake answered (no run yet: 404).
+        assert await ws_status(live, "/", "tok") == 404
+    assert len(dropped) == count
+    assert max(dropped) < HANDSHAKE_TIMEOUT + 2.0
+
+
+async def ws_status(port: int, path: str, token: str | None = None) -> int:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{auth}\r\n"
+    )
+    return status_of(await raw_exchange(port, head.encode(), limit=5.0))
+
+
+async def test_oversize_heads_bodies_and_url_tokens_are_refused(quiet_daemon: Daemon) -> None:
+    port = quiet_daemon.port
+    assert port is not None
+    auth = b"Authorization: Bearer tok\r\n"
+    # MAX_HEAD bytes exactly are served; one more is 431, whole or still unfinished
+    line = b"GET /api/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth + b"X: "
+    pad = MAX_HEAD - len(line) - len(b"\r\n\r\n")
+    assert status_of(await raw_exchange(port, line + b"y" * pad + b"\r\n\r\n")) == 200
+    assert status_of(await raw_exchange(port, line + b"y" * (pad + 1) + b"\r\n\r\n")) == 431
+    assert status_of(await raw_exchange(port, line + b"y" * (pad + 100))) == 431
+    big = MAX_BODY + 1
+    post = (
+        f"POST /api/runs HTTP/1.1\r\nHost: x\r\nContent-Length: {big}\r\n".encode()
+        + auth
+        + b"\r\n"
+        + b"{" * big
+    )
+    assert status_of(await raw_exchange(port, post)) == 413
+    url_token = b"GET /api/runs?token=tok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = await raw_exchange(port, url_token)
+    assert status_of(answer) == 401
+    assert b"Authorization header" in answer
+    both = b"GET /api/runs?token=tok HTTP/1.1\r\nHost: x\r\n" + auth + b"Connection: close\r\n\r\n"
+    assert status_of(await raw_exchange(port, both)) == 401

@@ -125,13 +125,14 @@ async def _call(handler: Handler, request: Request) -> Response:
 
 
 def head_size(scope: HTTPScope) -> int:
-    """Bytes of the request line and headers as they came on the wire (near enough:
-    separators counted as the shortest legal ones)."""
+    """Bytes of the request line, headers and blank line as they came on the wire
+    (separators counted as the shortest legal ones, ": " and CRLF)."""
     size = len(scope["method"]) + len(scope.get("raw_path") or b"") + len(b"  HTTP/1.1\r\n")
-    size += len(scope["query_string"]) + 1
+    if scope["query_string"]:
+        size += 1 + len(scope["query_string"])
     for name, value in scope["headers"]:
         size += len(name) + len(value) + 4
-    return size
+    return size + 2
 
 
 # -- connections ---------------------------------------------------------------------------
