@@ -4,7 +4,9 @@ clients never take its listeners down."""
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,8 +15,11 @@ from typing import Any
 import pytest
 import trio
 from helpers import wait_until
-from servers import RunningTarget
+from servers import FaultServer, RunningTarget
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
+from ballista.cli.runs import call
+from ballista.core.errors import BallistaError
 from ballista.daemon import runs as runs_module
 from ballista.daemon.service import Daemon, ServeOptions
 from ballista.daemon.store import Store
@@ -282,3 +287,71 @@ async def test_oversize_heads_bodies_and_url_tokens_are_refused(quiet_daemon: Da
     assert b"Authorization header" in answer
     both = b"GET /api/runs?token=tok HTTP/1.1\r\nHost: x\r\n" + auth + b"Connection: close\r\n\r\n"
     assert status_of(await raw_exchange(port, both)) == 401
+
+
+# -- clients pointed at something else -------------------------------------------------------
+
+BALLISTA = [sys.executable, "-m", "ballista"]
+
+
+async def _not_ballista_websocket(request: WebSocketRequest) -> None:
+    ws = await request.accept()
+    await ws.send_message("hello from some other service")
+    with trio.move_on_after(5):
+        try:
+            await ws.get_message()
+        except ConnectionClosed:
+            pass
+
+
+async def test_runs_and_watch_at_servers_that_are_not_ballista_fail_in_one_line(
+    nursery: trio.Nursery, target: RunningTarget, garbage_server: FaultServer
+) -> None:
+    other_ws = await nursery.start(serve_websocket, _not_ballista_websocket, "127.0.0.1", 0, None)
+    cases = [
+        (["runs", "list", "--server", target.url], "not a Ballista daemon"),
+        (["runs", "show", "abc", "--server", target.url], "not a Ballista daemon"),
+        (["runs", "list", "--server", garbage_server.url], "not a Ballista daemon"),
+        (["watch", f"ws://127.0.0.1:{target.port}/"], "refused the websocket"),
+        (["watch", f"ws://127.0.0.1:{other_ws.port}/"], "not a Ballista live stream"),
+    ]
+    problems: list[str] = []
+
+    async def check(argv: list[str], needle: str) -> None:
+        proc = await trio.run_process(
+            [*BALLISTA, *argv], capture_stdout=True, capture_stderr=True, check=False
+        )
+        err = proc.stderr.decode()
+        lines = err.strip().splitlines()
+        if (
+            proc.returncode != 2
+            or len(lines) != 1
+            or not lines[0].startswith("ballista: error: ")
+            or needle not in lines[0]
+        ):
+            problems.append(f"{argv}: exit {proc.returncode}, stderr {err!r}")
+
+    with trio.fail_after(20):  # each within its timeout: none waits for a retry
+        async with trio.open_nursery() as checks:
+            for argv, needle in cases:
+                checks.start_soon(check, argv, needle)
+    assert not problems, "\n".join(problems)
+
+
+async def test_runs_gives_up_on_a_server_that_dribbles_its_answer(nursery: trio.Nursery) -> None:
+    async def dribble(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)
+        with trio.move_on_after(10):
+            await stream.send_all(b"HTTP/1.1 200 OK\r\n")
+            while True:
+                await stream.send_all(b"X")  # one header byte at a time, never the end
+                await trio.sleep(0.1)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, dribble, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    start = trio.current_time()
+    with pytest.raises(BallistaError, match="no answer within 1s"):
+        await trio.to_thread.run_sync(
+            lambda: call(f"http://127.0.0.1:{port}", "GET", "/api/runs", timeout=1.0)
+        )
+    assert trio.current_time() - start < 2.0
