@@ -868,6 +868,7 @@ async def test_engine_tracked_memory_does_not_grow_with_requests(target: Running
         (["--max-runs", "0"], "--max-runs: must be at least 1"),
         (["--data-dir", "{file}/x"], "--data-dir: cannot create"),
         (["--config", "{bad}"], "runs[0].scenario: must be the path"),
+        (["--live-url", "live"], "--live-url: 'live' is neither a ws(s):// URL nor a path"),
     ],
 )
 def test_bad_serve_flags_are_one_line_and_exit_2(

@@ -134,6 +134,8 @@ class DaemonApi:
         self.started = started
         #: the live stream's port once it listens (the page and run links name it)
         self.live_port: int | None = None
+        #: where browsers find the stream, when not at the page's host and live port
+        self.live_url: str | None = None
 
     def authorized(self, headers: Sequence[tuple[str, str]], query: str = "") -> bool:
         """The API takes the token in the Authorization header only: a token in a
@@ -149,7 +151,7 @@ class DaemonApi:
             from ballista.observe.live import page_routes
 
             try:
-                routes.update(page_routes(self.live_port))
+                routes.update(page_routes(self.live_port, self.live_url))
             except OSError:
                 log.warning("live page files are missing: / is not served")
         return routes

@@ -61,6 +61,8 @@ class ServeOptions:
     max_runs: int = DEFAULT_MAX_RUNS
     #: an extra listener serving /metrics alone (never behind the token)
     metrics_port: int | None = None
+    #: the live stream's public URL for the page (behind a port mapping or a proxy)
+    live_url: str | None = None
 
 
 def is_loopback(addr: str) -> bool:
@@ -134,6 +136,7 @@ class Daemon:
                 if options.live_port is not None:
                     self.live_port = await nursery.start(self._serve_live)
                 api.live_port = self.live_port
+                api.live_url = options.live_url
                 self.port = await nursery.start(
                     functools.partial(
                         serve_http,

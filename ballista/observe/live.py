@@ -10,6 +10,7 @@ answering.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -431,14 +432,19 @@ def static_file(name: str) -> bytes:
     return resources.files("ballista.observe").joinpath("static", name).read_bytes()
 
 
-def page_routes(live_port: int) -> dict[str, Handler]:
+def page_routes(live_port: int, live_url: str | None = None) -> dict[str, Handler]:
     """Routes for the live page on the metrics listener: `/` and `/static/...`.
 
-    `/` is index.html told the live port (the page connects to
-    ws://<the page's host>:<live_port>/); the files are read once, here.
+    `/` is index.html told where the stream is: `live_url` when given (absolute,
+    or relative to the page's own location, as behind a reverse proxy), else
+    ws://<the page's host>:<live_port>/. The files are read once, here.
     """
     files = {name: static_file(name) for name in STATIC_FILES}
-    index = files["index.html"].replace(b"{{LIVE_PORT}}", str(live_port).encode())
+    index = (
+        files["index.html"]
+        .replace(b"{{LIVE_PORT}}", str(live_port).encode())
+        .replace(b"{{LIVE_URL}}", html.escape(live_url or "", quote=True).encode())
+    )
 
     def headers(content_type: str) -> list[tuple[str, str]]:
         return [
