@@ -141,13 +141,14 @@ def head_size(scope: HTTPScope) -> int:
 class Slot:
     """One held connection: its socket, and whether a request is being served on it."""
 
-    __slots__ = ("busy", "close", "deadline")
+    __slots__ = ("busy", "close", "watch")
 
     def __init__(self, close: Callable[[], None]) -> None:
         self.close = close
+        #: requests being answered (their bodies in): while > 0 it is never pushed out
         self.busy = 0
-        #: trio time by which the response being sent must be out (inf: none is)
-        self.deadline = math.inf
+        #: its deadline is when the response being sent must be out (inf: none is)
+        self.watch = trio.CancelScope()
 
 
 #: The connection the current task serves (tasks a connection spawns inherit it).
@@ -232,12 +233,11 @@ async def serve_capped(
 
 
 async def _watch_deadline(slot: Slot) -> None:
-    while True:
-        await trio.sleep_until(min(slot.deadline, trio.current_time() + 1.0))
-        if trio.current_time() >= slot.deadline:
-            log.info("a client did not take its response in time: connection closed")
-            slot.close()
-            return
+    with slot.watch:
+        await trio.sleep_forever()
+    if slot.watch.cancelled_caught:
+        log.info("a client did not take its response in time: connection closed")
+        slot.close()
 
 
 # -- the ASGI application ------------------------------------------------------------------
@@ -246,8 +246,9 @@ async def _watch_deadline(slot: Slot) -> None:
 class RoutesApp:
     """The routes as an ASGI application, with the head, body and send limits.
 
-    Served by `serve_asgi`, it marks its connection busy while it serves a request
-    on it, and gives each response a deadline."""
+    Served by `serve_asgi`, it marks its connection busy while it answers a
+    request whose body is in (a client still sending its head or body can be
+    pushed out), and gives each response a deadline."""
 
     def __init__(self, routes: Mapping[str, Handler]) -> None:
         self.routes = dict(routes)
@@ -266,17 +267,7 @@ class RoutesApp:
                     return
         if scope["type"] != "http":
             return  # websocket: hypercorn refuses the handshake when the app returns
-        slot = current_slot.get()
-        if slot is not None:
-            slot.busy += 1
-        try:
-            await self._http(scope, receive, send, slot)
-        finally:
-            if slot is not None:
-                slot.busy -= 1
-                slot.deadline = math.inf
-                if self.slots is not None:
-                    self.slots.touch(slot)
+        await self._http(scope, receive, send, current_slot.get())
 
     async def _http(
         self,
@@ -301,7 +292,17 @@ class RoutesApp:
             await _respond(send, slot, refusal, method)
             return
         request = Request(request.method, request.path, request.query, headers, body)
-        await _respond(send, slot, await self._handle(request), method)
+        if slot is None:
+            await _respond(send, slot, await self._handle(request), method)
+            return
+        slot.busy += 1
+        try:
+            await _respond(send, slot, await self._handle(request), method)
+        finally:
+            slot.busy -= 1
+            slot.watch.deadline = math.inf
+            if self.slots is not None:
+                self.slots.touch(slot)
 
     async def _handle(self, request: Request) -> Response:
         handler = find_handler(self.routes, request.path)
@@ -360,11 +361,13 @@ async def _respond(
     if slot is not None:
         # hypercorn shields its writes from cancellation: a client that does not
         # read is cut off by closing its socket once this deadline passes.
-        slot.deadline = trio.current_time() + SEND_TIMEOUT
+        slot.watch.deadline = trio.current_time() + SEND_TIMEOUT
     start: Any = {"type": "http.response.start", "status": status, "headers": wire}
     await send(start)
     end: Any = {"type": "http.response.body", "body": body if method != "HEAD" else b""}
     await send(end)
+    if slot is not None:
+        slot.watch.deadline = math.inf
 
 
 def _as_get(request: Request) -> Request:
