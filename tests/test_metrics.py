@@ -19,7 +19,7 @@ from ballista.core.outcome import ERROR_LABELS
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
 from ballista.observe import httpserver
-from ballista.observe.httpserver import MAX_BODY, Request, Response, serve_http
+from ballista.observe.httpserver import MAX_BODY, Request, Response, Slot, Slots, serve_http
 from ballista.observe.metrics import LATENCY_BUCKETS, MetricsExporter, serve_metrics
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -366,3 +366,21 @@ async def test_a_client_that_does_not_read_its_response_loses_the_connection(
     assert received < len(big)
     # and the listener still serves everyone else
     assert split(await http(port, get("/big", method="HEAD")))[0] == 200
+
+
+def test_slots_push_out_the_longest_idle_and_never_a_busy_connection() -> None:
+    closed: list[str] = []
+    slots = Slots(3)
+    a, b, c, d, e = (Slot(lambda n=n: closed.append(n)) for n in "abcde")  # type: ignore[misc]
+    for slot in (a, b, c):
+        assert slots.admit(slot) == (True, None)
+    a.busy = 1  # answering a request: never pushed out
+    slots.touch(b)  # b just finished a request: now the most recent
+    assert slots.admit(d) == (True, c)
+    assert slots.admit(e) == (True, b)
+    assert len(slots) == 3 and slots.evicted == 2
+    d.busy = e.busy = 1
+    assert slots.admit(Slot(lambda: None)) == (False, None)
+    assert slots.refused == 1
+    slots.release(d)
+    assert slots.admit(Slot(lambda: None)) == (True, None)
