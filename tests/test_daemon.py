@@ -387,6 +387,7 @@ def test_non_loopback_bind_refuses_to_start_without_a_token(tmp_path: Path) -> N
         grace="1s",
         max_runs="2",
         metrics_port=None,
+        live_url=None,
     ).items():
         setattr(ns, key, value)
     with pytest.raises(ConfigError, match="needs a token"):
