@@ -380,10 +380,12 @@ async def watch(
             async with connect(url) as ws:
                 backoff = 0.1
                 wait = HELLO_TIMEOUT
+                first = True
                 while True:
                     with trio.fail_after(wait):
                         raw = await ws.get_message()
-                    message = ballista_message(url, raw, first=wait == HELLO_TIMEOUT)
+                    message = ballista_message(url, raw, first=first)
+                    first = False
                     last_ok = trio.current_time()
                     kind = view.take(message)
                     # Snapshots come every interval: a stream silent for several
