@@ -387,6 +387,7 @@ def test_non_loopback_bind_refuses_to_start_without_a_token(tmp_path: Path) -> N
         grace="1s",
         max_runs="2",
         metrics_port=None,
+        live_url=None,
     ).items():
         setattr(ns, key, value)
     with pytest.raises(ConfigError, match="needs a token"):
@@ -868,6 +869,7 @@ async def test_engine_tracked_memory_does_not_grow_with_requests(target: Running
         (["--max-runs", "0"], "--max-runs: must be at least 1"),
         (["--data-dir", "{file}/x"], "--data-dir: cannot create"),
         (["--config", "{bad}"], "runs[0].scenario: must be the path"),
+        (["--live-url", "live"], "--live-url: 'live' is neither a ws(s):// URL nor a path"),
     ],
 )
 def test_bad_serve_flags_are_one_line_and_exit_2(

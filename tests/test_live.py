@@ -272,6 +272,9 @@ def test_page_routes_serve_the_page_and_its_files() -> None:
     assert status == 200
     assert ("content-type", "text/html; charset=utf-8") in headers
     assert b'content="4321"' in body and b"{{LIVE_PORT}}" not in body
+    assert b'name="ballista-live-url" content=""' in body
+    _, _, proxied = page_routes(4321, '/live/"><script>')["/"](Request("GET", "/", ""))  # type: ignore[misc]
+    assert b'content="/live/&quot;&gt;&lt;script&gt;"' in proxied
     for src in (b"/static/uPlot.iife.min.js", b"/static/app.js", b"/static/style.css"):
         assert src in body
     js = routes["/static/"](Request("GET", "/static/uPlot.iife.min.js", ""))

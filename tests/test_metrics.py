@@ -18,7 +18,8 @@ from ballista.core.config import LoadSpec, RequestSpec, RunConfig, parse_url
 from ballista.core.outcome import ERROR_LABELS
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
-from ballista.observe.httpserver import MAX_BODY, Request, Response, serve_http
+from ballista.observe import httpserver
+from ballista.observe.httpserver import MAX_BODY, Request, Response, Slot, Slots, serve_http
 from ballista.observe.metrics import LATENCY_BUCKETS, MetricsExporter, serve_metrics
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -340,3 +341,46 @@ def test_run_info_target_never_shows_a_secret() -> None:
     assert "abc123" not in text
     (info,) = [line for line in text.splitlines() if line.startswith("ballista_run_info{")]
     assert 'target="http://127.0.0.1:9/api?token=[redacted]&page=2"' in info
+
+
+async def test_a_client_that_does_not_read_its_response_loses_the_connection(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # hypercorn shields its writes from cancellation; the server closes the socket.
+    monkeypatch.setattr(httpserver, "SEND_TIMEOUT", 0.5)
+    big = b"x" * (32 * 1024 * 1024)  # far more than the socket buffers take
+    port = await nursery.start(
+        serve_http, {"/big": lambda r: Response(200, [], big)}, "127.0.0.1", 0
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(get("/big"))
+        await trio.sleep(1.5)  # the subject: a client that does not read for a while
+        received = 0
+        with trio.fail_after(5):
+            try:
+                while chunk := await stream.receive_some(1024 * 1024):
+                    received += len(chunk)
+            except trio.BrokenResourceError:
+                pass  # reset: closed with unsent bytes
+    assert received < len(big)
+    # and the listener still serves everyone else
+    assert split(await http(port, get("/big", method="HEAD")))[0] == 200
+
+
+def test_slots_push_out_the_longest_idle_and_never_a_busy_connection() -> None:
+    closed: list[str] = []
+    slots = Slots(3)
+    a, b, c, d, e = (Slot(lambda n=n: closed.append(n)) for n in "abcde")  # type: ignore[misc]
+    for slot in (a, b, c):
+        assert slots.admit(slot) == (True, None)
+    a.busy = 1  # answering a request: never pushed out
+    slots.touch(b)  # b just finished a request: now the most recent
+    assert slots.admit(d) == (True, c)
+    assert slots.admit(e) == (True, b)
+    assert len(slots) == 3 and slots.evicted == 2
+    d.busy = e.busy = 1
+    assert slots.admit(Slot(lambda: None)) == (False, None)
+    assert slots.refused == 1
+    slots.release(d)
+    assert slots.admit(Slot(lambda: None)) == (True, None)

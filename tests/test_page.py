@@ -9,6 +9,7 @@ engine keeps running in the trio loop.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import shutil
 from collections.abc import Callable
@@ -178,3 +179,56 @@ async def test_live_page_follows_a_run_and_shows_the_summary(
     finally:
         await in_thread(driver.quit)
         shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
+async def _forward(nursery: trio.Nursery, to_port: int) -> int:
+    """A port mapping, as Docker's -p makes: TCP on a new port, piped to `to_port`."""
+
+    async def pipe(a: trio.abc.Stream, b: trio.abc.Stream) -> None:
+        try:
+            while data := await a.receive_some(65536):
+                await b.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        await trio.aclose_forcefully(b)
+
+    async def handle(client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", to_port)
+        async with trio.open_nursery() as pipes:
+            pipes.start_soon(pipe, client, upstream)
+            pipes.start_soon(pipe, upstream, client)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def test_the_page_finds_the_stream_at_its_configured_public_url(
+    target_factory: TargetFactory, nursery: trio.Nursery, tmp_path: Path, closed_port: int
+) -> None:
+    target = await target_factory(fixed_delay=0.004)
+    config = run_config(target.url, "-d", "2s", "-c", "2", "--interval", "0.25s")
+    hub = LiveHub(config, run_id="mapped", started_at=dt.datetime.now(dt.UTC))
+    live_port: int = await nursery.start(serve_live, hub, "127.0.0.1", 0)
+    mapped = await _forward(nursery, live_port)
+    exporter = MetricsExporter(config, run_id="mapped")
+    # The port the daemon listens on is not the one browsers reach: only the
+    # configured URL leads to the stream.
+    routes = page_routes(closed_port, f"ws://127.0.0.1:{mapped}/")
+    http_port: int = await nursery.start(
+        lambda task_status: serve_metrics(
+            exporter, "127.0.0.1", 0, routes=routes, task_status=task_status
+        )
+    )
+    driver = await in_thread(make_driver, tmp_path / "chromium-profile")
+    try:
+        await in_thread(driver.get, f"http://127.0.0.1:{http_port}/")
+        engine = Engine(config, sinks=[hub.publish], grace=1.0)
+        engine.on_start.append(hub.on_start)
+        nursery.start_soon(engine.run)
+        await until(
+            lambda: driver.execute_script("return window.ballista.snapshots") >= 2,
+            "snapshots through the mapped port",
+        )
+    finally:
+        await in_thread(driver.quit)

@@ -6,9 +6,11 @@ Plain blocking HTTP (urllib): one request per command, no trio needed.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -47,6 +49,10 @@ def _server(ns: argparse.Namespace) -> str:
     return url
 
 
+class NotADaemon(BallistaError):
+    """Something answered at --server, but not as a Ballista daemon does."""
+
+
 def call(
     server: str,
     method: str,
@@ -55,32 +61,71 @@ def call(
     body: bytes | None = None,
     content_type: str | None = None,
     token: str | None = None,
+    timeout: float = TIMEOUT,
 ) -> dict[str, Any]:
-    """One API request -> its JSON answer. ApiFailure with the daemon's message otherwise."""
+    """One API request -> its JSON answer, within `timeout` seconds in all.
+
+    ApiFailure (exit 1) with the daemon's message when it refuses; BallistaError
+    (exit 2) when nothing answers in time, NotADaemon when what answers is not
+    a daemon."""
     request = urllib.request.Request(server + path, data=body, method=method)
     request.add_header("accept", "application/json")
     if content_type:
         request.add_header("content-type", content_type)
     if token:
         request.add_header("authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
-            doc: dict[str, Any] = json.loads(resp.read() or b"{}")
-            return doc
-    except urllib.error.HTTPError as exc:
-        with exc:  # it holds the connection
-            raw = exc.read()
+    answer: list[tuple[int, str, bytes] | BaseException] = []
+
+    def exchange() -> None:
         try:
-            message = json.loads(raw).get("error", raw.decode(errors="replace"))
-        except (ValueError, AttributeError):
-            message = raw.decode(errors="replace").strip()
-        raise ApiFailure(f"{server}: {exc.code}: {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                answer.append((resp.status, resp.headers.get("content-type", ""), resp.read()))
+        except urllib.error.HTTPError as exc:
+            with exc:  # it holds the connection
+                answer.append((exc.code, exc.headers.get("content-type", ""), exc.read()))
+        except Exception as exc:
+            answer.append(exc)
+
+    # urllib's timeout bounds each socket operation, not the exchange: a server
+    # that dribbles its answer would hold the command forever. The thread is a
+    # daemon thread, so a command that gives up does not wait for it.
+    worker = threading.Thread(target=exchange, daemon=True, name="ballista-runs")
+    worker.start()
+    worker.join(timeout)
+    if not answer:
+        raise BallistaError(f"--server {server}: no answer within {timeout:g}s")
+    result = answer[0]
+    if isinstance(result, BaseException) and not isinstance(result, http.client.HTTPException):
+        if not isinstance(result, urllib.error.URLError | OSError):
+            raise result
         # No answer at all (refused, unresolvable, timed out): the user's setup to fix,
         # exit 2; a daemon that answers with an error is ApiFailure, exit 1.
-        reason = getattr(exc, "reason", exc)
+        reason = getattr(result, "reason", result)
         why = reason_of(reason) if isinstance(reason, BaseException) else str(reason)
         raise BallistaError(f"--server {server}: cannot reach the daemon: {why}") from None
+    if isinstance(result, http.client.HTTPException):
+        raise NotADaemon(f"--server {server}: not a Ballista daemon (not HTTP: {result!r:.80})")
+    status, ctype, raw = result
+    doc = _json_object(raw) if "json" in ctype.lower() else None
+    if doc is None:
+        raise NotADaemon(
+            f"--server {server}: not a Ballista daemon (it answered {status} "
+            f"{ctype.split(';')[0].strip() or 'without a content type'})"
+        )
+    if status >= 400:
+        message = doc.get("error")
+        if not isinstance(message, str):
+            raise NotADaemon(f"--server {server}: not a Ballista daemon (it answered {status})")
+        raise ApiFailure(f"{server}: {status}: {' '.join(message.split())}")
+    return doc
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _row(run: dict[str, Any]) -> str:
@@ -142,6 +187,8 @@ def main(ns: argparse.Namespace, *, out: TextIO | None = None) -> int:
     try:
         if action == "list":
             doc = call(server, "GET", "/api/runs", token=token)
+            if not isinstance(doc.get("runs"), list):
+                raise KeyError("runs")
             if ns.json:
                 out.write(json.dumps(doc, indent=2) + "\n")
             else:
@@ -172,4 +219,9 @@ def main(ns: argparse.Namespace, *, out: TextIO | None = None) -> int:
     except ApiFailure as exc:
         print(f"ballista: error: {exc}", file=sys.stderr)
         return 1
+    except (KeyError, TypeError, ValueError, AttributeError):
+        # JSON, but not the API's shapes: something else answers at --server.
+        raise NotADaemon(
+            f"--server {server}: not a Ballista daemon (unexpected answer to {action})"
+        ) from None
     return 0

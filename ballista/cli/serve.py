@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import trio
 
@@ -36,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--live-port",
         default=str(DEFAULT_LIVE_PORT),
         help=f"live websocket stream ({DEFAULT_LIVE_PORT})",
+    )
+    parser.add_argument(
+        "--live-url",
+        default=None,
+        metavar="URL",
+        help="where browsers reach the live stream: ws(s)://... or a path such as /live/ "
+        "on the page's own host (default: the page's host, --live-port)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -71,6 +79,19 @@ def _port(flag: str, text: str) -> int:
     return port
 
 
+def _live_url(text: str | None) -> str | None:
+    if text is None or not text.strip():
+        return None
+    url = text.strip()
+    parts = urlsplit(url)
+    absolute = parts.scheme in ("ws", "wss", "http", "https") and bool(parts.netloc)
+    if not absolute and not (url.startswith("/") and not url.startswith("//")):
+        raise ConfigError(f"--live-url: {url!r} is neither a ws(s):// URL nor a path like /live/")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise ConfigError(f"--live-url: {url!r} has spaces or control characters")
+    return url
+
+
 def options_from_args(
     ns: argparse.Namespace, environ: Mapping[str, str] = os.environ
 ) -> ServeOptions:
@@ -97,6 +118,7 @@ def options_from_args(
         grace=parse_duration(str(ns.grace), what="--grace"),
         max_runs=max_runs,
         metrics_port=None if ns.metrics_port is None else _port("--metrics-port", ns.metrics_port),
+        live_url=_live_url(ns.live_url),
     )
     if not is_loopback(options.addr) and not options.token:
         raise ConfigError(

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
     wrap_client_stream,
@@ -29,6 +30,7 @@ from trio_websocket import (
 from ballista.core.durations import parse_duration
 from ballista.core.errors import ConfigError
 from ballista.core.runmeta import LAG_WARNING
+from ballista.observe.live import LIVE_SCHEMA
 from ballista.observe.summary import check_output_path, generator_bound
 
 EXIT_OK = 0
@@ -297,6 +299,35 @@ def format_summary(doc: Mapping[str, Any]) -> str:
 
 # -- the loop ---------------------------------------------------------------------------
 
+#: A Ballista stream says hello at once; anything silent this long is not one.
+HELLO_TIMEOUT = 10.0
+#: With no message for this long (or five intervals), reconnect.
+SILENCE_TIMEOUT = 30.0
+
+
+def ballista_message(url: str, raw: str | bytes, *, first: bool) -> dict[str, Any]:
+    """One message of the stream as a table; ConfigError when it cannot be Ballista's
+    (not a JSON object, or a first message that is not a ballista.live/1 hello)."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, RecursionError):
+        message = None
+    ok = isinstance(message, dict) and isinstance(message.get("type"), str)
+    if ok and first:
+        ok = message.get("type") == "hello" and message.get("schema") == LIVE_SCHEMA
+    if not ok:
+        raise ConfigError(f"WS_URL: {url} is not a Ballista live stream (its messages are not)")
+    assert isinstance(message, dict)
+    return message
+
+
+def _first(group: BaseExceptionGroup[ConnectionRejected]) -> ConnectionRejected:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, ConnectionRejected)
+    return exc
+
 
 class Screen:
     """Redraws in place on a terminal; one line per snapshot otherwise."""
@@ -348,15 +379,33 @@ async def watch(
         try:
             async with connect(url) as ws:
                 backoff = 0.1
+                wait = HELLO_TIMEOUT
+                first = True
                 while True:
-                    message = json.loads(await ws.get_message())
+                    with trio.fail_after(wait):
+                        raw = await ws.get_message()
+                    message = ballista_message(url, raw, first=first)
+                    first = False
                     last_ok = trio.current_time()
                     kind = view.take(message)
+                    # Snapshots come every interval: a stream silent for several
+                    # is stuck, and a new connection is the way to find out.
+                    wait = max(SILENCE_TIMEOUT, 5 * float(view.hello.get("interval") or 1.0))
                     if kind == "summary":
                         break
                     screen.show(view, kind)
-        except* (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError, ValueError):
-            pass  # dropped, refused or garbled: reconnect below
+        except* ConnectionRejected as group:
+            status = _first(group).status_code
+            raise ConfigError(
+                f"WS_URL: {url} refused the websocket ({status}): "
+                + (
+                    "wrong or missing token"
+                    if status == 401
+                    else "not a Ballista live stream, or no such run"
+                )
+            ) from None
+        except* (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError):
+            pass  # dropped, refused or silent: reconnect below
         if view.summary is not None:
             break
         if trio.current_time() - last_ok > retry_for:

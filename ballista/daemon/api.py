@@ -13,6 +13,7 @@ import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
@@ -67,6 +68,7 @@ _REFUSED: dict[str, tuple[int, str | None]] = {
     "full": (429, None),
     "closing": (503, None),
     "inactive": (409, None),
+    "invalid": (400, None),
 }
 
 
@@ -81,8 +83,6 @@ def token_ok(token: str | None, headers: Sequence[tuple[str, str]], query: str =
                 given.strip().encode(), token.encode()
             ):
                 return True
-    from urllib.parse import parse_qs
-
     for given in parse_qs(query).get("token", []):
         if hmac.compare_digest(given.encode(), token.encode()):
             return True
@@ -134,9 +134,16 @@ class DaemonApi:
         self.started = started
         #: the live stream's port once it listens (the page and run links name it)
         self.live_port: int | None = None
+        #: where browsers find the stream, when not at the page's host and live port
+        self.live_url: str | None = None
 
     def authorized(self, headers: Sequence[tuple[str, str]], query: str = "") -> bool:
-        return token_ok(self.token, headers, query)
+        """The API takes the token in the Authorization header only: a token in a
+        URL ends up in logs and browser history, so `?token=` is refused outright
+        (it exists for the websocket alone, which browsers cannot give headers)."""
+        if self.token and "token" in parse_qs(query, keep_blank_values=True):
+            return False
+        return token_ok(self.token, headers)
 
     def routes(self) -> dict[str, Any]:
         routes: dict[str, Any] = {"/api/": self._api, "/metrics": self.metrics}
@@ -144,7 +151,7 @@ class DaemonApi:
             from ballista.observe.live import page_routes
 
             try:
-                routes.update(page_routes(self.live_port))
+                routes.update(page_routes(self.live_port, self.live_url))
             except OSError:
                 log.warning("live page files are missing: / is not served")
         return routes
@@ -171,9 +178,10 @@ class DaemonApi:
             _allow(method, "GET")
             return _json(200, self.health())
         if not self.authorized(request.headers, request.query):
-            return _json(
-                401, _error("missing or wrong bearer token"), [("www-authenticate", "Bearer")]
-            )
+            message = "missing or wrong bearer token"
+            if "token" in parse_qs(request.query, keep_blank_values=True):
+                message = "the API takes its token in the Authorization header, not ?token="
+            return _json(401, _error(message), [("www-authenticate", "Bearer")])
         if parts == ["runs"]:
             if method == "GET":
                 rows = await self.history.list_runs(limit=1000)

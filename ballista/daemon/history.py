@@ -102,6 +102,9 @@ class History:
             functools.partial(self.store.end_run, run_id, status, summary, reason=reason)
         )
 
+    async def fail_interrupted(self, run_id: str, reason: str) -> bool:
+        return await self._write(functools.partial(self.store.fail_interrupted, run_id, reason))
+
     async def mark_interrupted(self) -> list[str]:
         return await self._write(self.store.mark_interrupted)
 

@@ -40,13 +40,14 @@ log = logging.getLogger("ballista.daemon")
 #: Finished runs stay in /metrics this long, so the last values get scraped.
 METRICS_LINGER = 60.0
 
-Refusal = Literal["busy", "full", "closing", "inactive"]
+Refusal = Literal["busy", "full", "closing", "inactive", "invalid"]
 
 
 class RunRefused(Exception):
     """A run that cannot start or stop now. `reason`: `busy` (a run of that name is
     active), `full` (the run limit), `closing` (the daemon is shutting down),
-    `inactive` (stopping a run that is not active)."""
+    `inactive` (stopping a run that is not active), `invalid` (the engine refused
+    to build it)."""
 
     def __init__(self, reason: Refusal, message: str) -> None:
         super().__init__(message)
@@ -168,31 +169,22 @@ class Runs:
         for row in await self.history.list_runs(status="interrupted", limit=1000):
             if not row.restart:
                 continue
-            if row.source == "config":
-                b = boot_names.get(row.name)
-                if b is None or not b.restart or b.name in resumed:
-                    continue
-                config = b.config
-            else:
-                try:
-                    config = config_from_mapping(split_daemon_keys(row.scenario)[0])
-                except ConfigError as exc:
-                    log.error("run %s cannot resume: %s", row.id, exc)
-                    continue
-            if any(h.name == config.scenario and h.active for h in self.runs.values()):
-                continue
-            remaining = await self._remaining(row, config)
-            if remaining is None:
-                continue
             try:
-                await self._launch(
-                    row.id, remaining, row.scenario, row.source, restart=True, resume=True
-                )
+                name = await self._resume(row, boot_names, resumed)
             except RunRefused as exc:
-                log.error("run %s cannot resume: %s", row.id, exc)
+                log.error("run %s cannot resume now: %s", row.id, exc)
                 continue
-            resumed.add(config.scenario)
-            log.info("run %s (%s) resumed as a new segment", row.id, row.name)
+            except Exception as exc:
+                # A stored run the daemon cannot run again must never keep the
+                # daemon from starting: it is marked, once, and left behind.
+                reason = f"cannot resume: {_reason(exc)}"
+                log.error("run %s %s", row.id, reason)
+                with trio.CancelScope(shield=True):
+                    await self.history.fail_interrupted(row.id, reason)
+                continue
+            if name is not None:
+                resumed.add(name)
+                log.info("run %s (%s) resumed as a new segment", row.id, row.name)
         for b in boot:
             self._boot[b.name] = b
             if b.name in resumed:
@@ -201,6 +193,27 @@ class Runs:
                 await self._start_boot(b)
             except RunRefused as exc:
                 log.error("run %s from --config not started: %s", b.name, exc)
+            except Exception as exc:
+                log.error("run %s from --config not started: %s", b.name, _reason(exc))
+
+    async def _resume(
+        self, row: RunRow, boot_names: Mapping[str, BootRun], resumed: set[str]
+    ) -> str | None:
+        """Resume one interrupted run; its name, or None when it is not to resume now."""
+        if row.source == "config":
+            b = boot_names.get(row.name)
+            if b is None or not b.restart or b.name in resumed:
+                return None
+            config = b.config
+        else:
+            config = config_from_mapping(split_daemon_keys(row.scenario)[0])
+        if any(h.name == config.scenario and h.active for h in self.runs.values()):
+            return None
+        remaining = await self._remaining(row, config)
+        if remaining is None:
+            return None
+        await self._launch(row.id, remaining, row.scenario, row.source, restart=True, resume=True)
+        return config.scenario
 
     async def _start_boot(self, b: BootRun) -> RunHandle:
         doc = {**b.doc, "restart": b.restart}
@@ -271,6 +284,18 @@ class Runs:
                 "full",
                 f"{len(active) + len(self._starting)} runs active: the limit is {self.max_runs}",
             )
+        # Built before it is stored: whatever the engine refuses is refused here,
+        # and nothing is left on disk marked running that never ran.
+        handle = RunHandle(
+            run_id, config, source=source, restart=restart, segment=1, history=self.history
+        )
+        try:
+            self._build(handle)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            log.exception("run %s could not be built", run_id)
+            raise RunRefused("invalid", f"the run cannot start: {_reason(exc)}") from None
         # The run is on disk before it starts; while the disk is written, its name
         # and its place under the limit are held.
         self._starting.add(name)
@@ -295,10 +320,7 @@ class Runs:
             with trio.CancelScope(shield=True):
                 await self.history.end_run(run_id, "interrupted", None, reason="daemon shut down")
             raise RunRefused("closing", "the daemon is shutting down")
-        handle = RunHandle(
-            run_id, config, source=source, restart=restart, segment=segment, history=self.history
-        )
-        self._build(handle)
+        handle.segment = segment
         self.runs[run_id] = handle
         nursery.start_soon(self._run, handle)
         log.info(
@@ -349,7 +371,7 @@ class Runs:
                     result = await run.run()
                 except Exception as exc:
                     log.exception("run %s failed", handle.id)
-                    reason = f"{type(exc).__name__}: {exc}"
+                    reason = _reason(exc)
                 else:
                     summary = summary_dict(result.final, result.meta)
                     handle.summary = summary
@@ -429,8 +451,17 @@ class Runs:
             except RunRefused as exc:
                 log.error("SIGHUP: %s not started: %s", name, exc)
                 continue
+            except Exception as exc:
+                log.error("SIGHUP: %s not started: %s", name, _reason(exc))
+                continue
         self._boot = dict(wanted)
         log.info("SIGHUP: config reloaded (%d runs)", len(wanted))
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a run's `reason`: the exception's type and message."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _public_url(config: RunConfig) -> str:

@@ -27,7 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from ballista.core.config import DEFAULT_GRACE
-from ballista.core.errors import ConfigError, ListenError, reason_of
+from ballista.core.errors import ConfigError
 from ballista.daemon.api import DaemonApi, token_ok
 from ballista.daemon.history import History
 from ballista.daemon.metrics import AllRuns
@@ -61,6 +61,8 @@ class ServeOptions:
     max_runs: int = DEFAULT_MAX_RUNS
     #: an extra listener serving /metrics alone (never behind the token)
     metrics_port: int | None = None
+    #: the live stream's public URL for the page (behind a port mapping or a proxy)
+    live_url: str | None = None
 
 
 def is_loopback(addr: str) -> bool:
@@ -134,6 +136,7 @@ class Daemon:
                 if options.live_port is not None:
                     self.live_port = await nursery.start(self._serve_live)
                 api.live_port = self.live_port
+                api.live_url = options.live_url
                 self.port = await nursery.start(
                     functools.partial(
                         serve_http,
@@ -191,7 +194,9 @@ class Daemon:
     async def _serve_live(
         self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        from trio_websocket import WebSocketRequest, serve_websocket
+        from trio_websocket import WebSocketRequest
+
+        from ballista.observe.live import serve_websockets
 
         async def handler(request: WebSocketRequest) -> None:
             path, _, query = request.path.partition("?")
@@ -206,13 +211,13 @@ class Daemon:
             await handle.hub.handle(request)
 
         assert self.options.live_port is not None
-        addr, port = self.options.addr, self.options.live_port
-        async with trio.open_nursery() as nursery:
-            try:
-                server = await nursery.start(serve_websocket, handler, addr, port, None)
-            except OSError as exc:  # only binding happens before started()
-                raise ListenError("live stream, --live-port", addr, port, reason_of(exc)) from exc
-            task_status.started(server.port)
+        await serve_websockets(
+            handler,
+            self.options.addr,
+            self.options.live_port,
+            what="live stream, --live-port",
+            task_status=task_status,
+        )
 
     def _live_target(self, path: str) -> RunHandle | None:
         """`/runs/ID`: that run; `/`: the newest active run (else the newest run)."""

@@ -511,6 +511,18 @@ class Store:
             )
             return cur.rowcount == 1
 
+    def fail_interrupted(self, run_id: str, reason: str) -> bool:
+        """An interrupted run that cannot be resumed becomes `failed`, with the reason,
+        so no later start tries it again. False if it was not interrupted."""
+        now = self._clock()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE runs SET status = 'failed', reason = ?, updated_at = ?"
+                " WHERE id = ? AND status = 'interrupted'",
+                (reason, now, run_id),
+            )
+            return cur.rowcount == 1
+
     def mark_interrupted(self) -> list[str]:
         """At start-up: runs still marked active belonged to a daemon that died.
         They keep their data up to the kill and become `interrupted`."""

@@ -10,15 +10,20 @@ answering.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import math
-from collections.abc import Mapping
-from functools import partial
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    WebSocketServer,
+)
 
 from ballista import __version__
 from ballista.core.config import RunConfig
@@ -27,7 +32,14 @@ from ballista.core.redact import redact_header, redact_target, redact_url
 from ballista.core.runmeta import iso_utc
 from ballista.core.snapshot import LatencySummary, Snapshot
 from ballista.engine.engine import RunInfo
-from ballista.observe.httpserver import Handler, Request, Response
+from ballista.observe.httpserver import (
+    Handler,
+    Request,
+    Response,
+    Slots,
+    current_slot,
+    serve_capped,
+)
 
 #: Names the `type` of the first message every client receives.
 LIVE_SCHEMA = "ballista.live/1"
@@ -338,6 +350,54 @@ async def _abort(ws: WebSocketConnection) -> None:
         await ws.aclose(1008)
 
 
+#: A websocket client must finish its handshake within this many seconds of connecting.
+HANDSHAKE_TIMEOUT = 5.0
+#: Connections the live port holds at once; a new one pushes out the oldest that
+#: has not finished its handshake, and established viewers are never pushed out.
+MAX_LIVE_CONNECTIONS = 256
+
+
+async def serve_websockets(
+    handler: Callable[[WebSocketRequest], Awaitable[None]],
+    host: str,
+    port: int,
+    *,
+    what: str = "live stream",
+    close_timeout: float = 2.0,
+    max_connections: int = MAX_LIVE_CONNECTIONS,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """trio-websocket on host:port (0: a free port) until cancelled, with a
+    handshake timeout and a connection cap, so idle or unauthenticated
+    connections cannot pile up. `task_status.started(bound_port)`; ListenError
+    when host:port cannot be bound."""
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:  # socket.gaierror for an address that does not resolve
+        raise ListenError(what, host, port, reason_of(exc)) from exc
+    bound: int = listeners[0].socket.getsockname()[1]
+
+    async def established(request: WebSocketRequest) -> None:
+        slot = current_slot.get()
+        if slot is not None:
+            slot.busy += 1  # past the handshake: a viewer, never pushed out
+        await handler(request)
+
+    server = WebSocketServer(
+        established,
+        listeners,  # for its `port`; the accept loop is serve_capped's
+        connect_timeout=HANDSHAKE_TIMEOUT,
+        disconnect_timeout=close_timeout,
+    )
+    async with trio.open_nursery() as nursery:
+        # The server's own accept loop has no cap: ours admits, then hands each
+        # connection to the server's per-connection code.
+        await nursery.start(
+            serve_capped, listeners, server._handle_connection, Slots(max_connections)
+        )
+        task_status.started(bound)
+
+
 async def serve_live(
     hub: LiveHub,
     host: str,
@@ -350,22 +410,9 @@ async def serve_live(
     Reports the bound port through `task_status.started`; raises ListenError
     when host:port cannot be bound.
     """
-    async with trio.open_nursery() as nursery:
-        try:
-            server = await nursery.start(
-                partial(
-                    serve_websocket,
-                    hub.handle,
-                    host,
-                    port,
-                    None,
-                    disconnect_timeout=hub.close_timeout,
-                    connect_timeout=hub.send_timeout,
-                )
-            )
-        except OSError as exc:  # only binding happens before started()
-            raise ListenError("live stream", host, port, reason_of(exc)) from exc
-        task_status.started(server.port)
+    await serve_websockets(
+        hub.handle, host, port, close_timeout=hub.close_timeout, task_status=task_status
+    )
 
 
 # -- the web page ----------------------------------------------------------------------
@@ -385,14 +432,19 @@ def static_file(name: str) -> bytes:
     return resources.files("ballista.observe").joinpath("static", name).read_bytes()
 
 
-def page_routes(live_port: int) -> dict[str, Handler]:
+def page_routes(live_port: int, live_url: str | None = None) -> dict[str, Handler]:
     """Routes for the live page on the metrics listener: `/` and `/static/...`.
 
-    `/` is index.html told the live port (the page connects to
-    ws://<the page's host>:<live_port>/); the files are read once, here.
+    `/` is index.html told where the stream is: `live_url` when given (absolute,
+    or relative to the page's own location, as behind a reverse proxy), else
+    ws://<the page's host>:<live_port>/. The files are read once, here.
     """
     files = {name: static_file(name) for name in STATIC_FILES}
-    index = files["index.html"].replace(b"{{LIVE_PORT}}", str(live_port).encode())
+    index = (
+        files["index.html"]
+        .replace(b"{{LIVE_PORT}}", str(live_port).encode())
+        .replace(b"{{LIVE_URL}}", html.escape(live_url or "", quote=True).encode())
+    )
 
     def headers(content_type: str) -> list[tuple[str, str]]:
         return [

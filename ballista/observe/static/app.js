@@ -14,10 +14,23 @@
   window.ballista = state; // for people poking in the console, and for tests
 
   // -- where the stream is ---------------------------------------------------
+  const meta = (name) => {
+    const tag = document.querySelector(`meta[name="${name}"]`);
+    return tag ? tag.content : "";
+  };
+
   function streamUrl() {
     const override = new URLSearchParams(location.search).get("ws");
     if (override) return override;
-    const port = document.querySelector('meta[name="ballista-live-port"]').content;
+    // A configured public URL (serve --live-url), resolved against the page's own
+    // location: "/live/" behind a reverse proxy, "wss://host/live/" anywhere.
+    const configured = meta("ballista-live-url");
+    if (configured) {
+      const url = new URL(configured, location.href);
+      url.protocol = { "http:": "ws:", "https:": "wss:" }[url.protocol] || url.protocol;
+      return url.href;
+    }
+    const port = meta("ballista-live-port");
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const host = location.hostname.includes(":") ? `[${location.hostname}]` : location.hostname;
     return `${scheme}//${host}:${port}/`;
