@@ -3,6 +3,8 @@ browsers encode it, or refused in one line before any load."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from helpers import run_config
 from servers import RunningTarget
@@ -15,6 +17,15 @@ from ballista.engine.run import Run
 def test_a_non_ascii_path_and_query_are_percent_encoded_as_utf8() -> None:
     config = run_config("http://127.0.0.1:1/ü/日本?q=ß&x=1", "-n", "1")
     assert config.requests[0].target == "/%C3%BC/%E6%97%A5%E6%9C%AC?q=%C3%9F&x=1"
+
+
+def test_a_scenario_path_is_percent_encoded_too(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'base_url = "http://127.0.0.1:1"\n[[requests]]\nname = "a"\npath = "/été/ü"\n'
+    )
+    config = run_config("-f", str(scenario), "-n", "1")
+    assert config.requests[0].target == "/%C3%A9t%C3%A9/%C3%BC"
 
 
 def test_a_unicode_host_is_idna_encoded() -> None:

@@ -96,11 +96,14 @@ def parse_url(text: str, *, what: str = "URL") -> tuple[Origin, str]:
         except UnicodeError:
             raise ConfigError(f"{what}: {parts.hostname!r} is not a valid host name") from None
     path = parts.path or "/"
-    target = path + (f"?{parts.query}" if parts.query else "")
-    if not target.isascii():
-        target = quote(target, safe=_TARGET_SAFE)
+    target = encode_target(path + (f"?{parts.query}" if parts.query else ""))
     origin = Origin(scheme, host, port if port is not None else _DEFAULT_PORTS[scheme])  # type: ignore[arg-type]
     return origin, target
+
+
+def encode_target(target: str) -> str:
+    """A request target as sent: non-ASCII characters percent-encoded as UTF-8."""
+    return target if target.isascii() else quote(target, safe=_TARGET_SAFE)
 
 
 def parse_header(text: str) -> tuple[str, str]:

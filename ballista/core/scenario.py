@@ -20,6 +20,7 @@ from ballista.core.config import (
     Origin,
     RequestSpec,
     Stage,
+    encode_target,
     parse_header,
     parse_method,
     parse_url,
@@ -217,8 +218,9 @@ def _request(
         raise f.error(key, "give either path or url")
     if "path" in entry:
         path = f.string(entry["path"], f"{key}.path")
-        if not path.startswith("/") or any(c.isspace() for c in path):
+        if not path.startswith("/") or any(c.isspace() or ord(c) < 0x20 for c in path):
             raise f.error(f"{key}.path", f"{path!r} must start with '/' and have no spaces")
+        path = encode_target(path)
         if base is None:
             raise f.error(f"{key}.path", "a path needs base_url at the top of the file")
         origin, target = base[0], base[1] + path
