@@ -223,6 +223,9 @@ async def test_api_start_list_show_stop(daemon: Daemon, target: RunningTarget) -
         (b'{"requests": [{"name": "a", "url": "http://127.0.0.1:1/", "x": null}]}', None, "null"),
         (b"name = [", None, "not valid TOML"),
         (b"\xff\xfe", None, "UTF-8"),
+        (b'{"name": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", None, "nested too deeply"),
+        (b'{"name": "x", "requests": ' + b"7" * 5_000 + b"}", None, "not valid JSON"),
+        (b'{"name": ' + b"[" * 100 + b"]" * 100 + b"}", None, "nested too deeply"),
     ],
 )
 async def test_bad_scenarios_are_400_naming_the_field(

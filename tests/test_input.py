@@ -74,3 +74,12 @@ async def test_the_runs_own_summary_hides_secret_query_values(target: RunningTar
     shown = result.meta.target
     assert "s3cret" not in shown and "abc" not in shown and "def" not in shown
     assert "pwd=p" not in shown and "page=2" in shown
+
+
+@pytest.mark.parametrize("depth", [40, 600])
+def test_absurdly_nested_scenarios_are_one_line(tmp_path: Path, depth: int) -> None:
+    scenario = tmp_path / "deep.toml"
+    scenario.write_text("name = " + "[" * depth + "]" * depth + "\n")
+    with pytest.raises(ConfigError, match=r"^deep.toml: nested too deeply") as info:
+        run_config("-f", str(scenario))
+    assert "\n" not in str(info.value)
