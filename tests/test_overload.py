@@ -316,7 +316,17 @@ async def test_sigint_during_an_absurd_rate_ends_at_once_with_a_summary(
     target: RunningTarget,
 ) -> None:
     proc = await trio.lowlevel.open_process(
-        [*BALLISTA, "run", target.url, "-r", "1e9", "--max-in-flight", "20", *FOR_A_MINUTE],
+        [
+            *BALLISTA,
+            "run",
+            target.url,
+            "-r",
+            "1e9",
+            "--no-limits",
+            "--max-in-flight",
+            "20",
+            *FOR_A_MINUTE,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

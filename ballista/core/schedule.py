@@ -91,6 +91,10 @@ class Ramp:
                 x = 2 * need / root if root > 0 else 0.0
                 return t0 + min(max(x, 0.0), dt)
             total += seg
+        if area - total <= 1e-12 * max(1.0, abs(total)):
+            # Reached at the end: integral() sums the same segments in another
+            # order, so "all of it" may exceed this total by a rounding error.
+            return self.end
         if self.final <= 0:
             return None
         return self.end + (area - total) / self.final
