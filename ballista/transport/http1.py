@@ -1,12 +1,11 @@
-"""One HTTP/1.1 connection that Ballista owns, driven with h11: keep-alive, lazy reconnect."""
+"""One HTTP/1.1 connection that Ballista owns: keep-alive, lazy reconnect; responses read by llhttp."""
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
-import h11
 import trio
 
 from ballista.core.config import Origin
@@ -20,13 +19,13 @@ from ballista.transport.connect import (
     PeerClosed,
     Phase,
     PreparedRequest,
+    ProtocolViolation,
     classify,
     close_quietly,
     connect,
     parse_retry_after,
 )
-
-_EOM = h11.EndOfMessage()
+from ballista.transport.h1response import FastReader
 
 #: (status, error kind or NO_ERROR, bytes sent, bytes received)
 Result = tuple[int, int, int, int]
@@ -60,17 +59,12 @@ class H1Connection:
         self._ssl_context = ssl_context
         self._events = events
         self._conn: Connected | None = None
-        self._h11 = h11.Connection(h11.CLIENT)
+        self._reader = FastReader()
         self.lock = trio.Lock()
         #: True when several workers share this connection and must take `lock`.
         self.shared = False
         #: seconds from the last 429/503's Retry-After, until the engine takes it
         self.retry_after: float | None = None
-
-    def _note_retry_after(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        for name, value in headers:
-            if name == b"retry-after":
-                self.retry_after = parse_retry_after(value)
 
     @property
     def is_open(self) -> bool:
@@ -79,7 +73,7 @@ class H1Connection:
     def adopt(self, connected: Connected) -> None:
         """Take over a connection opened elsewhere (the engine's ALPN probe)."""
         self._conn = connected
-        self._h11 = h11.Connection(h11.CLIENT)
+        self._reader = FastReader()
         self._events.connection_attempted()
         self._events.connection_opened()
 
@@ -90,7 +84,7 @@ class H1Connection:
             await close_quietly(connected.stream)
             raise PeerClosed(f"ALPN chose {connected.alpn!r} on an HTTP/1.1 connection")
         self._conn = connected
-        self._h11 = h11.Connection(h11.CLIENT)
+        self._reader = FastReader()
         self._events.connection_opened()
         return connected
 
@@ -131,50 +125,36 @@ class H1Connection:
                     if conn is None:
                         conn = await self._open()
                     io = conn.io
-                    h = self._h11
+                    reader = self._reader
+                    reader.start(req.head)
                     phase = Phase.WRITE
-                    body = req.body
-                    data = h.send(req.h11_request)
-                    if len(body) <= _SEND_BEFORE_READING:
-                        if body:
-                            data += h.send(h11.Data(data=body))
-                        data += h.send(_EOM)
+                    data = req.h1_bytes
+                    if data is not None:
                         await io.send_all(data)
                         sent = len(data)
                         phase = Phase.READ
-                        status = await self._read_response(h, io, reading)
+                        await _read_response(reader, io, reading)
                         complete = True
                     else:
-                        # The body goes out from the request's own bytes, never
-                        # copied: a 20 MB body per worker would be two copies each.
-                        parts = [data]
-                        parts += h.send_with_data_passthrough(h11.Data(data=body)) or []
-                        parts += h.send_with_data_passthrough(_EOM) or []
-                        sender = _Sender(io, parts)
+                        # The body goes out from the request's own bytes, never copied.
+                        sender = _Sender(io, req.h1_parts)
                         phase = Phase.READ
-                        status = await self._send_while_reading(h, io, sender, reading)
+                        await self._send_while_reading(reader, io, sender, reading)
                         sent = sender.sent
                         complete = sender.done
-                    if complete and h.our_state is h11.DONE and h.their_state is h11.DONE:
-                        h.start_next_cycle()
-                    else:
-                        # Answered before the whole body went out: what is left of
-                        # the request makes the connection unusable for another.
+                    status = reader.status
+                    if status in BACKOFF_STATUSES and reader.retry_after is not None:
+                        self.retry_after = parse_retry_after(reader.retry_after)
+                    if not (complete and reader.reusable and req.h1_keep_alive):
+                        # Also when answered before the whole body went out: what is
+                        # left of the request makes the connection unusable for another.
                         await self._drop()
                     return status, NO_ERROR, sent, reading.received
-                except h11.RemoteProtocolError as exc:
+                except ProtocolViolation:
                     await self._drop()
                     if sender is not None:
                         sent = sender.sent
-                    if not reading.eof:
-                        return 0, ErrorKind.PROTOCOL, sent, reading.received
-                    if reused and reading.received == 0 and not retried:
-                        # The server closed an idle keep-alive connection as we reused it:
-                        # open a fresh one and send again, as browsers and httpcore do.
-                        retried = True
-                        self._events.request_retried()
-                        continue
-                    return 0, classify(PeerClosed(str(exc)), phase), sent, reading.received
+                    return 0, ErrorKind.PROTOCOL, sent, reading.received
                 except TARGET_FAILURES as exc:
                     await self._drop()
                     if sender is not None:
@@ -196,53 +176,41 @@ class H1Connection:
                 phase = Phase.READ if sender.done else Phase.WRITE
             return 0, phase.timeout, sent, reading.received
 
-    async def _read_response(self, h: h11.Connection, io: ByteStream, reading: _Reading) -> int:
-        """Read one whole response; its status."""
-        status = 0
-        next_event = h.next_event
-        while True:
-            event = next_event()
-            if event is h11.NEED_DATA:
-                chunk = await io.receive_some(READ_SIZE)
-                if not chunk:
-                    reading.eof = True
-                reading.received += len(chunk)
-                # TLS streams hand out bytearrays; h11 appends them as is.
-                h.receive_data(chunk)  # type: ignore[arg-type]
-                continue
-            cls = type(event)
-            if cls is h11.Response:
-                status = event.status_code  # type: ignore[union-attr]
-                if status in BACKOFF_STATUSES:
-                    self._note_retry_after(event.headers)  # type: ignore[union-attr]
-            elif cls is h11.EndOfMessage:
-                return status
-            elif cls is h11.ConnectionClosed:
-                raise PeerClosed("connection closed before the response ended")
-
     async def _send_while_reading(
-        self, h: h11.Connection, io: ByteStream, sender: _Sender, reading: _Reading
-    ) -> int:
+        self, reader: FastReader, io: ByteStream, sender: _Sender, reading: _Reading
+    ) -> None:
         """Send a large request while reading the response: a server may answer before
         it has read the body (an error, a redirect, a handler that ignores it) and then
         stop reading, or close. Its complete answer ends the exchange (RFC 9112 §9.5)."""
-        result: int | Exception
+        failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             try:
-                result = await self._read_response(h, io, reading)
+                await _read_response(reader, io, reading)
             except Exception as exc:
                 # Raised outside the nursery, so that it is not wrapped in a group.
-                result = exc
+                failure = exc
             nursery.cancel_scope.cancel()
-        if isinstance(result, Exception):
-            raise result
-        return result
+        if failure is not None:
+            raise failure
 
 
-#: Requests up to this size are written before reading: the socket buffers take
-#: them at once, and no task is needed to read at the same time.
-_SEND_BEFORE_READING = 64 * 1024
+async def _read_response(reader: FastReader, io: ByteStream, reading: _Reading) -> None:
+    """Read one whole response into `reader` (ProtocolViolation if malformed, PeerClosed
+    if the connection ends first)."""
+    receive_some = io.receive_some
+    feed = reader.feed
+    while True:
+        chunk = await receive_some(READ_SIZE)
+        if not chunk:
+            reading.eof = True
+            reader.feed_eof()
+            return
+        reading.received += len(chunk)
+        if feed(chunk):
+            return
+
+
 _SEND_CHUNK = 64 * 1024
 
 
