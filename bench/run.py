@@ -1,5 +1,5 @@
-"""Benchmark of issue 2: ballista and its peers (wrk, h2load, locust, hey) against one
-local nginx, measuring requests/s, CPU µs per request and peak RSS of each load generator.
+"""Benchmark: ballista, the floors of its own stack (bench/floor.py) and its peers (wrk,
+h2load, locust, hey) against one local nginx: requests/s, CPU µs per request, peak RSS.
 
 Run it with the project's venv: `.venv/bin/python bench/run.py [--duration 10] [--only ...]`.
 See bench/README.md for what it measures and how to read the ratios.
@@ -27,7 +27,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
-GENERATORS = ("ballista", "wrk", "h2load", "locust", "hey")
+GENERATORS = ("ballista", "floor-raw", "floor-h11", "floor-h2", "wrk", "h2load", "locust", "hey")
+#: Ballista's own stack without Ballista (bench/floor.py): trio with canned bytes, bare h11, bare h2.
+FLOORS = {"floor-raw": "raw", "floor-h11": "h11", "floor-h2": "h2"}
+FLOOR_SCRIPT = Path(__file__).resolve().parent / "floor.py"
 CASES = ("h1", "h2c", "mem", "startup")
 CASE_TITLES = {
     "h1": "HTTP/1.1, 50 connections",
@@ -35,10 +38,11 @@ CASE_TITLES = {
     "mem": "HTTP/1.1, 1,000 connections (memory)",
     "startup": "start-up: ballista run URL -n 1",
 }
-# Figures the issue asks ballista to reach; checked at the end.
-TARGET_H1_CPU_RATIO_TO_LOCUST = 1.0
-TARGET_H2C_CPU_US = 450.0
-TARGET_MEM_RSS_MB = 50.0
+# Figures issue 14 asks ballista to reach; checked at the end.
+TARGET_H1_CPU_RATIO_TO_RAW = 2.0
+TARGET_H1_CPU_RATIO_TO_LOCUST = 0.4
+TARGET_H2C_CPU_RATIO_TO_BARE_H2 = 0.6
+TARGET_MEM_RSS_MB = 40.0
 TARGET_STARTUP_CPU_S = 0.5
 STARTUP_RUNS = 3
 BODY = "ok\n"  # the small 200 body nginx returns
@@ -54,6 +58,7 @@ HINTS = {
     "locust": ".venv/bin/pip install -e '.[bench]'",
     "hey": "apt-get install hey (optional)",
     "ballista": "scripts/test (it sets up .venv with ballista installed)",
+    **{name: "scripts/test (bench/floor.py runs in the project's .venv)" for name in FLOORS},
 }
 
 LOCUSTFILE = """\
@@ -157,6 +162,9 @@ def find_tools(only: Sequence[str]) -> Tools:
     venv_bin = Path(sys.executable).parent
     found: dict[str, list[str]] = {}
     for name in only:
+        if name in FLOORS:
+            found[name] = [sys.executable, str(FLOOR_SCRIPT), FLOORS[name]]
+            continue
         if name in ("ballista", "locust"):
             beside = venv_bin / name
             in_repo = REPO / ".venv" / "bin" / name
@@ -445,8 +453,18 @@ def parse_ballista(_stdout: str, files: Path) -> Parsed:
     )
 
 
+def parse_floor(stdout: str, _files: Path) -> Parsed:
+    done = re.search(r"requests: (\d+)", stdout)
+    if done is None:
+        raise ValueError("no 'requests: N' line")
+    return Parsed(int(done.group(1)), 0, None)
+
+
 PARSERS: dict[str, Callable[[str, Path], Parsed]] = {
     "ballista": parse_ballista,
+    "floor-raw": parse_floor,
+    "floor-h11": parse_floor,
+    "floor-h2": parse_floor,
     "wrk": parse_wrk,
     "h2load": parse_h2load,
     "locust": parse_locust,
@@ -508,6 +526,15 @@ class Bench:
                 *out,
             ]
         if case == "startup":
+            return None
+        if generator in FLOORS:
+            mode = FLOORS[generator]
+            if case == "h2c" and mode == "h2":
+                return [*tool, h2, "-c", "10", "-m", "10", "-d", str(d)]
+            if case == "h1" and mode in ("raw", "h11"):
+                return [*tool, h1, "-c", "50", "-d", str(d)]
+            if case == "mem" and mode == "h11":
+                return [*tool, h1, "-c", "1000", "-d", str(d)]
             return None
         if generator == "h2load":
             if case != "h2c":
@@ -667,28 +694,37 @@ def check_targets(by_case: dict[str, list[Result]]) -> list[Target]:
     def target(name: str, limit: str, value: float | None, ok: Callable[[float], bool]) -> Target:
         return Target(name, limit, value, None if value is None else ok(value))
 
-    ours, locust, h2c, mem, start = (
+    ours, raw, locust, h2c, bare_h2, mem, start = (
         get("h1", "ballista"),
+        get("h1", "floor-raw"),
         get("h1", "locust"),
         get("h2c", "ballista"),
+        get("h2c", "floor-h2"),
         get("mem", "ballista"),
         get("startup", "ballista"),
     )
+
+    def cpu_ratio(a: Result | None, b: Result | None) -> float | None:
+        return divide(a.cpu_us_per_request if a else None, b.cpu_us_per_request if b else None)
+
     return [
+        target(
+            "HTTP/1.1 CPU/request, ballista/raw floor",
+            f"<= {TARGET_H1_CPU_RATIO_TO_RAW}",
+            cpu_ratio(ours, raw),
+            lambda v: v <= TARGET_H1_CPU_RATIO_TO_RAW,
+        ),
         target(
             "HTTP/1.1 CPU/request, ballista/locust",
             f"<= {TARGET_H1_CPU_RATIO_TO_LOCUST}",
-            divide(
-                ours.cpu_us_per_request if ours else None,
-                locust.cpu_us_per_request if locust else None,
-            ),
+            cpu_ratio(ours, locust),
             lambda v: v <= TARGET_H1_CPU_RATIO_TO_LOCUST,
         ),
         target(
-            "h2c 10x10 CPU µs/request",
-            f"<= {TARGET_H2C_CPU_US:g}",
-            h2c.cpu_us_per_request if h2c else None,
-            lambda v: v <= TARGET_H2C_CPU_US,
+            "h2c 10x10 CPU/request, ballista/bare h2",
+            f"<= {TARGET_H2C_CPU_RATIO_TO_BARE_H2}",
+            cpu_ratio(h2c, bare_h2),
+            lambda v: v <= TARGET_H2C_CPU_RATIO_TO_BARE_H2,
         ),
         target(
             "peak RSS MB at 1,000 connections",
@@ -853,7 +889,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["cases"] = cases
     checks = check_targets(by_case)
     report["targets"] = [asdict(c) for c in checks]
-    print("\nTargets for ballista (issue 2)")
+    print("\nTargets for ballista (issue 14)")
     for c in checks:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[c.ok]
         print(f"  {c.target:<40} {c.limit:>7}  measured {fmt(c.value, '>8.3g')}  {verdict}")
