@@ -823,6 +823,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"warning: only {fd_limit} file descriptors: 1,000 connections may fail",
             file=sys.stderr,
         )
+    # pip compiles an installed package's bytecode; an editable checkout run with
+    # PYTHONDONTWRITEBYTECODE would compile ballista's sources again at every start.
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(REPO / "ballista"), str(FLOOR_SCRIPT)],
+        check=False,
+    )
     # The harness itself sleeps on the server's core, leaving the client's core to generators.
     os.sched_setaffinity(0, {args.server_core})
 
