@@ -60,6 +60,8 @@ class H1Connection:
         self._events = events
         self._conn: Connected | None = None
         self._reader = FastReader()
+        #: where the last exchange stood when it was cancelled: (phase, sent, received)
+        self._cut: tuple[Phase, int, int] = (Phase.CONNECT, 0, 0)
         # Made only for a shared connection: 1,000 unshared ones would carry 1,000 idle locks.
         self._lock: trio.Lock | None = None
         #: True when several workers share this connection and must take its lock.
@@ -116,6 +118,21 @@ class H1Connection:
             lock.release()
 
     async def _exchange(self, req: PreparedRequest, deadline: float) -> Result:
+        with trio.CancelScope(deadline=deadline):
+            return await self.exchange(req)
+        # Only reached when the deadline cancelled the exchange.
+        return self.timed_out()
+
+    def timed_out(self) -> Result:
+        """The result of the exchange a caller's deadline cancelled: the phase it was in."""
+        phase, sent, received = self._cut
+        return 0, phase.timeout, sent, received
+
+    async def exchange(self, req: PreparedRequest) -> Result:
+        """`request` on an unshared connection, bounded by the caller's cancel scope
+        instead of one of its own: a worker that moves one scope's deadline request
+        after request spares trio a scope per request. When that scope cancels
+        the exchange, Cancelled propagates and `timed_out()` gives its result."""
         retried = False
         while True:
             phase = Phase.CONNECT
@@ -123,62 +140,59 @@ class H1Connection:
             reading = _Reading()
             sender: _Sender | None = None
             reused = self._conn is not None
-            with trio.CancelScope(deadline=deadline):
-                try:
-                    conn = self._conn
-                    if conn is None:
-                        conn = await self._open()
-                    io = conn.io
-                    reader = self._reader
-                    reader.start(req.head)
-                    phase = Phase.WRITE
-                    data = req.h1_bytes
-                    if data is not None:
-                        await io.send_all(data)
-                        sent = len(data)
-                        phase = Phase.READ
-                        await _read_response(reader, io, reading)
-                        complete = True
-                    else:
-                        # The body goes out from the request's own bytes, never copied.
-                        sender = _Sender(io, req.h1_parts)
-                        phase = Phase.READ
-                        await self._send_while_reading(reader, io, sender, reading)
-                        sent = sender.sent
-                        complete = sender.done
-                    status = reader.status
-                    if status in BACKOFF_STATUSES and reader.retry_after is not None:
-                        self.retry_after = parse_retry_after(reader.retry_after)
-                    if not (complete and reader.reusable and req.h1_keep_alive):
-                        # Also when answered before the whole body went out: what is
-                        # left of the request makes the connection unusable for another.
-                        await self._drop()
-                    return status, NO_ERROR, sent, reading.received
-                except ProtocolViolation:
+            try:
+                conn = self._conn
+                if conn is None:
+                    conn = await self._open()
+                io = conn.io
+                reader = self._reader
+                reader.start(req.head)
+                phase = Phase.WRITE
+                data = req.h1_bytes
+                if data is not None:
+                    await io.send_all(data)
+                    sent = len(data)
+                    phase = Phase.READ
+                    await _read_response(reader, io, reading)
+                    complete = True
+                else:
+                    # The body goes out from the request's own bytes, never copied.
+                    sender = _Sender(io, req.h1_parts)
+                    phase = Phase.READ
+                    await self._send_while_reading(reader, io, sender, reading)
+                    sent = sender.sent
+                    complete = sender.done
+                status = reader.status
+                if status in BACKOFF_STATUSES and reader.retry_after is not None:
+                    self.retry_after = parse_retry_after(reader.retry_after)
+                if not (complete and reader.reusable and req.h1_keep_alive):
+                    # Also when answered before the whole body went out: what is
+                    # left of the request makes the connection unusable for another.
                     await self._drop()
-                    if sender is not None:
-                        sent = sender.sent
-                    return 0, ErrorKind.PROTOCOL, sent, reading.received
-                except TARGET_FAILURES as exc:
-                    await self._drop()
-                    if sender is not None:
-                        sent = sender.sent
-                    if reused and reading.received == 0 and not retried and _is_stale(exc):
-                        retried = True
-                        self._events.request_retried()
-                        continue
-                    return 0, classify(exc, phase), sent, reading.received
-                except BaseException:
-                    # Cancelled from outside (the run is over), or a bug in Ballista:
-                    # the exchange is unfinished and not the target's failure.
-                    await self._drop()
-                    raise
-            # Only reached when the deadline cancelled the exchange.
-            await self._drop()
-            if sender is not None:
-                sent = sender.sent
-                phase = Phase.READ if sender.done else Phase.WRITE
-            return 0, phase.timeout, sent, reading.received
+                return status, NO_ERROR, sent, reading.received
+            except ProtocolViolation:
+                await self._drop()
+                if sender is not None:
+                    sent = sender.sent
+                return 0, ErrorKind.PROTOCOL, sent, reading.received
+            except TARGET_FAILURES as exc:
+                await self._drop()
+                if sender is not None:
+                    sent = sender.sent
+                if reused and reading.received == 0 and not retried and _is_stale(exc):
+                    retried = True
+                    self._events.request_retried()
+                    continue
+                return 0, classify(exc, phase), sent, reading.received
+            except BaseException:
+                # Cancelled (by the caller's deadline, see timed_out, or because the run is
+                # over), or a bug in Ballista: unfinished, and not the target's failure.
+                if sender is not None:
+                    sent = sender.sent
+                    phase = Phase.READ if sender.done else Phase.WRITE
+                self._cut = (phase, sent, reading.received)
+                await self._drop()
+                raise
 
     async def _send_while_reading(
         self, reader: FastReader, io: ByteStream, sender: _Sender, reading: _Reading
