@@ -43,6 +43,7 @@ from ballista.transport.connect import (
     classify,
     prepare,
 )
+from ballista.transport.h1response import FastReader
 from ballista.transport.http1 import H1Connection, Result
 from ballista.transport.http2 import H2Connection
 
@@ -218,15 +219,15 @@ async def test_a_bug_ends_the_run_loudly_and_keeps_what_was_measured(
 
 
 @pytest.fixture
-def injected_h11_bug(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(self: h11.Connection) -> None:
+def injected_reader_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(self: FastReader, data: bytes | bytearray) -> bool:
         raise RuntimeError("injected bug in the HTTP/1.1 exchange")
 
-    monkeypatch.setattr(h11.Connection, "start_next_cycle", boom)
+    monkeypatch.setattr(FastReader, "feed", boom)
 
 
 async def test_the_http1_transport_does_not_count_a_bug_as_an_error(
-    target: RunningTarget, injected_h11_bug: None
+    target: RunningTarget, injected_reader_bug: None
 ) -> None:
     origin = Origin("http", "127.0.0.1", target.port)
     req = prepare(0, RequestSpec(name="default", method="GET", target="/"), origin)

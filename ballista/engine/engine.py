@@ -796,7 +796,7 @@ class Engine:
                         started()
                         if own is not None:
                             scope.deadline = t0 + timeout
-                            result = await own.exchange(req)
+                            result = await own.request(req, None)
                         else:
                             result = await conn.request(req, t0 + timeout)
                         flying = None

@@ -100,11 +100,20 @@ class H1Connection:
     async def aclose(self) -> None:
         await self._drop()
 
-    async def request(self, req: PreparedRequest, deadline: float) -> Result:
+    async def request(self, req: PreparedRequest, deadline: float | None) -> Result:
         """Send `req` and read the whole response before `deadline`. Never raises for
-        the target's failures: they come back as an error kind."""
+        the target's failures: they come back as an error kind.
+
+        `deadline` None (unshared connections only): the caller's cancel scope
+        bounds the exchange instead of one of its own, so that a worker moving
+        one scope's deadline from request to request spares trio a scope per
+        request. When that scope cancels the exchange, Cancelled propagates and
+        `timed_out()` gives its result."""
         if not self.shared:
+            if deadline is None:
+                return await self._exchange_in_scope(req)
             return await self._exchange(req, deadline)
+        assert deadline is not None, "a shared connection bounds its own lock wait"
         lock = self._lock
         if lock is None:
             lock = self._lock = trio.Lock()
@@ -119,7 +128,7 @@ class H1Connection:
 
     async def _exchange(self, req: PreparedRequest, deadline: float) -> Result:
         with trio.CancelScope(deadline=deadline):
-            return await self.exchange(req)
+            return await self._exchange_in_scope(req)
         # Only reached when the deadline cancelled the exchange.
         return self.timed_out()
 
@@ -128,11 +137,7 @@ class H1Connection:
         phase, sent, received = self._cut
         return 0, phase.timeout, sent, received
 
-    async def exchange(self, req: PreparedRequest) -> Result:
-        """`request` on an unshared connection, bounded by the caller's cancel scope
-        instead of one of its own: a worker that moves one scope's deadline request
-        after request spares trio a scope per request. When that scope cancels
-        the exchange, Cancelled propagates and `timed_out()` gives its result."""
+    async def _exchange_in_scope(self, req: PreparedRequest) -> Result:
         retried = False
         while True:
             phase = Phase.CONNECT
