@@ -289,6 +289,7 @@ class _SocketIO:
                         else:
                             sent = sock.send(view)
                     except BlockingIOError:
+                        _check_open(sock)
                         await trio.lowlevel.wait_writable(sock)
         except OSError as exc:
             raise _stream_error(exc) from exc
@@ -298,12 +299,19 @@ class _SocketIO:
         size = max_bytes or READ_SIZE
         while True:
             try:
+                _check_open(sock)
                 await trio.lowlevel.wait_readable(sock)
                 return sock.recv(size)
             except BlockingIOError:
                 continue
             except OSError as exc:
                 raise _stream_error(exc) from exc
+
+
+def _check_open(sock: socket.socket) -> None:
+    # trio cannot wait on a socket closed here (fileno -1): SocketStream calls it closed.
+    if sock.fileno() == -1:
+        raise trio.ClosedResourceError("this socket was already closed")
 
 
 def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
