@@ -155,7 +155,7 @@ class H1Connection:
                 phase = Phase.WRITE
                 data = req.h1_bytes
                 if data is not None:
-                    await io.send_all(data)
+                    await conn.send_before_read(data)
                     sent = len(data)
                     phase = Phase.READ
                     await _read_response(reader, io, reading)
