@@ -35,7 +35,7 @@ def serve(frame: str) -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            server = await start(nursery)
+            server = await start(nursery, seconds=servers.HANDLER_CAP)
             print(server.port, flush=True)
 
     trio.run(main)

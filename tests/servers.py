@@ -532,6 +532,8 @@ SETTINGS_FRAME = SettingsFrame(
 ).serialize()
 #: Frames a flood server writes at once.
 FLOOD_BURST = 512
+#: How long a flood server floods each connection by default: a test's run is over sooner.
+FLOOD_SECONDS = 2.0
 
 
 async def _flood_h2(
@@ -570,12 +572,12 @@ async def _flood_h2(
 
 
 async def start_h2_ping_flood_server(
-    nursery: trio.Nursery, *, seconds: float = HANDLER_CAP
+    nursery: trio.Nursery, *, seconds: float = FLOOD_SECONDS
 ) -> FaultServer:
     """h2c server that sends PING frames as fast as the client reads them for
-    `seconds` on each connection (answering requests in between): the client must
-    drop that connection as flooded -> `protocol` (nghttp2 and Go's server do the
-    same to clients)."""
+    `seconds` on each connection, reading nothing (requests are answered after the
+    flood): the client must drop that connection as flooded -> `protocol`
+    (nghttp2 and Go's server do the same to clients)."""
     server = FaultServer("h2_ping_flood_server", ErrorKind.PROTOCOL)
     server.extra["frames"] = 0
 
@@ -586,7 +588,7 @@ async def start_h2_ping_flood_server(
 
 
 async def start_h2_settings_flood_server(
-    nursery: trio.Nursery, *, seconds: float = HANDLER_CAP
+    nursery: trio.Nursery, *, seconds: float = FLOOD_SECONDS
 ) -> FaultServer:
     """As the PING flood server, with SETTINGS frames (each one must be ACKed) -> `protocol`."""
     server = FaultServer("h2_settings_flood_server", ErrorKind.PROTOCOL)
@@ -594,6 +596,25 @@ async def start_h2_settings_flood_server(
 
     async def handle(stream: trio.abc.Stream) -> None:
         await _flood_h2(stream, server, SETTINGS_FRAME, seconds)
+
+    return await _listen(nursery, server, handle)
+
+
+async def start_h2_pinging_server(nursery: trio.Nursery) -> FaultServer:
+    """h2c server that answers every stream `200 ok` and sends a PING with each answer
+    (as servers measuring the round trip do), reading the ACKs. Not a fault: a client
+    must never report these PINGs as a flood, however many requests it sends; `kind`
+    is what it would wrongly report. `extra["pings"]` counts the PINGs sent."""
+    server = FaultServer("h2_pinging_server", ErrorKind.PROTOCOL)
+    server.extra["pings"] = 0
+
+    def on_answered(conn: h2.connection.H2Connection, stream_id: int) -> bool:
+        conn.ping(server.extra["pings"].to_bytes(8, "big"))
+        server.extra["pings"] += 1
+        return False
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await _serve_h2(stream, server, lambda conn, sid: True, on_answered)
 
     return await _listen(nursery, server, handle)
 
