@@ -537,25 +537,39 @@ FLOOD_SECONDS = 2.0
 
 
 async def _flood_h2(
-    stream: trio.abc.Stream, server: FaultServer, frame: bytes, seconds: float
+    stream: trio.abc.Stream,
+    server: FaultServer,
+    frame: bytes,
+    seconds: float,
+    *,
+    burst: int = FLOOD_BURST,
+    pause: float = 0.0,
+    rcvbuf: int | None = None,
 ) -> None:
     """Send h2c's preface, then `frame` as fast as the client reads for `seconds`
-    without reading a byte, then serve: every request it finds is answered `200 ok`.
+    (`burst` frames a write, `pause` seconds between writes) without reading a
+    byte, then serve: every request it finds is answered `200 ok`.
 
     A server that does not read the ACKs it demands is the hard case: the client
-    cannot write them, so whatever it queues stays in its memory.
+    cannot write them, so whatever it queues stays in its memory. `rcvbuf` shrinks
+    the server's receive buffer, so that the client's writes stall sooner.
     `extra["frames"]` counts the flood frames sent.
     """
+    if rcvbuf is not None:
+        assert isinstance(stream, trio.SocketStream)
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=False, header_encoding=None)
     )
     conn.initiate_connection()
     await stream.send_all(conn.data_to_send())
-    burst = frame * FLOOD_BURST
+    frames = frame * burst
     with trio.move_on_after(seconds):
         while True:
-            await stream.send_all(burst)
-            server.extra["frames"] += FLOOD_BURST
+            await stream.send_all(frames)
+            server.extra["frames"] += burst
+            if pause:
+                await trio.sleep(pause)
     while data := await stream.receive_some(MAX_HEAD):
         try:
             events = conn.receive_data(data)
@@ -572,17 +586,25 @@ async def _flood_h2(
 
 
 async def start_h2_ping_flood_server(
-    nursery: trio.Nursery, *, seconds: float = FLOOD_SECONDS
+    nursery: trio.Nursery,
+    *,
+    seconds: float = FLOOD_SECONDS,
+    burst: int = FLOOD_BURST,
+    pause: float = 0.0,
+    rcvbuf: int | None = None,
 ) -> FaultServer:
     """h2c server that sends PING frames as fast as the client reads them for
     `seconds` on each connection, reading nothing (requests are answered after the
     flood): the client must drop that connection as flooded -> `protocol`
-    (nghttp2 and Go's server do the same to clients)."""
+    (nghttp2 and Go's server do the same to clients). `burst`, `pause` and
+    `rcvbuf`: see `_flood_h2`."""
     server = FaultServer("h2_ping_flood_server", ErrorKind.PROTOCOL)
     server.extra["frames"] = 0
 
     async def handle(stream: trio.abc.Stream) -> None:
-        await _flood_h2(stream, server, PING_FRAME, seconds)
+        await _flood_h2(
+            stream, server, PING_FRAME, seconds, burst=burst, pause=pause, rcvbuf=rcvbuf
+        )
 
     return await _listen(nursery, server, handle)
 

@@ -20,6 +20,8 @@ from ballista.core.histogram import RELATIVE_ERROR
 from ballista.core.outcome import Sample
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
+from ballista.transport import http2
+from ballista.transport.budget import ControlBudget
 
 
 def engine_for(*argv: str) -> Engine:
@@ -319,6 +321,28 @@ async def test_h2_control_frame_flood_drops_the_connection(
     assert final.connections_opened == server.connections
     assert any("flooded" in note for note in engine.notes())
     await wait_until(lambda: server.open == 0, "the flooded connections to be closed")
+
+
+async def test_h2_unread_acks_are_bounded_within_the_budget(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PINGs in small bursts with no limit on their rate, from a server that reads
+    nothing (and keeps its receive buffer small): once the writer cannot write, the
+    ACKs would queue in h2 without end. More than MAX_UNSENT_ACKS unwritten is a
+    flood too, so the connection is dropped after a few thousand frames, not at
+    the timeout (after the flood the server would answer: the requests would pass)."""
+    monkeypatch.setattr(
+        http2, "ControlBudget", lambda now: ControlBudget(now, burst=10**9, rate=0.0)
+    )
+    server = await servers.start_h2_ping_flood_server(nursery, burst=100, pause=0.0005, rcvbuf=4096)
+    t0 = trio.current_time()
+    engine, final = await run(server.url, "--http2", "-n", "5", "-c", "5", "--timeout", "10s")
+    assert trio.current_time() - t0 < 1.5
+    assert kinds(final) == {"protocol": 5}
+    assert server.connections == 1
+    # What the kernel's buffers held, plus MAX_UNSENT_ACKS: far from unbounded.
+    assert server.extra["frames"] < 50_000
+    assert any("flooded 1 HTTP/2 connection " in note for note in engine.notes())
 
 
 async def test_h2_a_ping_with_every_response_is_not_a_flood(nursery: trio.Nursery) -> None:
