@@ -622,6 +622,28 @@ async def start_h2_settings_flood_server(
     return await _listen(nursery, server, handle)
 
 
+async def start_h2_empty_data_flood_server(
+    nursery: trio.Nursery, *, frames: int = 2000
+) -> FaultServer:
+    """h2c server that answers each request's headers, then sends `frames` empty DATA
+    frames on its stream (each costs the client a parse, and carries nothing) and
+    never ends it: the client must drop the connection as flooded -> `protocol`."""
+    server = FaultServer("h2_empty_data_flood_server", ErrorKind.PROTOCOL)
+    server.extra["frames"] = 0
+
+    def on_request(conn: h2.connection.H2Connection, stream_id: int) -> bool:
+        conn.send_headers(stream_id, H2_OK_HEADERS)
+        for _ in range(frames):
+            conn.send_data(stream_id, b"")
+        server.extra["frames"] += frames
+        return False
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await _serve_h2(stream, server, on_request, lambda conn, sid: False)
+
+    return await _listen(nursery, server, handle)
+
+
 async def start_h2_pinging_server(nursery: trio.Nursery) -> FaultServer:
     """h2c server that answers every stream `200 ok` and sends a PING with each answer
     (as servers measuring the round trip do), reading the ACKs. Not a fault: a client
@@ -655,4 +677,5 @@ FAULT_SERVERS: dict[str, Callable[[trio.Nursery], Awaitable[FaultServer]]] = {
     "h2_drain_server": start_h2_drain_server,
     "h2_ping_flood_server": start_h2_ping_flood_server,
     "h2_settings_flood_server": start_h2_settings_flood_server,
+    "h2_empty_data_flood_server": start_h2_empty_data_flood_server,
 }

@@ -323,6 +323,18 @@ async def test_h2_control_frame_flood_drops_the_connection(
     await wait_until(lambda: server.open == 0, "the flooded connections to be closed")
 
 
+async def test_h2_empty_data_flood_drops_the_connection(nursery: trio.Nursery) -> None:
+    """2,000 empty DATA frames on the stream after its headers, and no end: each
+    connection is dropped as flooded, and its request counts as `protocol`."""
+    server = await servers.start_h2_empty_data_flood_server(nursery)
+    t0 = trio.current_time()
+    engine, final = await run(server.url, "--http2", "-n", "5", "-c", "1", "--timeout", "10s")
+    assert trio.current_time() - t0 < 1.5
+    assert kinds(final) == {"protocol": 5}
+    assert server.requests == server.connections == 5
+    assert any("flooded 5 HTTP/2 connections" in note for note in engine.notes())
+
+
 async def test_h2_unread_acks_are_bounded_within_the_budget(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
