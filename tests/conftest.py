@@ -115,3 +115,13 @@ async def h2_bad_status_server(nursery: trio.Nursery) -> FaultServer:
 @pytest.fixture
 async def h2_drain_server(nursery: trio.Nursery) -> FaultServer:
     return await servers.start_h2_drain_server(nursery)
+
+
+@pytest.fixture
+async def h2_ping_flood_server(nursery: trio.Nursery) -> FaultServer:
+    return await servers.start_h2_ping_flood_server(nursery)
+
+
+@pytest.fixture
+async def h2_settings_flood_server(nursery: trio.Nursery) -> FaultServer:
+    return await servers.start_h2_settings_flood_server(nursery)

@@ -22,9 +22,10 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.settings
 import trio
 import trustme
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import GoAwayFrame, PingFrame, SettingsFrame
 
 from ballista.core.outcome import ErrorKind
 from ballista.target.app import TargetConfig, TargetStats, serve_target
@@ -136,6 +137,8 @@ class FaultServer:
     port: int = 0
     scheme: str = "http"
     connections: int = 0  # TCP connections accepted
+    open: int = 0  # accepted and not yet closed
+    most_open: int = 0  # the most connections open at once
     requests: int = 0  # HTTP/1.1 request heads read, or HTTP/2 streams opened
     answered: int = 0  # HTTP/2 servers: streams answered normally
     refused: int = 0  # h2_rst_server: streams reset with REFUSED_STREAM
@@ -165,12 +168,17 @@ async def _listen(
 
     async def bounded(stream: trio.abc.Stream) -> None:
         server.connections += 1
-        with trio.move_on_after(HANDLER_CAP):
-            try:
-                await handler(stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the client went away: nothing to provoke any more
-        await trio.aclose_forcefully(stream)
+        server.open += 1
+        server.most_open = max(server.most_open, server.open)
+        try:
+            with trio.move_on_after(HANDLER_CAP):
+                try:
+                    await handler(stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the client went away: nothing to provoke any more
+            await trio.aclose_forcefully(stream)
+        finally:
+            server.open -= 1
 
     if ssl_context is None:
         serving: Callable[..., Awaitable[None]] = functools.partial(
@@ -516,6 +524,145 @@ async def start_h2_drain_server(nursery: trio.Nursery, *, after_streams: int = 3
     return await _listen(nursery, server, handle)
 
 
+#: What the flood servers send: a PING (the client must answer each with an ACK) and a
+#: SETTINGS frame that changes nothing (the client must ACK it too).
+PING_FRAME = PingFrame(0, opaque_data=b"flooding").serialize()
+SETTINGS_FRAME = SettingsFrame(
+    0, settings={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100}
+).serialize()
+#: Frames a flood server writes at once.
+FLOOD_BURST = 512
+#: How long a flood server floods each connection by default: a test's run is over sooner.
+FLOOD_SECONDS = 2.0
+
+
+async def _flood_h2(
+    stream: trio.abc.Stream,
+    server: FaultServer,
+    frame: bytes,
+    seconds: float,
+    *,
+    burst: int = FLOOD_BURST,
+    pause: float = 0.0,
+    rcvbuf: int | None = None,
+) -> None:
+    """Send h2c's preface, then `frame` as fast as the client reads for `seconds`
+    (`burst` frames a write, `pause` seconds between writes) without reading a
+    byte, then serve: every request it finds is answered `200 ok`.
+
+    A server that does not read the ACKs it demands is the hard case: the client
+    cannot write them, so whatever it queues stays in its memory. `rcvbuf` shrinks
+    the server's receive buffer, so that the client's writes stall sooner.
+    `extra["frames"]` counts the flood frames sent.
+    """
+    if rcvbuf is not None:
+        assert isinstance(stream, trio.SocketStream)
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    conn.initiate_connection()
+    await stream.send_all(conn.data_to_send())
+    frames = frame * burst
+    with trio.move_on_after(seconds):
+        while True:
+            await stream.send_all(frames)
+            server.extra["frames"] += burst
+            if pause:
+                await trio.sleep(pause)
+    while data := await stream.receive_some(MAX_HEAD):
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                server.requests += 1
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id is not None:
+                conn.send_headers(event.stream_id, H2_OK_HEADERS)
+                conn.send_data(event.stream_id, b"ok\n", end_stream=True)
+                server.answered += 1
+        await stream.send_all(conn.data_to_send())
+
+
+async def start_h2_ping_flood_server(
+    nursery: trio.Nursery,
+    *,
+    seconds: float = FLOOD_SECONDS,
+    burst: int = FLOOD_BURST,
+    pause: float = 0.0,
+    rcvbuf: int | None = None,
+) -> FaultServer:
+    """h2c server that sends PING frames as fast as the client reads them for
+    `seconds` on each connection, reading nothing (requests are answered after the
+    flood): the client must drop that connection as flooded -> `protocol`
+    (nghttp2 and Go's server do the same to clients). `burst`, `pause` and
+    `rcvbuf`: see `_flood_h2`."""
+    server = FaultServer("h2_ping_flood_server", ErrorKind.PROTOCOL)
+    server.extra["frames"] = 0
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await _flood_h2(
+            stream, server, PING_FRAME, seconds, burst=burst, pause=pause, rcvbuf=rcvbuf
+        )
+
+    return await _listen(nursery, server, handle)
+
+
+async def start_h2_settings_flood_server(
+    nursery: trio.Nursery, *, seconds: float = FLOOD_SECONDS
+) -> FaultServer:
+    """As the PING flood server, with SETTINGS frames (each one must be ACKed) -> `protocol`."""
+    server = FaultServer("h2_settings_flood_server", ErrorKind.PROTOCOL)
+    server.extra["frames"] = 0
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await _flood_h2(stream, server, SETTINGS_FRAME, seconds)
+
+    return await _listen(nursery, server, handle)
+
+
+async def start_h2_empty_data_flood_server(
+    nursery: trio.Nursery, *, frames: int = 2000
+) -> FaultServer:
+    """h2c server that answers each request's headers, then sends `frames` empty DATA
+    frames on its stream (each costs the client a parse, and carries nothing) and
+    never ends it: the client must drop the connection as flooded -> `protocol`."""
+    server = FaultServer("h2_empty_data_flood_server", ErrorKind.PROTOCOL)
+    server.extra["frames"] = 0
+
+    def on_request(conn: h2.connection.H2Connection, stream_id: int) -> bool:
+        conn.send_headers(stream_id, H2_OK_HEADERS)
+        for _ in range(frames):
+            conn.send_data(stream_id, b"")
+        server.extra["frames"] += frames
+        return False
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await _serve_h2(stream, server, on_request, lambda conn, sid: False)
+
+    return await _listen(nursery, server, handle)
+
+
+async def start_h2_pinging_server(nursery: trio.Nursery) -> FaultServer:
+    """h2c server that answers every stream `200 ok` and sends a PING with each answer
+    (as servers measuring the round trip do), reading the ACKs. Not a fault: a client
+    must never report these PINGs as a flood, however many requests it sends; `kind`
+    is what it would wrongly report. `extra["pings"]` counts the PINGs sent."""
+    server = FaultServer("h2_pinging_server", ErrorKind.PROTOCOL)
+    server.extra["pings"] = 0
+
+    def on_answered(conn: h2.connection.H2Connection, stream_id: int) -> bool:
+        conn.ping(server.extra["pings"].to_bytes(8, "big"))
+        server.extra["pings"] += 1
+        return False
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await _serve_h2(stream, server, lambda conn, sid: True, on_answered)
+
+    return await _listen(nursery, server, handle)
+
+
 #: Every fault server starter, by fixture name (the `closed_port` fixture is `helpers.free_port`).
 FAULT_SERVERS: dict[str, Callable[[trio.Nursery], Awaitable[FaultServer]]] = {
     "reset_server": start_reset_server,
@@ -528,4 +675,7 @@ FAULT_SERVERS: dict[str, Callable[[trio.Nursery], Awaitable[FaultServer]]] = {
     "h2_rst_server": start_h2_rst_server,
     "h2_goaway_server": start_h2_goaway_server,
     "h2_drain_server": start_h2_drain_server,
+    "h2_ping_flood_server": start_h2_ping_flood_server,
+    "h2_settings_flood_server": start_h2_settings_flood_server,
+    "h2_empty_data_flood_server": start_h2_empty_data_flood_server,
 }

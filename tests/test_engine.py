@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import servers
 import trio
 from helpers import run_config, wait_until
 from servers import FaultServer, RunningTarget
@@ -19,6 +20,8 @@ from ballista.core.histogram import RELATIVE_ERROR
 from ballista.core.outcome import Sample
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
+from ballista.transport import http2
+from ballista.transport.budget import ControlBudget
 
 
 def engine_for(*argv: str) -> Engine:
@@ -297,6 +300,85 @@ async def test_h2_malformed_status_is_a_protocol_error(h2_bad_status_server: Fau
     assert kinds(final) == {"protocol": 3}
     # The malformed answer ends its connection: each request opened a new one.
     assert h2_bad_status_server.connections == 3
+
+
+@pytest.mark.parametrize("flood", ["h2_ping_flood_server", "h2_settings_flood_server"])
+async def test_h2_control_frame_flood_drops_the_connection(
+    flood: str, nursery: trio.Nursery
+) -> None:
+    """Each connection is flooded with PING (or SETTINGS) frames for 2 s while the
+    server reads nothing: each is dropped as flooded as soon as the budget is spent,
+    and every request on it counts once as `protocol`. Without the limit the run
+    would wait out the flood with the ACKs piling up in memory, then succeed."""
+    server = await servers.FAULT_SERVERS[flood](nursery)
+    t0 = trio.current_time()
+    engine, final = await run(server.url, "--http2", "-n", "50", "-c", "5", "--timeout", "10s")
+    assert trio.current_time() - t0 < 1.5
+    assert final.requests == 50
+    assert kinds(final) == {"protocol": 50}
+    # The flood began at once on every connection, so no request was ever read.
+    assert server.requests == 0
+    assert final.connections_opened == server.connections
+    assert any("flooded" in note for note in engine.notes())
+    await wait_until(lambda: server.open == 0, "the flooded connections to be closed")
+
+
+async def test_h2_empty_data_flood_drops_the_connection(nursery: trio.Nursery) -> None:
+    """2,000 empty DATA frames on the stream after its headers, and no end: each
+    connection is dropped as flooded, and its request counts as `protocol`."""
+    server = await servers.start_h2_empty_data_flood_server(nursery)
+    t0 = trio.current_time()
+    engine, final = await run(server.url, "--http2", "-n", "5", "-c", "1", "--timeout", "10s")
+    assert trio.current_time() - t0 < 1.5
+    assert kinds(final) == {"protocol": 5}
+    assert server.requests == server.connections == 5
+    assert any("flooded 5 HTTP/2 connections" in note for note in engine.notes())
+
+
+async def test_h2_unread_acks_are_bounded_within_the_budget(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PINGs in small bursts with no limit on their rate, from a server that reads
+    nothing (and keeps its receive buffer small): once the writer cannot write, the
+    ACKs would queue in h2 without end. More than MAX_UNSENT_ACKS unwritten is a
+    flood too, so the connection is dropped after a few thousand frames, not at
+    the timeout (after the flood the server would answer: the requests would pass)."""
+    monkeypatch.setattr(
+        http2, "ControlBudget", lambda now: ControlBudget(now, burst=10**9, rate=0.0)
+    )
+    server = await servers.start_h2_ping_flood_server(nursery, burst=100, pause=0.0005, rcvbuf=4096)
+    t0 = trio.current_time()
+    engine, final = await run(server.url, "--http2", "-n", "5", "-c", "5", "--timeout", "10s")
+    assert trio.current_time() - t0 < 1.5
+    assert kinds(final) == {"protocol": 5}
+    assert server.connections == 1
+    # What the kernel's buffers held, plus MAX_UNSENT_ACKS: far from unbounded.
+    assert server.extra["frames"] < 50_000
+    assert any("flooded 1 HTTP/2 connection " in note for note in engine.notes())
+
+
+async def test_h2_a_ping_with_every_response_is_not_a_flood(nursery: trio.Nursery) -> None:
+    """More PINGs than the budget's burst, but one per response (and their ACKs read):
+    what our own requests explain is never a flood."""
+    server = await servers.start_h2_pinging_server(nursery)
+    engine, final = await run(server.url, "--http2", "-n", "1500", "-c", "10")
+    assert final.status_codes == {200: 1500}
+    assert server.extra["pings"] == 1500
+    assert final.connections_opened == server.connections == 1
+    assert not any("flooded" in note for note in engine.notes())
+
+
+async def test_h2_server_that_never_sends_settings_keeps_no_connection(
+    silent_server: FaultServer,
+) -> None:
+    """h2c to a server that never sends its SETTINGS: each attempt waits --timeout
+    and is closed then, not left open (read by nobody's request) until the run ends."""
+    _, final = await run(silent_server.url, "--http2", "-n", "4", "-c", "1", "--timeout", "300ms")
+    assert kinds(final) == {"connect_timeout": 4}
+    assert silent_server.connections == 4
+    # One closing while the next one opens, at most; never one per timeout.
+    assert silent_server.most_open <= 2
+    await wait_until(lambda: silent_server.open == 0, "the timed-out connections to be closed")
 
 
 async def test_h2_graceful_goaway_finishes_and_retries(h2_drain_server: FaultServer) -> None:

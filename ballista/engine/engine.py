@@ -370,6 +370,13 @@ class Engine:
                 f"the server did not agree to HTTP/2 over ALPN (it selected {said}): "
                 "HTTP/2 requests failed at once as protocol errors; drop --http2 to let ALPN choose"
             )
+        floods = sum(c.floods for c in self._pool if isinstance(c, H2Connection))
+        if floods:
+            notes.append(
+                f"the server flooded {floods:,} HTTP/2 connection{'s' if floods > 1 else ''} "
+                "with PING, SETTINGS or empty DATA frames: Ballista dropped them (as servers "
+                "drop such clients) and counted their requests as protocol errors"
+            )
         if final.dropped:
             scheduled = final.requests + final.dropped
             at_cap = self._dropped_at_cap

@@ -5,7 +5,9 @@ A single reader task per connection feeds incoming bytes to the h2 state
 machine and wakes the waiting streams. Streams beyond the server's
 SETTINGS_MAX_CONCURRENT_STREAMS wait for a free slot, in arrival order.
 A graceful GOAWAY drains the connection: streams the server took finish, the
-ones it never processed are sent again on a fresh connection.
+ones it never processed are sent again on a fresh connection. A server that
+floods control frames (PING, SETTINGS, empty DATA) past `budget`'s limits loses
+the connection, as a protocol error.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import trio
 
 from ballista.core.config import Origin
 from ballista.core.outcome import NO_ERROR, ErrorKind
+from ballista.transport.budget import MAX_UNSENT_ACKS, ControlBudget
 from ballista.transport.connect import (
     READ_SIZE,
     TARGET_FAILURES,
@@ -65,6 +68,10 @@ class AlpnRefused(ProtocolViolation):
         self.selected = selected
         said = f"selected {selected!r}" if selected else "selected no protocol (it ignores ALPN)"
         super().__init__(f"the server did not agree to HTTP/2 over ALPN: it {said}")
+
+
+class Flooded(ProtocolViolation):
+    """The server sent more control frames than the budget allows: the connection is dropped."""
 
 
 class _ClientH2(h2.connection.H2Connection):
@@ -138,6 +145,10 @@ class _Session:
         self.window_changed = trio.Event()
         #: set when the server's first SETTINGS arrived (or the connection died first)
         self.settings_received = trio.Event()
+        #: control frames the server may still send (see `budget`)
+        self.budget = ControlBudget(trio.current_time())
+        #: PING and SETTINGS ACKs h2 has queued that the writer has not written yet
+        self.unsent_acks = 0
 
 
 class H2Connection:
@@ -169,6 +180,8 @@ class H2Connection:
         self.alpn_refused: str | None = None
         #: seconds from the last Retry-After seen on this connection, until the engine takes it
         self.retry_after: float | None = None
+        #: connections dropped because the server flooded them with control frames
+        self.floods = 0
 
     @property
     def is_open(self) -> bool:
@@ -230,8 +243,18 @@ class H2Connection:
         self._nursery.start_soon(self._writer, session)
         # Open no stream before the server has said how many it allows: its
         # SETTINGS frame comes first, one round trip after the preface.
-        await session.settings_received.wait()
+        try:
+            await session.settings_received.wait()
+        except BaseException:
+            # Out of time (or stopped) before the SETTINGS: nobody will use this
+            # connection, so it must not stay open, read by its reader, until the run ends.
+            self._kill(session, ErrorKind.CONNECT_TIMEOUT)
+            await close_quietly(session.stream)
+            raise
         if not session.alive:
+            if session.failure is ErrorKind.PROTOCOL:
+                # e.g. a flood read with the SETTINGS: the server's fault, not a hang-up
+                raise ProtocolViolation("the HTTP/2 connection failed as the server broke HTTP/2")
             raise PeerClosed("the HTTP/2 connection ended before the server's SETTINGS")
         return session
 
@@ -244,9 +267,11 @@ class H2Connection:
             while session.alive:
                 await session.pending.wait()
                 session.pending = trio.Event()
+                acks = session.unsent_acks
                 out = conn.data_to_send()
                 if out:
                     await session.io.send_all(out)
+                session.unsent_acks -= acks
                 if session.closing:
                     break
         except TARGET_FAILURES as exc:
@@ -265,9 +290,13 @@ class H2Connection:
                 data = await session.io.receive_some(READ_SIZE)
                 if not data:
                     raise PeerClosed("server closed the HTTP/2 connection")
+                #: frames of this read that cost work and carry nothing, those that demand an ACK
+                control = acks = responses = 0
                 for event in conn.receive_data(data):
                     cls = type(event)
                     if cls is h2.events.DataReceived:
+                        if not event.data and not event.stream_ended:  # type: ignore[attr-defined]
+                            control += 1
                         st = streams.get(event.stream_id)  # type: ignore[attr-defined]
                         if st is not None:
                             st.received += len(event.data)  # type: ignore[attr-defined]
@@ -277,6 +306,7 @@ class H2Connection:
                                 event.stream_id,  # type: ignore[attr-defined]
                             )
                     elif cls is h2.events.ResponseReceived:
+                        responses += 1
                         st = streams.get(event.stream_id)  # type: ignore[attr-defined]
                         if st is not None:
                             for name, value in event.headers:  # type: ignore[attr-defined]
@@ -304,11 +334,18 @@ class H2Connection:
                     elif cls is h2.events.ConnectionTerminated:
                         self._on_goaway(session, event)  # type: ignore[arg-type]
                     elif cls is h2.events.RemoteSettingsChanged:
+                        acks += 1
                         limit = conn.remote_settings.max_concurrent_streams
                         _grant(session.slots.set_limit(limit))
                         session.settings_received.set()
                     elif cls is h2.events.WindowUpdated:
                         self._wake_senders(session)
+                    elif cls is h2.events.PingReceived:
+                        acks += 1
+                if acks or control:
+                    self._check_flood(session, acks, control, responses)
+                elif responses:
+                    session.budget.credit(responses)
                 if session.draining and not streams:
                     break
                 session.pending.set()
@@ -320,6 +357,20 @@ class H2Connection:
         finally:
             self._kill(session, session.failure, crashed=crashed)
             await close_quietly(stream)
+
+    def _check_flood(self, session: _Session, acks: int, control: int, responses: int) -> None:
+        """Charge one read's control frames to the budget; raise Flooded past it."""
+        budget = session.budget
+        budget.credit(responses)
+        session.unsent_acks += acks
+        if not budget.spend(trio.current_time(), acks + control):
+            why = "more PING, SETTINGS or empty DATA frames than its budget allows"
+        elif session.unsent_acks > MAX_UNSENT_ACKS:
+            why = f"more than {MAX_UNSENT_ACKS} PING or SETTINGS frames it has not read the ACKs of"
+        else:
+            return
+        self.floods += 1
+        raise Flooded(f"the server flooded the HTTP/2 connection: {why}")
 
     def _on_goaway(self, session: _Session, event: h2.events.ConnectionTerminated) -> None:
         session.draining = True
