@@ -22,6 +22,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import trio
+from hyperframe.frame import RstStreamFrame
 
 from ballista.core.config import Origin
 from ballista.core.outcome import NO_ERROR, ErrorKind
@@ -39,6 +40,7 @@ from ballista.transport.connect import (
     connect,
     parse_retry_after,
 )
+from ballista.transport.hpack_cache import CachingDecoder, CachingEncoder
 from ballista.transport.http1 import ConnectionEvents, Result
 from ballista.transport.slots import StreamSlots
 
@@ -75,7 +77,8 @@ class Flooded(ProtocolViolation):
 
 
 class _ClientH2(h2.connection.H2Connection):
-    """h2's connection, except that a GOAWAY does not end reception.
+    """h2's connection, except that a GOAWAY does not end reception, and that
+    repeated header blocks are neither encoded nor decoded again.
 
     RFC 9113 §6.8: streams up to the GOAWAY's last_stream_id are still being
     answered. h2 closes its state machine on GOAWAY, so every later frame of
@@ -83,7 +86,43 @@ class _ClientH2(h2.connection.H2Connection):
     them would be lost), and it drops frames not yet written, request bodies
     and WINDOW_UPDATEs of those very streams among them. Here the GOAWAY is only
     reported; the connection refuses new streams itself (`_Session.draining`).
+
+    HPACK was a third of Ballista's CPU per HTTP/2 request; `hpack_cache` says
+    when a block can be reused.
     """
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        self.encoder = CachingEncoder()
+        self.decoder = CachingDecoder(self.decoder.max_header_list_size)
+
+    def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
+        # h2's own, less its first line: logger.trace("Received frame: %s",
+        # repr(frame)) formats every frame for a log that is never written.
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except h2.exceptions.StreamClosedError as e:
+            # Closed by RST_STREAM: a stream error, answered with RST_STREAM.
+            if not self._stream_is_closed_by_reset(e.stream_id):
+                raise
+            f = RstStreamFrame(e.stream_id)
+            f.error_code = e.error_code
+            self._prepare_for_sending([f])
+            events = e._events
+        except h2.exceptions.StreamIDTooLowError as e:
+            # A frame for a stream closed and cleaned up, or closed implicitly.
+            if self._stream_is_closed_by_reset(e.stream_id):
+                f = RstStreamFrame(e.stream_id)
+                f.error_code = h2.errors.ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([f])
+                events = []
+            elif self._stream_is_closed_by_end(e.stream_id):
+                raise h2.exceptions.StreamClosedError(e.stream_id) from e
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events  # type: ignore[no-any-return]
 
     def _receive_goaway_frame(
         self, frame: GoAwayFrame
