@@ -9,7 +9,7 @@ import h2.settings
 import pytest
 from hpack import Decoder, Encoder, NeverIndexedHeaderTuple, OversizedHeaderListError
 
-from ballista.transport.hpack_cache import CachingDecoder, CachingEncoder
+from ballista.transport.hpack_cache import MAX_ENTRIES, CachingDecoder, CachingEncoder
 from ballista.transport.http2 import _CONFIG, _ClientH2
 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"x-run", b"ab" * 20)]
@@ -130,3 +130,18 @@ def test_h2_peers_agree_across_header_table_size_changes() -> None:
         assert [list(r.headers) for r in responses] == [answer], i
     assert table(client.encoder) == table(server.decoder)
     assert table(client.decoder) == table(server.encoder)
+
+
+def test_new_blocks_are_still_cached_once_the_cache_has_been_full() -> None:
+    """A Date header sent as a literal changes the block every second: the cache
+    must keep taking the newest blocks, however many came before."""
+    server = Encoder()
+    decoder = CachingDecoder()
+    for second in range(MAX_ENTRIES * 3):
+        date = f"Mon, 30 Nov 2026 22:{second // 60:02}:{second % 60:02} GMT".encode()
+        headers = [(b":status", b"200"), NeverIndexedHeaderTuple(b"date", date)]
+        block = server.encode(headers)
+        assert decoder.decode(block, raw=True) == headers
+        again = decoder.decode(block, raw=True)
+        assert decoder.decode(block, raw=True) is again
+    assert len(decoder._headers) <= MAX_ENTRIES

@@ -17,9 +17,13 @@ from typing import Any
 
 from hpack import Decoder, Encoder, HeaderTuple
 
-#: Distinct blocks remembered per table state: a server whose headers change on
-#: every response (a counter, a request id) must not grow the cache without end.
-MAX_ENTRIES = 64
+#: Distinct blocks remembered per table state. When full it starts afresh: a
+#: server's Date header makes a new block every second (nginx sends it as a
+#: literal the table never holds), and the newest blocks are the ones that repeat.
+MAX_ENTRIES = 16
+#: Larger response header blocks are not kept: a connection's cache stays small
+#: next to its buffers even with thousands of connections open.
+MAX_BLOCK = 1024
 
 #: What a coder's output depends on besides its input: the table's size limit,
 #: how many entries it holds and which entry came last. Every addition puts a new
@@ -66,9 +70,11 @@ class CachingEncoder(Encoder):
         if state != self._state:
             self._blocks.clear()
             self._state = state
-        elif len(self._blocks) < MAX_ENTRIES and not any(isinstance(h, HeaderTuple) for h in key):
+        elif not any(isinstance(h, HeaderTuple) for h in key):
             # The table did not move while this list was encoded: the same
             # list gives the same block until it does.
+            if len(self._blocks) >= MAX_ENTRIES:
+                self._blocks.clear()
             self._blocks[key] = block
         return block
 
@@ -112,6 +118,8 @@ class CachingDecoder(Decoder):
         if after != state:
             self._headers.clear()
             self._state = after
-        elif len(self._headers) < MAX_ENTRIES:
+        elif len(data) <= MAX_BLOCK:
+            if len(self._headers) >= MAX_ENTRIES:
+                self._headers.clear()
             self._headers[data] = headers
         return headers
