@@ -17,7 +17,7 @@ from typing import Any, Literal
 import trio
 from prometheus_client.registry import CollectorRegistry
 
-from ballista.core.config import RunConfig, check_bounds
+from ballista.core.config import RunConfig
 from ballista.core.errors import ConfigError
 from ballista.core.redact import redact_url
 from ballista.core.runmeta import RunMeta
@@ -272,9 +272,6 @@ class Runs:
     ) -> RunHandle:
         nursery = self._nursery
         assert nursery is not None
-        # What the engine would refuse is refused before the disk hears of it: no
-        # run left 'running' forever.
-        check_bounds(config.load, config.connections, unbounded=True)
         name = config.scenario
         active = self.active_runs()
         if name in self._starting or any(h.name == name for h in active):

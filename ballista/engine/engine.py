@@ -180,7 +180,6 @@ def check_fd_limit(config: RunConfig) -> None:
     once under the open-file limit (`ulimit -n`). The open model is exempt: its
     pool opens connections only as the load needs them, and shrinks to fit."""
     load = config.load
-    check_bounds(load, config.connections, unbounded=True)  # sizes this can count
     if load.model == "open":
         return
     http2 = config.protocol == "http2" or (config.protocol == "auto" and config.origin.tls)
