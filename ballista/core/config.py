@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, urlsplit
 
 from ballista.core.errors import ConfigError
+from ballista.core.journey import Journeys
 
 if TYPE_CHECKING:
     from ballista.core.thresholds import Threshold
@@ -353,6 +354,9 @@ class RunConfig:
     thresholds: tuple[Threshold, ...] = ()
     #: extra CA bundle for https targets (tests use trustme's).
     ca_file: str | None = None
+    #: user journeys (docs/journeys.md): when set, virtual users run these flows
+    #: instead of picking from `requests`
+    journeys: Journeys | None = None
 
     @property
     def url(self) -> str:
