@@ -234,13 +234,16 @@ class Recorder:
             latency = self._latency.summary()
         window_requests = window.count
         window_latency = window.summary()
+        window_histogram = window.copy()
         for tally in self._interval:
             tally.latency.reset()
         service: LatencySummary | None = None
+        service_histogram: Histogram | None = None
         if self._service is not None and self._service_total is not None:
             self._service_total.merge(self._service)
             self._service.reset()
             service = self._service_total.summary()
+            service_histogram = self._service_total.copy()
 
         lag = self._lag
         self._lag = 0.0
@@ -274,6 +277,7 @@ class Recorder:
             service_time=service,
             histogram=self._latency.copy(),
             by_request=tuple(by_request),
+            service_histogram=service_histogram,
             in_flight=self.in_flight,
             max_in_flight=self.max_in_flight,
             concurrency_limit=self.concurrency_limit,
@@ -283,6 +287,7 @@ class Recorder:
             interval_errors=sum(window_errors),
             interval_rps=window_requests / interval if interval > 0 else 0.0,
             interval_latency=window_latency,
+            interval_histogram=window_histogram,
             interval_status_codes=_by_status(window_statuses),
             interval_errors_by_kind=_by_label(window_errors),
             interval_scheduler_lag=lag,

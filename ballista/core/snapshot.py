@@ -94,6 +94,8 @@ class Snapshot:
     service_time: LatencySummary | None
     histogram: Histogram = field(repr=False)
     by_request: tuple[RequestStats, ...] = ()
+    #: open model: the histogram behind `service_time`
+    service_histogram: Histogram | None = field(default=None, repr=False)
     # gauges at the instant of the snapshot
     in_flight: int = 0
     max_in_flight: int = 0
@@ -105,6 +107,8 @@ class Snapshot:
     interval_errors: int = 0
     interval_rps: float = 0.0
     interval_latency: LatencySummary | None = None
+    #: this interval's latency histogram (a private copy): timelines, merges, stores
+    interval_histogram: Histogram | None = field(default=None, repr=False)
     interval_status_codes: Mapping[int, int] = field(default_factory=dict)
     interval_errors_by_kind: Mapping[str, int] = field(default_factory=dict)
     #: open model: the largest delay, in seconds, between a request's scheduled

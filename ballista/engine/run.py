@@ -19,6 +19,7 @@ from ballista.core.redact import redact_url
 from ballista.core.runmeta import RunMeta
 from ballista.core.snapshot import Snapshot
 from ballista.core.thresholds import ThresholdSet
+from ballista.core.timeline import Timeline
 from ballista.engine.engine import Engine, RunInfo, SnapshotSink
 
 
@@ -29,6 +30,8 @@ class RunResult:
     final: Snapshot
     meta: RunMeta
     verdicts: list[dict[str, Any]] = field(default_factory=list)
+    #: the run over time, one point per interval (bounded)
+    timeline: Timeline | None = None
 
     @property
     def thresholds_passed(self) -> bool:
@@ -54,6 +57,8 @@ class Run:
         adaptive = config.load.adaptive if config.load.model == "adaptive" else None
         self.controller = AimdController(adaptive) if adaptive is not None else None
         self.engine = Engine(config, controller=self.controller, grace=grace)
+        self.timeline = Timeline()
+        self.engine.add_sink(self.timeline.add)
         if self.thresholds is not None and abort_on_fail:
             self.engine.add_sink(self._abort_when_failed)
 
@@ -118,4 +123,4 @@ class Run:
         meta = self.engine.run_meta(
             self.started_at, target=redact_url(self.config), thresholds=verdicts
         )
-        return RunResult(final=final, meta=meta, verdicts=verdicts)
+        return RunResult(final=final, meta=meta, verdicts=verdicts, timeline=self.timeline)

@@ -96,7 +96,7 @@ async def run_with_outputs(
             failure, result = exc, partial
         if not result.thresholds_passed:
             exit_code = EXIT_THRESHOLD
-        doc = summary_dict(result.final, result.meta)
+        doc = summary_dict(result.final, result.meta, result.timeline)
         if not outputs.quiet:
             text_out.write(format_summary(result.final, result.meta))
             text_out.flush()

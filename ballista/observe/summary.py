@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -12,8 +13,10 @@ from typing import Any, TextIO
 from ballista import __version__
 from ballista.core.durations import format_duration
 from ballista.core.errors import ConfigError
+from ballista.core.histogram import HISTOGRAM_LAYOUT
 from ballista.core.runmeta import LAG_WARNING, RunMeta, iso_utc
 from ballista.core.snapshot import LatencySummary, Snapshot
+from ballista.core.timeline import Timeline
 
 SCHEMA = "ballista.summary/1"
 
@@ -22,8 +25,19 @@ def _latency(summary: LatencySummary) -> dict[str, float]:
     return {k: round(v, 9) for k, v in summary.as_dict().items()}
 
 
-def summary_dict(snap: Snapshot, meta: RunMeta) -> dict[str, Any]:
-    """The `ballista.summary/1` document (docs/running-tests.md, "The JSON summary")."""
+def histograms_dict(snap: Snapshot) -> dict[str, Any]:
+    """The summary's `histograms`: what `ballista merge` adds up exactly."""
+    doc: dict[str, Any] = {"layout": HISTOGRAM_LAYOUT, "latency": snap.histogram.to_dict()}
+    if snap.service_histogram is not None:
+        doc["service_time"] = snap.service_histogram.to_dict()
+    doc["by_name"] = {stats.name: stats.histogram.to_dict() for stats in snap.by_request}
+    return doc
+
+
+def summary_dict(snap: Snapshot, meta: RunMeta, timeline: Timeline | None = None) -> dict[str, Any]:
+    """The `ballista.summary/1` document (docs/running-tests.md, "The JSON summary").
+
+    With `timeline`, the run over time too: reports draw it, merges add it up."""
     names: dict[str, Any] = {}
     for stats in snap.by_request:
         names[stats.name] = {
@@ -81,6 +95,9 @@ def summary_dict(snap: Snapshot, meta: RunMeta) -> dict[str, Any]:
     doc["loop_lag_s"] = {"p95": round(snap.loop_lag, 6), "max": round(snap.max_loop_lag, 6)}
     if meta.notes:
         doc["notes"] = list(meta.notes)
+    doc["histograms"] = histograms_dict(snap)
+    if timeline is not None:
+        doc["timeline"] = timeline.to_dict()
     return doc
 
 
@@ -98,9 +115,19 @@ def check_output_path(path: str | None, flag: str) -> None:
         raise ConfigError(f"{flag}: cannot write {path!r} (permission denied)")
 
 
+#: A list of numbers as `json.dumps(indent=2)` spreads it, one number a line.
+_NUMBER_LIST = re.compile(r"\[\s+(-?[\d.eE+-]+(?:,\s+-?[\d.eE+-]+)*)\s+\]")
+
+
+def to_json(doc: Mapping[str, Any]) -> str:
+    """Indented for people, with lists of numbers (histogram buckets) kept on one line."""
+    text = json.dumps(doc, indent=2)
+    return _NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+
+
 def write_json(doc: Mapping[str, Any], path: str, stdout: TextIO) -> None:
     """`--json -` writes to standard output, anything else to that file."""
-    text = json.dumps(doc, indent=2) + "\n"
+    text = to_json(doc) + "\n"
     if path == "-":
         stdout.write(text)
         stdout.flush()
