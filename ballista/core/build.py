@@ -32,6 +32,7 @@ from ballista.core.config import (
     check_request,
 )
 from ballista.core.errors import ConfigError
+from ballista.core.segment import Segment, split_config
 from ballista.core.thresholds import Threshold, parse_threshold
 
 MODELS: tuple[Model, ...] = ("closed", "open", "adaptive", "sequential")
@@ -156,7 +157,7 @@ def build_config(
     parsed: list[Threshold] = []
     for expr, where in (*scenario.thresholds, *thresholds):
         parsed.append(parse_threshold(expr, names, what=where))
-    return RunConfig(
+    config = RunConfig(
         origin=scenario.origin,
         requests=scenario.requests,
         load=load,
@@ -168,7 +169,12 @@ def build_config(
         scenario=values.get("name") or scenario.name,
         thresholds=tuple(parsed),
         ca_file=values.get("ca_file"),
+        start_at=values.get("start_at"),
     )
+    segment: Segment | None = values.get("segment")
+    if segment is not None:
+        config = split_config(config, segment, error=bound_error)
+    return config
 
 
 def _load(v: Layer) -> LoadSpec:

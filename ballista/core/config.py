@@ -13,6 +13,7 @@ from ballista.core.errors import ConfigError
 from ballista.core.journey import Journeys
 
 if TYPE_CHECKING:
+    from ballista.core.segment import Segment
     from ballista.core.thresholds import Threshold
 
 Model = Literal["closed", "open", "adaptive", "sequential"]
@@ -357,6 +358,14 @@ class RunConfig:
     #: user journeys (docs/journeys.md): when set, virtual users run these flows
     #: instead of picking from `requests`
     journeys: Journeys | None = None
+    #: `--segment I/N`: this process runs that share of the test (core/segment.py:
+    #: the load above is the segment's own, except the rate and the stages, which
+    #: stay the test's and are shared by the engine)
+    segment: Segment | None = None
+    #: the whole test's fingerprint, set on a segment's config (`segment.fingerprint`)
+    test: str | None = None
+    #: `--start-at`: the wall-clock instant (Unix seconds) the run starts at
+    start_at: float | None = None
 
     @property
     def url(self) -> str:
