@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from helpers import ORIGIN, FakeConnection, run_config
+from helpers import ORIGIN, FakeConnection, run_config, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
+from servers import RunningTarget
 
 from ballista.cli.main import main
 from ballista.core.config import AdaptiveSpec, LoadSpec, RequestSpec, RunConfig
@@ -32,6 +39,7 @@ from ballista.engine.engine import Engine
 from ballista.observe.summary import format_summary, summary_dict
 
 URL = "http://127.0.0.1:9/"
+BALLISTA = [sys.executable, "-m", "ballista"]
 
 
 # -- dividing numbers ---------------------------------------------------------
@@ -399,3 +407,48 @@ async def test_a_late_start_begins_at_once_and_says_so(
     assert trio.current_time() - t0 == pytest.approx(1.0)
     assert final.requests == 4
     assert any("started 2.00s after --start-at" in n for n in engine.notes())
+
+
+async def test_ctrl_c_while_waiting_to_start_exits_cleanly(
+    target: RunningTarget, tmp_path: Path
+) -> None:
+    out = tmp_path / "summary.json"
+    at = iso_instant(time.time() + 300)
+    proc = await trio.lowlevel.open_process(
+        [*BALLISTA, "run", target.url, "-d", "1s", "--start-at", at, "--json", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    err = b""
+    try:
+        assert proc.stderr is not None
+        with trio.fail_after(20):
+            while b"Ctrl-C cancels" not in err:
+                chunk = await proc.stderr.receive_some()
+                assert chunk, err
+                err += chunk
+        assert f"waiting to start at {at} (in ".encode() in err
+        assert b"(in 4m5" in err or b"(in 5m00s)" in err
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(15):
+            code = await proc.wait()
+            err += await proc.stderr.receive_some() or b""
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert code == 0, err
+    assert b"Traceback" not in err
+    doc = json.loads(out.read_text())
+    assert doc["requests"] == 0 == target.stats.requests
+    assert any("signal" in note for note in doc["notes"])
+
+
+async def test_start_at_starts_at_that_wall_clock_instant(target: RunningTarget) -> None:
+    at = time.time() + 2.0
+    argv = [*BALLISTA, "run", target.url, "-n", "20", "-c", "2", "--start-at", f"{at:.3f}", "-q"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(trio.run_process, argv, capture_stdout=True))
+        await wait_until(lambda: target.stats.requests > 0, "the first request", limit=20)
+        # Nothing came earlier: a request before `at` would be seen before it.
+        assert time.time() >= at - 0.001
+    assert target.stats.requests == 20
