@@ -452,3 +452,12 @@ async def test_start_at_starts_at_that_wall_clock_instant(target: RunningTarget)
         # Nothing came earlier: a request before `at` would be seen before it.
         assert time.time() >= at - 0.001
     assert target.stats.requests == 20
+
+
+def test_a_segment_is_held_to_one_process_bounds_on_its_share() -> None:
+    assert run_config(URL, "-r", "2e6", "--segment", "3/4").load.rate == 2e6
+    assert run_config(URL, "-c", "40000", "--segment", "0/4").load.concurrency == 10_000
+    with pytest.raises(ConfigError, match=r"this segment's share: 1/2 of the test's"):
+        run_config(URL, "-r", "4e6", "--segment", "0/2")
+    with pytest.raises(ConfigError, match="add --no-limits"):
+        run_config(URL, "-r", "2e6")

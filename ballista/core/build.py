@@ -150,7 +150,6 @@ def build_config(
     connections: int | None = values.get("connections")
     if load.model == "sequential" and connections not in (None, 1):
         raise values.error("connections", "the sequential model uses one connection")
-    check_bounds(load, connections, error=bound_error, unbounded=unbounded, override=override)
     for spec in scenario.requests:
         check_request(spec, http2=protocol == "http2")
     names = [r.name for r in scenario.requests]
@@ -174,6 +173,15 @@ def build_config(
     segment: Segment | None = values.get("segment")
     if segment is not None:
         config = split_config(config, segment, error=bound_error)
+    # A segment is held to the bounds of one process on its share of the test.
+    check_bounds(
+        config.load,
+        config.connections,
+        error=bound_error,
+        unbounded=unbounded,
+        override=override,
+        segments=1 if segment is None else segment.count,
+    )
     return config
 
 

@@ -221,7 +221,13 @@ class Engine:
     ) -> None:
         # Past the hard bounds no run can keep its promises (or its memory): whatever
         # front end built this config, refuse it here too.
-        check_bounds(config.load, config.connections, unbounded=True)
+        seg = config.segment
+        check_bounds(
+            config.load,
+            config.connections,
+            unbounded=True,
+            segments=1 if seg is None else seg.count,
+        )
         self.config = config
         #: test seam: builds connection i instead of the transport (no sockets)
         self._connection_factory = connection_factory
