@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -16,6 +17,7 @@ from ballista.core.controller import parse_statuses
 from ballista.core.durations import parse_duration, parse_share
 from ballista.core.errors import ConfigError
 from ballista.core.scenario import read_scenario_file
+from ballista.core.segment import parse_segment, parse_start_at
 from ballista.engine.engine import check_fd_limit
 from ballista.engine.run import Run
 from ballista.observe.outputs import Outputs, run_with_outputs
@@ -263,6 +265,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="stop the run as soon as a threshold is known to fail",
     )
+    scale = p.add_argument_group("scale out (docs/scale-out.md)")
+    scale.add_argument(
+        "--segment",
+        default=None,
+        metavar="I/N",
+        help="run segment I (from 0) of N equal shares of the test: its workers, its "
+        "arrivals of the schedule, its part of -n",
+    )
+    scale.add_argument(
+        "--start-at",
+        default=None,
+        metavar="TIME",
+        help="start at this instant (ISO 8601 with a zone, or Unix seconds), so that "
+        "segments start together; -d counts from it",
+    )
     outputs = p.add_argument_group("metrics and live stream")
     outputs.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
@@ -342,6 +359,14 @@ def flags_layer(ns: argparse.Namespace, *, sequential: bool = False) -> Layer:
         layer.set("protocol", ns.protocol, f"--{ns.protocol}")
     if getattr(ns, "insecure", False):
         layer.set("insecure", True, "--insecure")
+    if getattr(ns, "segment", None) is not None:
+        layer.set("segment", parse_segment(ns.segment, "--segment"), "--segment")
+    if getattr(ns, "start_at", None) is not None:
+        layer.set(
+            "start_at",
+            parse_start_at(ns.start_at, now=time.time(), where="--start-at"),
+            "--start-at",
+        )
     if getattr(ns, "no_slow_start", False):
         layer.set("adaptive.slow_start", False, "--no-slow-start")
     for attr, key, parse in (

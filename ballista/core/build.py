@@ -32,6 +32,7 @@ from ballista.core.config import (
     check_request,
 )
 from ballista.core.errors import ConfigError
+from ballista.core.segment import Segment, split_config
 from ballista.core.thresholds import Threshold, parse_threshold
 
 MODELS: tuple[Model, ...] = ("closed", "open", "adaptive", "sequential")
@@ -149,14 +150,13 @@ def build_config(
     connections: int | None = values.get("connections")
     if load.model == "sequential" and connections not in (None, 1):
         raise values.error("connections", "the sequential model uses one connection")
-    check_bounds(load, connections, error=bound_error, unbounded=unbounded, override=override)
     for spec in scenario.requests:
         check_request(spec, http2=protocol == "http2")
     names = [r.name for r in scenario.requests]
     parsed: list[Threshold] = []
     for expr, where in (*scenario.thresholds, *thresholds):
         parsed.append(parse_threshold(expr, names, what=where))
-    return RunConfig(
+    config = RunConfig(
         origin=scenario.origin,
         requests=scenario.requests,
         load=load,
@@ -168,7 +168,21 @@ def build_config(
         scenario=values.get("name") or scenario.name,
         thresholds=tuple(parsed),
         ca_file=values.get("ca_file"),
+        start_at=values.get("start_at"),
     )
+    segment: Segment | None = values.get("segment")
+    if segment is not None:
+        config = split_config(config, segment, error=bound_error)
+    # A segment is held to the bounds of one process on its share of the test.
+    check_bounds(
+        config.load,
+        config.connections,
+        error=bound_error,
+        unbounded=unbounded,
+        override=override,
+        segments=1 if segment is None else segment.count,
+    )
+    return config
 
 
 def _load(v: Layer) -> LoadSpec:

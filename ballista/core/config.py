@@ -13,6 +13,7 @@ from ballista.core.errors import ConfigError
 from ballista.core.journey import Journeys
 
 if TYPE_CHECKING:
+    from ballista.core.segment import Segment
     from ballista.core.thresholds import Threshold
 
 Model = Literal["closed", "open", "adaptive", "sequential"]
@@ -268,8 +269,13 @@ def check_bounds(
     error: Callable[[str, str], ConfigError] | None = None,
     unbounded: bool = False,
     override: str = "",
+    segments: int = 1,
 ) -> None:
     """Reject sizes that would eat the machine, with one line naming the key.
+
+    For a segment of `segments`, `load` is the segment's (core/segment.py): its
+    workers are its own, while its rate and stages are the whole test's, of
+    which it sends a 1/segments share; that share is held to the bounds.
 
     `error(key, why)` makes the ConfigError for a canonical key (`rate`,
     `concurrency`, `max_in_flight`, `duration`, `stages`, `adaptive.max`,
@@ -286,8 +292,10 @@ def check_bounds(
             return
         tail = hint if lift else ""
         unit = f" {unit}" if unit else ""
+        share = f" (this segment's share: 1/{segments:,} of the test's)" if segments > 1 else ""
         raise make(
-            key, f"{value:,.6g}{unit} is above the limit of {limit:,.0f}{unit} ({why}){tail}"
+            key,
+            f"{value:,.6g}{unit}{share} is above the limit of {limit:,.0f}{unit} ({why}){tail}",
         )
 
     def workers(key: str, value: float) -> None:
@@ -302,7 +310,7 @@ def check_bounds(
 
     model = load.model
     if load.rate is not None:
-        rate("rate", load.rate)
+        rate("rate", load.rate / segments)
     if load.max_in_flight is not None:
         workers("max_in_flight", load.max_in_flight)
     if model in ("closed", "sequential") and not load.stages:
@@ -313,9 +321,9 @@ def check_bounds(
         raise make("stages", f"{len(load.stages):,} stages (at most {MAX_STAGES:,})")
     for stage in load.stages:
         if model == "open":
-            rate("stages", stage.target)
+            rate("stages", stage.target / segments)
         else:
-            workers("stages", stage.target)
+            workers("stages", stage.target / segments)
         above("stages", stage.duration, MAX_DURATION, "s", "a stage of a year", False)
     if load.duration is not None:
         above("duration", load.duration, MAX_DURATION, "s", "a run of a year", False)
@@ -324,7 +332,7 @@ def check_bounds(
     length = load.effective_duration
     if model == "open" and length is not None:
         peak = max([load.rate or 0.0, *(s.target for s in load.stages)])
-        scheduled = peak * length
+        scheduled = peak * length / segments
         if not math.isfinite(scheduled) or scheduled > MAX_SCHEDULED:
             raise make(
                 "rate",
@@ -357,6 +365,14 @@ class RunConfig:
     #: user journeys (docs/journeys.md): when set, virtual users run these flows
     #: instead of picking from `requests`
     journeys: Journeys | None = None
+    #: `--segment I/N`: this process runs that share of the test (core/segment.py:
+    #: the load above is the segment's own, except the rate and the stages, which
+    #: stay the test's and are shared by the engine)
+    segment: Segment | None = None
+    #: the whole test's fingerprint, set on a segment's config (`segment.fingerprint`)
+    test: str | None = None
+    #: `--start-at`: the wall-clock instant (Unix seconds) the run starts at
+    start_at: float | None = None
 
     @property
     def url(self) -> str:

@@ -28,6 +28,9 @@ class RunMeta:
     notes: Sequence[str] = field(default_factory=tuple)
     #: the sending window (Engine.sending_duration); the snapshot's elapsed if None
     duration: float | None = None
+    #: `--segment`: (index, count) of this segment, and the fingerprint of its test
+    segment: tuple[int, int] | None = None
+    test: str | None = None
 
     def duration_of(self, snap: Snapshot) -> float:
         return snap.elapsed if self.duration is None else self.duration

@@ -128,14 +128,44 @@ class Ramp:
 
 class Arrivals:
     """The open model's send times: the k-th request is due when the rate's
-    integral reaches k (constant gaps), or a Poisson process with that intensity."""
+    integral reaches k (constant gaps), or a Poisson process with that intensity.
 
-    def __init__(self, ramp: Ramp, *, poisson: bool = False, seed: int | None = None) -> None:
+    `stride` and `phase` make it one segment's part of that schedule: arrivals
+    phase, phase + stride, phase + 2 * stride, ... of the one-process schedule,
+    at exactly the times it gives them (a Poisson schedule draws every gap of the
+    whole, so the N segments must share the seed).
+    """
+
+    def __init__(
+        self,
+        ramp: Ramp,
+        *,
+        poisson: bool = False,
+        seed: int | None = None,
+        stride: int = 1,
+        phase: int = 0,
+    ) -> None:
+        if not 0 <= phase < stride:
+            raise ValueError(f"arrivals: phase {phase} of stride {stride}")
         self._ramp = ramp
         self._poisson = poisson
         self._rng = random.Random(seed)
+        self._stride = stride
         self._area = 0.0
         self.count = 0
+        self._advance(phase)
+
+    def _advance(self, arrivals: int) -> None:
+        """Move the pending arrival `arrivals` places on in the one-process schedule."""
+        if not self._poisson:
+            # Whole numbers: exact in a float, so every segment's times are the
+            # very floats the one-process schedule computes.
+            self._area += arrivals
+            return
+        area, gap = self._area, self._rng.expovariate
+        for _ in range(arrivals):
+            area += gap(1.0)
+        self._area = area
 
     def next(self) -> float | None:
         """The time of the next request (seconds from the start), or None if none comes."""
@@ -143,7 +173,7 @@ class Arrivals:
         if t is None:
             return None
         self.count += 1
-        self._area += self._rng.expovariate(1.0) if self._poisson else 1.0
+        self._advance(self._stride)
         return t
 
     def skip_before(self, t: float, limit: int | None = None) -> int:
@@ -157,24 +187,29 @@ class Arrivals:
         if first is None or first >= t or limit == 0:
             return 0
         area = ramp.integral(t)
+        stride = self._stride
         if self._poisson:
             # The pending arrival, then those a Poisson process puts in the rest of
-            # the area; past `t`, the next gap starts afresh (memoryless).
-            n = 1 + _poisson(self._rng, max(area - self._area, 0.0))
+            # the area (of the whole schedule, this segment's every stride-th); past
+            # `t` the whole schedule's next gap starts afresh (memoryless), and this
+            # segment's next arrival is the next one of its phase.
+            whole = 1 + _poisson(self._rng, max(area - self._area, 0.0))
+            n = -(-whole // stride)
             if limit is not None:
                 n = min(n, limit)
-            self._area = max(area, self._area) + self._rng.expovariate(1.0)
+            self._area = max(area, self._area)
+            self._advance(max(1, n * stride - whole + 1))
         else:
-            n = max(1, math.ceil(area - self._area))
+            n = max(1, math.ceil((area - self._area) / stride))
             # Float rounding may put the estimate one off: settle it on the same
             # times next() computes.
-            while n > 1 and not _before(ramp.time_of_integral(self._area + n - 1), t):
+            while n > 1 and not _before(ramp.time_of_integral(self._area + (n - 1) * stride), t):
                 n -= 1
-            while _before(ramp.time_of_integral(self._area + n), t):
+            while _before(ramp.time_of_integral(self._area + n * stride), t):
                 n += 1
             if limit is not None:
                 n = min(n, limit)
-            self._area += n
+            self._area += n * stride
         self.count += n
         return n
 

@@ -14,6 +14,7 @@ import itertools
 import math
 import random
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from ballista.core.outcome import ErrorKind, Sample
 from ballista.core.recorder import Recorder
 from ballista.core.runmeta import LAG_WARNING, RunMeta
 from ballista.core.schedule import Arrivals, Ramp, constant
+from ballista.core.segment import arrival_seed, closed_workers, fingerprint, zero_share
 from ballista.core.snapshot import Snapshot
 from ballista.transport.connect import (
     TARGET_FAILURES,
@@ -48,6 +50,9 @@ LAG_PROBE_PERIOD = 0.010
 #: Open model: requests the scheduler may start or drop before it yields to the
 #: rest of the run (workers, the ticker, a stop or a signal), however far behind it is.
 SCHEDULER_BATCH = 64
+
+#: --start-at: a run that began later than this after the instant says so in a note
+LATE_START_NOTE = 0.05
 
 SnapshotSink = Callable[[Snapshot], None]
 
@@ -188,12 +193,7 @@ def check_fd_limit(config: RunConfig) -> None:
     elif config.connections is not None:
         wanted = config.connections
     else:
-        if load.adaptive is not None:
-            workers = load.adaptive.maximum
-        elif load.stages:
-            workers = max(1, math.ceil(max(s.target for s in load.stages)))
-        else:
-            workers = load.concurrency
+        workers = load.adaptive.maximum if load.adaptive is not None else closed_workers(config)
         wanted = math.ceil(workers / STREAMS_PER_CONNECTION) if http2 else workers
     fits = fit_fd_limit(wanted)
     if fits < wanted:
@@ -217,13 +217,26 @@ class Engine:
         controller: LimitController | None = None,
         seed: int | None = None,
         connection_factory: Callable[[int], Connection] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         # Past the hard bounds no run can keep its promises (or its memory): whatever
         # front end built this config, refuse it here too.
-        check_bounds(config.load, config.connections, unbounded=True)
+        seg = config.segment
+        check_bounds(
+            config.load,
+            config.connections,
+            unbounded=True,
+            segments=1 if seg is None else seg.count,
+        )
         self.config = config
         #: test seam: builds connection i instead of the transport (no sockets)
         self._connection_factory = connection_factory
+        #: reads the wall clock (Unix seconds) that --start-at is given in
+        self._wall_clock = wall_clock
+        #: --start-at: the instant (Unix seconds) the run is waiting for, while it waits
+        self.waiting_until: float | None = None
+        #: --start-at: how late the run began after that instant (it had passed)
+        self.late_start = 0.0
         self._sinks = list(sinks)
         self._grace = DEFAULT_GRACE if grace is None else grace
         self._controller = controller
@@ -243,10 +256,8 @@ class Engine:
             self.concurrency = (
                 DEFAULT_MAX_IN_FLIGHT if load.max_in_flight is None else load.max_in_flight
             )
-        elif self._ramp is not None:
-            self.concurrency = max(1, math.ceil(max(s.target for s in load.stages)))
         else:
-            self.concurrency = load.concurrency
+            self.concurrency = closed_workers(config)
         #: how many workers may run now (closed models)
         self._limit = self._initial_limit()
         self._prepared = [prepare(i, spec, config.origin) for i, spec in enumerate(config.requests)]
@@ -295,8 +306,13 @@ class Engine:
         if self._controller is not None:
             return self._controller.limit
         if self._ramp is not None and self.model != "open":
-            return self._ramp.level(0.0)
+            return self._share(self._ramp.level(0.0))
         return self.concurrency
+
+    def _share(self, level: int) -> int:
+        """This process's part of a closed ramp's level: all of it, or its segment's."""
+        seg = self.config.segment
+        return level if seg is None else seg.share(level)
 
     # -- control from outside -------------------------------------------------
 
@@ -414,6 +430,14 @@ class Engine:
             )
         if self._controller is not None:
             notes.append(self._controller.capacity_note(final))
+        if self.late_start > LATE_START_NOTE:
+            notes.append(
+                f"started {self.late_start:.2f}s after --start-at (the instant had passed when "
+                "the run was ready): this segment's figures are shifted by that much"
+            )
+        idle = zero_share(self.config)
+        if idle is not None:
+            notes.append(f"{idle}: it sent nothing")
         if self.interrupted:
             notes.append("stopped early by a signal; figures cover what was done")
         if self.failed:
@@ -433,6 +457,7 @@ class Engine:
         info = self.info
         assert info is not None, "run_meta() before the run started"
         controller = self._controller
+        seg = self.config.segment
         return RunMeta(
             target=self.config.url if target is None else target,
             model=info.model,
@@ -444,6 +469,8 @@ class Engine:
             thresholds=thresholds,
             notes=tuple(self.notes()),
             duration=self.sending_duration,
+            segment=None if seg is None else (seg.index, seg.count),
+            test=None if seg is None else fingerprint(self.config),
         )
 
     @property
@@ -484,6 +511,10 @@ class Engine:
                 negotiated = await self._negotiate()
             # Stopped before the target answered: nothing will be sent on these.
             http2, ssl_context, probe = negotiated
+            if await self._wait_for_start() and probe is not None:
+                # Kept idle that long, the server may have closed it: open afresh.
+                await close_quietly(probe.stream)
+                probe = None
             n_conn = self._connection_count(http2)
             if self._connection_factory is None:
                 n_conn = self._fit_fd_limit(n_conn)
@@ -530,6 +561,10 @@ class Engine:
                         self._spawn_up_to_limit()
                         if self._ramp is not None:
                             workers.start_soon(self._follow_ramp, start)
+                        elif self._limit == 0 and duration is not None:
+                            # A segment without workers still lasts -d, as its
+                            # siblings do: its figures cover the same window.
+                            workers.start_soon(self._stopped.wait)
             self._stop_sending = True
             final = recorder.snapshot(trio.current_time(), final=True)
             self.final = final
@@ -539,6 +574,24 @@ class Engine:
                     await conn.aclose()
             background.cancel_scope.cancel()
         return final
+
+    async def _wait_for_start(self) -> bool:
+        """--start-at: sleep until that wall-clock instant (a stop cuts it short);
+        whether the run waited at all. The run starts at once when it has passed."""
+        at = self.config.start_at
+        if at is None or self._stop_sending:
+            return False
+        delay = at - self._wall_clock()
+        if delay <= 0:
+            self.late_start = -delay
+            return False
+        self.waiting_until = at
+        try:
+            with self._stoppable():
+                await trio.sleep(delay)
+        finally:
+            self.waiting_until = None
+        return True
 
     @contextlib.contextmanager
     def _stoppable(self) -> Iterator[trio.CancelScope]:
@@ -740,18 +793,24 @@ class Engine:
     async def _follow_ramp(self, start: float) -> None:
         ramp = self._ramp
         assert ramp is not None
+        # The test's level: a segment runs its share of it (`_share`), so that
+        # the segments' workers add up to it at every step.
+        current = ramp.level(0.0)
         while not self._stop_sending:
             t = trio.current_time() - start
-            when = ramp.next_step(t, self._limit)
+            when = ramp.next_step(t, current)
             if when is None:
+                if self._limit == 0 and self.config.segment is not None:
+                    await self._stopped.wait()  # a segment left without workers lasts -d
                 return
             await trio.sleep_until(start + max(when, t))
             level = ramp.level(trio.current_time() - start + 1e-9)
-            if level == self._limit and when <= t:
+            if level == current and when <= t:
                 # Guard against rounding at a boundary: move past it.
                 await trio.sleep_until(start + t + 1e-6)
                 continue
-            self.set_limit(level)
+            current = level
+            self.set_limit(self._share(level))
 
     async def _closed_worker(self, index: int) -> None:
         """Closed model: send the next request when the last one has ended."""
@@ -846,9 +905,10 @@ class Engine:
     # -- open model: requests on a schedule ------------------------------------
 
     def _rate_at(self, t: float) -> float:
-        if self._ramp is not None:
-            return self._ramp.value(t)
-        return self.config.load.rate or 0.0
+        """The rate this process is to send at: a segment's share of the test's."""
+        rate = self._ramp.value(t) if self._ramp is not None else self.config.load.rate or 0.0
+        seg = self.config.segment
+        return rate if seg is None else rate / seg.count
 
     async def _scheduler(
         self, connections: Sequence[Connection], recorder: Recorder, start: float
@@ -865,7 +925,16 @@ class Engine:
         """
         load = self.config.load
         ramp = self._ramp or constant(load.rate or 0.0)
-        arrivals = Arrivals(ramp, poisson=load.arrival == "poisson", seed=self._rng.getrandbits(64))
+        seg = self.config.segment
+        arrivals = Arrivals(
+            ramp,
+            poisson=load.arrival == "poisson",
+            # Every segment of a test draws the same Poisson schedule and takes its
+            # own arrivals of it.
+            seed=self._rng.getrandbits(64) if seg is None else arrival_seed(self.config),
+            stride=1 if seg is None else seg.count,
+            phase=0 if seg is None else seg.index,
+        )
         cap = self.concurrency
         timeout = self.config.timeout
         nursery = self._workers_nursery

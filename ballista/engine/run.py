@@ -59,8 +59,14 @@ class Run:
         self.engine = Engine(config, controller=self.controller, grace=grace)
         self.timeline = Timeline()
         self.engine.add_sink(self.timeline.add)
+        if config.start_at is not None and started_at is None:
+            self.engine.on_start.append(self._started)
         if self.thresholds is not None and abort_on_fail:
             self.engine.add_sink(self._abort_when_failed)
+
+    def _started(self, _info: RunInfo) -> None:
+        # --start-at: the run began at that instant, not when it was built.
+        self.started_at = dt.datetime.now(dt.UTC)
 
     def _abort_when_failed(self, snap: Snapshot) -> None:
         assert self.thresholds is not None

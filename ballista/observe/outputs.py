@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import functools
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import trio
 
+from ballista.core.durations import format_duration
 from ballista.core.errors import EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE
+from ballista.core.segment import iso_instant
 from ballista.engine.run import Run
 from ballista.observe.summary import LiveLine, format_summary, summary_dict, write_json
 
@@ -32,11 +35,41 @@ class Outputs:
     live_addr: str = "127.0.0.1"
 
 
-async def _watch_signals(run: Run) -> None:
+async def _watch_signals(
+    run: Run, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """First SIGINT/SIGTERM: stop sending and let in-flight requests finish; second: stop now."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             run.signal()
+
+
+async def _announce_start(at: float, started: trio.Event, out: TextIO, live: bool) -> None:
+    """--start-at: say when the run starts; on a terminal, count down to it."""
+    wait = at - time.time()
+    if wait <= 0:
+        return
+    out.write(
+        f"ballista: waiting to start at {iso_instant(at)} (in {format_duration(wait)}); "
+        "Ctrl-C cancels\n"
+    )
+    out.flush()
+    if not live:
+        return
+    shown = False
+    while not started.is_set():
+        left = at - time.time()
+        if left <= 0:
+            break
+        out.write(f"\r\x1b[Kstarting in {format_duration(left)}")
+        out.flush()
+        shown = True
+        with trio.move_on_after(min(1.0, left)):
+            await started.wait()
+    if shown:
+        out.write("\r\x1b[K")
+        out.flush()
 
 
 async def run_with_outputs(
@@ -84,7 +117,13 @@ async def run_with_outputs(
                 print(f"ballista: live page on {where}/", file=stderr)
             run.add_sink(exporter.update)
             run.on_start(exporter.on_start)
-        services.start_soon(_watch_signals, run)
+        # Heard before anything says the run is coming (--start-at's wait may be long).
+        await services.start(_watch_signals, run)
+        if config.start_at is not None:
+            started = trio.Event()
+            run.on_start(lambda _info: started.set())
+            live = not outputs.quiet and stderr.isatty()
+            services.start_soon(_announce_start, config.start_at, started, stderr, live)
         failure: Exception | None = None
         try:
             result = await run.run()

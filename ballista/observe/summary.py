@@ -67,6 +67,9 @@ def summary_dict(snap: Snapshot, meta: RunMeta, timeline: Timeline | None = None
     }
     if snap.service_time is not None:
         doc["service_time_s"] = _latency(snap.service_time)
+    if meta.segment is not None:
+        index, count = meta.segment
+        doc["segment"] = {"index": index, "count": count, "test": meta.test}
     doc.update(
         {
             "status_codes": {str(k): v for k, v in sorted(snap.status_codes.items())},
@@ -167,6 +170,12 @@ def format_summary(snap: Snapshot, meta: RunMeta) -> str:
         f"ballista {__version__} · {meta.target} · {meta.model} model · {meta.protocol} · "
         f"{conc}{conns}"
     )
+    if meta.segment is not None:
+        index, count = meta.segment
+        lines.append(
+            f"segment {index}/{count} of test {meta.test}: these figures are its share; "
+            "`ballista merge` adds the segments up"
+        )
     lines.append("")
     rate = f"{meta.rps_of(snap):,.1f}/s"
     lines.append(f"  duration     {format_duration(meta.duration_of(snap))}")
