@@ -8,6 +8,7 @@ plain helpers (`wait_until`, `free_port`, `run_config`, ...) in `helpers.py`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import servers
 import trio
 from helpers import free_port
+from prom import Prometheus, prometheus_processes
 from servers import FaultServer, RunningTarget, TargetFactory, TlsFiles
 
 #: The delay of `fixed_delay_target`.
@@ -125,3 +127,13 @@ async def h2_ping_flood_server(nursery: trio.Nursery) -> FaultServer:
 @pytest.fixture
 async def h2_settings_flood_server(nursery: trio.Nursery) -> FaultServer:
     return await servers.start_h2_settings_flood_server(nursery)
+
+
+@pytest.fixture
+async def prometheus_factory(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[[list[str]], Awaitable[Prometheus]]]:
+    """`await prometheus_factory(["127.0.0.1:9464", ...])`: a real Prometheus scraping
+    those targets every second (tests/prom.py), stopped at the end of the test."""
+    async for start in prometheus_processes(tmp_path):
+        yield start

@@ -12,30 +12,22 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from helpers import free_port, run_config, wait_until
+from prom import PROM_DIR, PROMETHEUS, PROMTOOL, ROOT, Prometheus, promtool
 from prometheus_client.registry import CollectorRegistry
 from servers import RunningTarget
 
 from ballista.engine.engine import Engine
 from ballista.observe.metrics import MetricsExporter
 
-ROOT = Path(__file__).resolve().parent.parent
-PROM_DIR = ROOT / "prometheus"
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
-PROMETHEUS = shutil.which("prometheus")
-PROMTOOL = shutil.which("promtool")
 
 
 @pytest.fixture(autouse=True)
@@ -55,13 +47,6 @@ VARIABLES = {
     "$scenario": ".*",
     "$request": ".*",
 }
-
-
-def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    assert PROMTOOL is not None
-    return subprocess.run(
-        [PROMTOOL, *args], input=stdin, capture_output=True, cwd=PROM_DIR, timeout=60, check=False
-    )
 
 
 def expand(expr: str) -> str:
@@ -136,119 +121,6 @@ async def test_promtool_check_metrics_on_a_real_exposition(target: RunningTarget
 
 
 # -- a real Prometheus ---------------------------------------------------------------
-
-
-class Prometheus:
-    """A prometheus server process on 127.0.0.1 and a tiny client of its HTTP API."""
-
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-
-    def _get(self, path: str, **params: Any) -> Any:
-        url = f"{self.base}{path}?{urllib.parse.urlencode(params, doseq=True)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            doc = json.loads(response.read())
-        assert doc["status"] == "success", doc
-        return doc["data"]
-
-    async def get(self, path: str, **params: Any) -> Any:
-        return await trio.to_thread.run_sync(lambda: self._get(path, **params))
-
-    async def query(self, expr: str, at: float) -> list[dict[str, Any]]:
-        data = await self.get("/api/v1/query", query=expr, time=at)
-        assert data["resultType"] == "vector", data
-        result: list[dict[str, Any]] = data["result"]
-        return result
-
-    async def scalar(self, expr: str, at: float) -> float:
-        result = await self.query(expr, at)
-        assert len(result) == 1, (expr, result)
-        return float(result[0]["value"][1])
-
-    async def query_range(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
-        data = await self.get("/api/v1/query_range", query=expr, start=start, end=end, step=1)
-        result: list[dict[str, Any]] = data["result"]
-        return result
-
-    async def all_targets_tried(self, n: int) -> bool:
-        active = (await self.get("/api/v1/targets", state="active"))["activeTargets"]
-        return len(active) == n and all(t["health"] != "unknown" for t in active)
-
-    async def ready(self) -> bool:
-        def probe() -> bool:
-            try:
-                with urllib.request.urlopen(f"{self.base}/-/ready", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        return await trio.to_thread.run_sync(probe)
-
-
-def derive_config(targets: list[str]) -> str:
-    """prometheus/prometheus.yml, scraping `targets` every second, rules by absolute path."""
-    text = (PROM_DIR / "prometheus.yml").read_text()
-    changes = [
-        ('["127.0.0.1:9464"]', json.dumps(targets)),
-        ("scrape_interval: 5s", "scrape_interval: 1s"),
-        ("scrape_timeout: 4s", "scrape_timeout: 1s"),
-        ("evaluation_interval: 5s", "evaluation_interval: 1s"),
-        ("- rules/", f"- {PROM_DIR}/rules/"),
-    ]
-    for old, new in changes:
-        assert old in text, f"prometheus.yml no longer has {old!r}"
-        text = text.replace(old, new)
-    return text
-
-
-@pytest.fixture
-async def prometheus_factory(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Any]:
-    processes: list[trio.Process] = []
-
-    async def start(targets: list[str]) -> Prometheus:
-        assert PROMETHEUS is not None
-        config = tmp_path / "prometheus.yml"
-        config.write_text(derive_config(targets))
-        check = promtool("check", "config", str(config))
-        assert check.returncode == 0, check.stdout + check.stderr
-        port = free_port()
-        process = await trio.lowlevel.open_process(
-            [
-                PROMETHEUS,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        processes.append(process)
-        server = Prometheus(port)
-
-        async def ready() -> bool:
-            assert process.poll() is None, "prometheus exited"
-            return await server.ready()
-
-        await wait_until(ready, "prometheus ready", limit=30, poll=0.1)
-        # Target discovery reaches the scrape loops after up to 5 s: wait until
-        # every target has been tried once, so a run is scraped from its start.
-        await wait_until(
-            lambda: server.all_targets_tried(len(targets)),
-            "every target tried once",
-            limit=30,
-            poll=0.2,
-        )
-        return server
-
-    yield start
-    for process in processes:
-        process.terminate()
-        with trio.move_on_after(5):
-            await process.wait()
-        if process.poll() is None:
-            process.kill()
-            await process.wait()
 
 
 async def ballista_run(argv: list[str], json_path: Path) -> tuple[dict[str, Any], float]:
