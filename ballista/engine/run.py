@@ -65,8 +65,12 @@ class Run:
             self.engine.add_sink(self._abort_when_failed)
 
     def _started(self, _info: RunInfo) -> None:
-        # --start-at: the run began at that instant, not when it was built.
-        self.started_at = dt.datetime.now(dt.UTC)
+        # --start-at: the run began at that instant (the same in every segment),
+        # not when it was built; or now, if the instant had passed.
+        at = self.config.start_at
+        assert at is not None
+        late = self.engine.late_start > 0
+        self.started_at = dt.datetime.now(dt.UTC) if late else dt.datetime.fromtimestamp(at, dt.UTC)
 
     def _abort_when_failed(self, snap: Snapshot) -> None:
         assert self.thresholds is not None
