@@ -8,9 +8,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +327,30 @@ def test_pod_args_are_what_the_job_runs() -> None:
     test = example()
     docs = list(yaml.safe_load_all(render(test)))
     assert docs[1]["spec"]["template"]["spec"]["containers"][0]["args"] == pod_args(test)
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+def test_dashboards_sum_the_load_across_pods() -> None:
+    # Segments run as N pods (N instances): every query over the load's figures
+    # must add them up, never show one instance's share as the test's.
+    per_process = ("ballista_run_info", "ballista_build_info", "process_")
+    checked = 0
+    for path in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
+        for panel in _panels(json.loads(path.read_text())["panels"]):
+            for target in panel.get("targets", []):
+                expr = " ".join(target.get("expr", "").split())
+                if "ballista_" not in expr or any(p in expr for p in per_process):
+                    continue
+                checked += 1
+                where = f"{path.name}: {panel['title']}: {expr}"
+                groupings = re.findall(r"\bby\s*\(([^)]*)\)", expr)
+                assert all("instance" not in g for g in groupings), where
+                # Raw series are aggregated (sum) or recorded rules that are sums.
+                raw = re.findall(r"\b(ballista_[a-z_]+)\{", expr)
+                assert not raw or expr.startswith(("sum", "histogram_quantile(", "(sum")), where
+    assert checked > 20
