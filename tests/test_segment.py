@@ -301,7 +301,9 @@ async def test_closed_segments_split_the_budget_and_a_zero_share_says_so(
     load = LoadSpec(model="closed", concurrency=3, requests=50)
     runs = await _run_all(_split(_config(load), 4), service=0.1)
     by_index = sorted(runs, key=lambda r: r[1].config.segment.index if r[1].config.segment else 0)
-    assert [e.final.requests for _, e in by_index if e.final] == [13, 13, 12, 0]
+    # The budget goes to the segments that have workers to spend it.
+    assert [e.config.load.requests for _, e in by_index] == [17, 17, 16, 0]
+    assert [e.final.requests for _, e in by_index if e.final] == [17, 17, 16, 0]
     idle = by_index[3][1]
     assert any("segment 3/4 has no worker" in n for n in idle.notes())
 

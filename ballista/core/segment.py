@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ballista.core.config import MAX_DURATION, RunConfig
+from ballista.core.config import MAX_DURATION, LoadSpec, RunConfig
 from ballista.core.durations import format_duration
 from ballista.core.errors import ConfigError
 
@@ -135,7 +135,7 @@ def split_config(
         load,
         # The open model's concurrency is unused; a closed ramp's comes from its stages.
         concurrency=seg.share(load.concurrency) if load.model == "closed" else load.concurrency,
-        requests=None if load.requests is None else seg.share(load.requests),
+        requests=None if load.requests is None else _budget(load, seg, load.requests),
         max_in_flight=max_in_flight,
         adaptive=adaptive,
     )
@@ -148,6 +148,20 @@ def split_config(
     )
 
 
+def _budget(load: LoadSpec, seg: Segment, total: int) -> int:
+    """This segment's part of the -n budget: shared among the segments that send.
+    A closed model's segment without workers could not spend a part."""
+    takers = seg.count
+    if load.model == "closed":
+        top = load.concurrency
+        if load.stages:
+            top = max(1, math.ceil(max(s.target for s in load.stages)))
+        takers = min(takers, top)
+    if seg.index >= takers:
+        return 0
+    return Segment(seg.index, takers).share(total)
+
+
 def _plain_error(key: str, why: str) -> ConfigError:
     return ConfigError(f"{key}: {why}")
 
@@ -158,12 +172,12 @@ def zero_share(config: RunConfig) -> str | None:
     if seg is None:
         return None
     load = config.load
-    if load.requests == 0:
-        return f"segment {seg} has no request of the -n budget (it is smaller than {seg.count})"
     if load.model == "closed" and closed_workers(config) == 0:
         return (
             f"segment {seg} has no worker: the test has fewer workers than its {seg.count} segments"
         )
+    if load.requests == 0:
+        return f"segment {seg} has no request of the -n budget (it is smaller than {seg.count})"
     return None
 
 
