@@ -44,6 +44,8 @@ def example() -> KubeTest:
         files=scenario_files(str(ROOT / "examples" / "shop-api.toml")),
         scenario="shop-api.toml",
         run_args=("-d", "5m"),
+        # 2 minutes to the start, 5 of run, 10 of margin
+        deadline=1020,
     )
 
 
@@ -101,6 +103,8 @@ def test_rendered_manifests_validate_and_run_the_segments(
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == 8
+    # open-ramp.toml lasts 90 s: the pods are stopped 10 minutes after it should end.
+    assert spec["activeDeadlineSeconds"] in (120 + 90 + 600, 120 + 90 + 601)
     pod = spec["template"]
     assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     [container] = pod["spec"]["containers"]

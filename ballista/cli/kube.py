@@ -4,6 +4,7 @@ its segments' summaries from the pods' logs (docs/scale-out.md)."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from ballista.core.errors import EXIT_OK, EXIT_USAGE, ConfigError
 from ballista.core.segment import MAX_SEGMENTS, parse_start_at
 from ballista.kube.collect import Kubectl, collect
 from ballista.kube.manifests import (
+    DEADLINE_MARGIN,
     DEFAULT_IMAGE,
     DEFAULT_METRICS_PORT,
     KubeTest,
@@ -140,6 +142,7 @@ def render(ns: argparse.Namespace) -> str:
         if ns.name is not None
         else name_from(config.scenario if config.scenario != "default" else Path(scenario).stem)
     )
+    length = config.load.effective_duration
     test = KubeTest(
         name=name,
         segments=ns.segments,
@@ -150,6 +153,7 @@ def render(ns: argparse.Namespace) -> str:
         namespace=ns.namespace,
         metrics_port=ns.metrics_port,
         run_args=tuple(ns.run_args),
+        deadline=None if length is None else math.ceil(start_at - now + length + DEADLINE_MARGIN),
     )
     return render_manifests(test)
 

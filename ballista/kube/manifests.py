@@ -30,6 +30,9 @@ INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 #: Job names Kubernetes accepts for Indexed Jobs whose pod host names add "-<index>".
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 MAX_NAME = 50
+#: A run's pods may outlive its start and its -d by this much before Kubernetes
+#: stops them (SIGTERM: they still print their summaries).
+DEADLINE_MARGIN = 600.0
 #: A ConfigMap holds at most 1 MiB.
 MAX_CONFIGMAP_BYTES = 1024 * 1024
 
@@ -51,6 +54,9 @@ class KubeTest:
     #: further `ballista run` arguments (a URL, -r, --http2, --threshold, ...)
     run_args: tuple[str, ...] = ()
     linger: str = DEFAULT_LINGER
+    #: seconds from the Job's creation after which Kubernetes stops its pods (a
+    #: hung run must not hold its nodes); None: no limit (a run bounded by -n only)
+    deadline: int | None = None
 
 
 def check_name(name: str, where: str = "--name") -> str:
@@ -218,6 +224,7 @@ def manifests(test: KubeTest) -> list[dict[str, Any]]:
             # (and be refused), and its share would be counted twice. One that
             # fails leaves the others running (Kubernetes 1.29 and later).
             "backoffLimitPerIndex": 0,
+            **({} if test.deadline is None else {"activeDeadlineSeconds": test.deadline}),
             "template": {
                 "metadata": {
                     "labels": dict(labels),
