@@ -196,11 +196,11 @@ def _collect(ns: argparse.Namespace) -> int:
 
 def main(ns: argparse.Namespace) -> int:
     if ns.kube_command == "render":
+        check_output_path(ns.output, "-o/--output")
         text = render(ns)
         if ns.output is None:
             sys.stdout.write(text)
         else:
-            check_output_path(ns.output, "-o/--output")
             Path(ns.output).write_text(text, encoding="utf-8")
         return EXIT_OK
     if ns.kube_command == "collect":
