@@ -5,6 +5,7 @@ its end. The daemon attaches its own outputs to the same Run."""
 from __future__ import annotations
 
 import functools
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -62,7 +63,10 @@ async def _announce_start(at: float, started: trio.Event, out: TextIO, live: boo
         left = at - time.time()
         if left <= 0:
             break
-        out.write(f"\r\x1b[Kstarting in {format_duration(left)}")
+        # Whole seconds, rounded up: a countdown, not a measurement.
+        whole = math.ceil(left)
+        shown_left = f"{whole}s" if whole < 60 else format_duration(whole)
+        out.write(f"\r\x1b[Kstarting in {shown_left}")
         out.flush()
         shown = True
         with trio.move_on_after(min(1.0, left)):
