@@ -131,6 +131,12 @@ def _serve() -> _Command:
     return serve
 
 
+def _merge() -> _Command:
+    from ballista.cli import merge
+
+    return merge
+
+
 def _runs() -> _Command:
     from ballista.cli import runs
 
@@ -142,6 +148,7 @@ _DELEGATED: dict[str, tuple[str, Callable[[], _Command]]] = {
     "watch": ("live view of a running test in the terminal", _watch),
     "serve": ("daemon: soak tests, API, metrics, live stream", _serve),
     "runs": ("talk to a daemon: list, start, show, stop runs", _runs),
+    "merge": ("one summary from the JSON summaries of a test's segments", _merge),
 }
 
 
