@@ -173,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     try:
         ns = parser.parse_args(argv)
+        # The command line as given: `run --workers` hands it to its children.
+        ns.argv = list(sys.argv[1:] if argv is None else argv)
         if ns.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE

@@ -8,6 +8,7 @@ the samples. The cost is O(histogram buckets) per part, never O(requests).
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -160,6 +161,90 @@ def quiet(snap: Snapshot) -> Snapshot:
         interval_scheduler_lag=0.0,
         interval_loop_lag=0.0,
     )
+
+
+class Rounds:
+    """The snapshots of N processes of one run, merged one round at a time.
+
+    Round k is the k-th snapshot of every process (they tick together, on the
+    same interval from the same start). It is merged once every process still
+    running has sent its k-th; a process that has ended (its final snapshot,
+    or it died) counts in later rounds with its last figures and nothing new,
+    so its counts so far are kept. The round that leaves every process ended
+    is the final one. Sans-IO: `add` and `end` return the merged snapshots now
+    ready, in order.
+    """
+
+    def __init__(self, parts: int) -> None:
+        if parts < 1:
+            raise ValueError("a run has at least one part")
+        self._pending: list[deque[Snapshot]] = [deque() for _ in range(parts)]
+        self._last: list[Snapshot | None] = [None] * parts
+        self._ended = [False] * parts
+        self._seq = 0
+        self._elapsed = 0.0
+        #: the final merged snapshot, once every part has ended
+        self.final: Snapshot | None = None
+        #: the last merged snapshot emitted
+        self.latest: Snapshot | None = None
+
+    def add(self, part: int, snap: Snapshot) -> list[Snapshot]:
+        """Part `part`'s next snapshot (its final one ends it)."""
+        if self._ended[part]:
+            raise ValueError(f"part {part} has ended: no more snapshots")
+        self._pending[part].append(snap)
+        if snap.final:
+            self._ended[part] = True
+        return self._ready()
+
+    def end(self, part: int) -> list[Snapshot]:
+        """Part `part` will send nothing more (it died, or its final snapshot came)."""
+        self._ended[part] = True
+        return self._ready()
+
+    def ended(self, part: int) -> bool:
+        return self._ended[part]
+
+    def last(self, part: int) -> Snapshot | None:
+        """The last snapshot of `part` merged so far."""
+        return self._last[part]
+
+    def _ready(self) -> list[Snapshot]:
+        out: list[Snapshot] = []
+        pending, ended = self._pending, self._ended
+        while self.final is None:
+            if any(not e and not p for e, p in zip(ended, pending, strict=True)):
+                break  # a running part has not sent this round yet
+            # When every part has ended with nothing pending, this round is the
+            # final one: each part's last figures, nothing new.
+            fresh = [p.popleft() if p else None for p in pending]
+            taken: list[Snapshot] = []
+            for i, f in enumerate(fresh):
+                if f is not None:
+                    self._last[i] = f
+                    taken.append(f)
+                else:
+                    last = self._last[i]
+                    if last is not None:
+                        taken.append(quiet(last))
+            final = all(ended) and not any(pending)
+            if not taken:
+                break  # no part ever reported: there is nothing to merge
+            elapsed = max([self._elapsed, *(f.elapsed for f in fresh if f is not None)])
+            merged = merge_snapshots(
+                taken,
+                seq=self._seq,
+                elapsed=elapsed,
+                interval=elapsed - self._elapsed,
+                final=final,
+            )
+            self._seq += 1
+            self._elapsed = elapsed
+            self.latest = merged
+            out.append(merged)
+            if final:
+                self.final = merged
+        return out
 
 
 # -- summaries (`ballista merge`) ---------------------------------------------
