@@ -362,9 +362,14 @@ class WorkersRun:
     def _lost_message(self, lost: Sequence[LostWorker]) -> str:
         first = lost[0]
         more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+        covered = (
+            "its summary covers what every worker reported"
+            if self._result is not None
+            else "no worker reported any figures"
+        )
         return (
             f"worker {first.index}/{self.workers} (pid {first.pid}) {first.how}{more}: "
-            "the run is incomplete; its summary covers what every worker reported"
+            f"the run is incomplete; {covered}"
         )
 
     # -- results --------------------------------------------------------------
