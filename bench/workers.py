@@ -87,8 +87,14 @@ def cpu(args: argparse.Namespace) -> None:
             nginx.stop()
     print()
     print(f"rate {args.rate}/s for {args.duration}, {args.repeat} runs each (medians)")
-    keys = ("requests", "cpu_s", "startup_cpu_s", "us_per_request")
-    keys += ("us_per_request_after_startup", "parent_peak_rss_mb")
+    keys = (
+        "requests",
+        "cpu_s",
+        "startup_cpu_s",
+        "us_per_request",
+        "us_per_request_after_startup",
+        "parent_peak_rss_mb",
+    )
     medians = {
         label: {k: statistics.median(r[k] for r in rs) for k in keys} for label, rs in runs.items()
     }

@@ -535,10 +535,12 @@ def _workers_main(ns: argparse.Namespace) -> int:
             "--sequential is one request at a time over one connection: not with --workers"
         )
     config = config_from_args(ns)
-    # The smallest share is the last segment's: if it can be cut, every one can.
-    last = argparse.Namespace(**vars(ns))
-    last.segment = f"{workers - 1}/{workers}"
-    check_fd_limit(config)
+    # Refused here, in one line, rather than by every child: a share that cannot be
+    # cut (the last segment's is the smallest) or does not fit (the first's is the largest).
+    seg = argparse.Namespace(**vars(ns))
+    for index in sorted({0, workers - 1}):
+        seg.segment = f"{index}/{workers}"
+        check_fd_limit(config_from_args(seg))
     outputs = outputs_from_args(ns)
     argv: list[str] = list(getattr(ns, "argv", None) or sys.argv[1:])
     child_args = argv[argv.index("run") + 1 :] if "run" in argv else argv

@@ -123,7 +123,11 @@ class WorkersRun:
         self.config = config
         self.workers = workers
         self.id = run_id or uuid.uuid4().hex[:12]
-        self.started_at = dt.datetime.now(dt.UTC)
+        #: the instant (Unix seconds) every child starts at: --start-at, else soon
+        self.start_at = (
+            config.start_at if config.start_at is not None else time.time() + self._start_delay()
+        )
+        self.started_at = dt.datetime.fromtimestamp(self.start_at, dt.UTC)
         self._child_args = list(child_args)
         self._python = python
         self.thresholds = ThresholdSet(config.thresholds) if config.thresholds else None
@@ -195,8 +199,7 @@ class WorkersRun:
     async def run(self) -> RunResult:
         """Run every child to its end. A lost worker raises WorkerLost once the
         figures of the others are in (`partial_result()` has them)."""
-        start_at = time.time() + self._start_delay()
-        self.started_at = dt.datetime.fromtimestamp(start_at, dt.UTC)
+        start_at = self.start_at
         try:
             async with trio.open_nursery() as nursery:
                 for i in range(self.workers):
