@@ -1,6 +1,7 @@
 """`--workers`: what running a test as N processes costs, against one process.
 
     python bench/workers.py cpu --rate 3000 -d 20s        # --workers 2 vs one process, one nginx
+    python bench/workers.py cpu -c 50 -n 60000            # the same, closed model
     python bench/workers.py merge                          # the parent's merge cost per interval
 
 `cpu` runs the same open-model test (same total rate, same duration) against
@@ -44,11 +45,13 @@ def measured(argv: list[str]) -> dict[str, Any]:
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     hwm = 0
+    own = 0.0
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         hwm = max(hwm, memory_kib(proc.pid)[1])
+        own = max(own, own_cpu(proc.pid))
         time.sleep(0.05)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -57,7 +60,19 @@ def measured(argv: list[str]) -> dict[str, Any]:
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "wall_s": time.monotonic() - start,
         "parent_peak_rss_mb": hwm / 1024,
+        "parent_cpu_s": own,
     }
+
+
+def own_cpu(pid: int) -> float:
+    """CPU seconds (user + sys) of the process itself, not of its children; 0 once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5), in clock ticks.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu(args: argparse.Namespace) -> None:
@@ -72,7 +87,11 @@ def cpu(args: argparse.Namespace) -> None:
                     out = Path(tmp) / "out.json"
                     base = [*BALLISTA, "run", url, "-q", "--json", str(out), *extra]
                     fixed = measured([*base, "-n", "1"])
-                    run = measured([*base, "-r", str(args.rate), "-d", args.duration])
+                    if args.concurrency:
+                        load = ["-c", str(args.concurrency), "-n", str(args.requests)]
+                    else:
+                        load = ["-r", str(args.rate), "-d", args.duration]
+                    run = measured([*base, *load])
                     doc = json.loads(out.read_text())
                     run["requests"] = doc["requests"]
                     run["failed"] = doc["failed"]
@@ -86,7 +105,12 @@ def cpu(args: argparse.Namespace) -> None:
         finally:
             nginx.stop()
     print()
-    print(f"rate {args.rate}/s for {args.duration}, {args.repeat} runs each (medians)")
+    shape = (
+        f"-c {args.concurrency} -n {args.requests}"
+        if args.concurrency
+        else f"-r {args.rate} -d {args.duration}"
+    )
+    print(f"{shape}, {args.repeat} runs each (medians)")
     keys = (
         "requests",
         "cpu_s",
@@ -94,6 +118,7 @@ def cpu(args: argparse.Namespace) -> None:
         "us_per_request",
         "us_per_request_after_startup",
         "parent_peak_rss_mb",
+        "parent_cpu_s",
     )
     medians = {
         label: {k: statistics.median(r[k] for r in rs) for k in keys} for label, rs in runs.items()
@@ -150,6 +175,8 @@ def main() -> None:
     c = sub.add_parser("cpu")
     c.add_argument("--rate", type=int, default=3000)
     c.add_argument("-d", "--duration", default="20s")
+    c.add_argument("-c", "--concurrency", type=int, default=None, help="closed model instead")
+    c.add_argument("-n", "--requests", type=int, default=60000, help="with -c")
     c.add_argument("--repeat", type=int, default=3)
     c.add_argument("--server-core", type=int, default=0)
     m = sub.add_parser("merge")
