@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import trio
-from helpers import wait_until
+from helpers import run_config, wait_until
 from servers import RunningTarget
 
 from ballista.cli.main import main
@@ -24,6 +24,7 @@ from ballista.core.outcome import NO_ERROR, ErrorKind, Sample
 from ballista.core.recorder import Recorder
 from ballista.core.snapshot import Snapshot
 from ballista.core.wire import snapshot_from_wire, snapshot_to_wire
+from ballista.engine.workers import WorkerLost, WorkersRun
 
 BALLISTA = [sys.executable, "-m", "ballista"]
 SPECS = (RequestSpec("a", "GET", "/a"), RequestSpec("b", "POST", "/b"))
@@ -250,3 +251,24 @@ async def test_a_worker_killed_is_reported_and_the_run_fails(
     # What the dead worker sent after its last report is lost; nothing is counted twice.
     assert 0 < doc["requests"] <= target.stats.requests
     assert any("incomplete" in n for n in doc["notes"])
+
+
+async def test_a_worker_that_hangs_is_killed_and_reported(target: RunningTarget) -> None:
+    config = run_config(target.url, "-c", "2", "-d", "60s", "--interval", "200ms")
+    child_args = [target.url, "-c", "2", "-d", "60s", "--interval", "200ms"]
+    run = WorkersRun(config, child_args, 2, stall=2.0)
+    snaps: list[Snapshot] = []
+    run.add_sink(snaps.append)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_one, run, snaps)
+        with trio.fail_after(60), pytest.raises(WorkerLost, match=r"worker 0/2 .* sent nothing"):
+            await run.run()
+    result = run.partial_result()
+    assert result is not None
+    assert result.final.final and result.final.requests == snaps[-1].requests > 0
+    assert [w["index"] for w in result.extra["workers"]["lost"]] == [0]
+
+
+async def _stop_one(run: WorkersRun, snaps: list[Snapshot]) -> None:
+    await wait_until(lambda: len(snaps) >= 2, "two merged snapshots", limit=30)
+    os.kill(run.pids[0], signal.SIGSTOP)

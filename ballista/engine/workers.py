@@ -25,7 +25,7 @@ from typing import Any
 
 import trio
 
-from ballista.core.config import RunConfig
+from ballista.core.config import DEFAULT_GRACE, RunConfig
 from ballista.core.errors import EXIT_INTERNAL, BallistaError
 from ballista.core.merge import Rounds
 from ballista.core.redact import redact_url
@@ -46,6 +46,13 @@ START_DELAY_PER_EXTRA = 0.3
 MAX_MESSAGE = 64 * 1024 * 1024
 #: Messages a child queues for a parent that does not read them before it stops.
 MAX_QUEUED = 1000
+#: A running child silent this long (or this many intervals, plus --timeout for a
+#: slow first connection) is hung: it is killed and reported.
+STALL_SECONDS = 30.0
+STALL_INTERVALS = 10
+#: A child still running this long after its first SIGTERM is killed: its own grace
+#: (DEFAULT_GRACE) is long over.
+STOP_LIMIT = DEFAULT_GRACE + 10.0
 
 
 class WorkerLost(BallistaError):
@@ -83,6 +90,10 @@ class _Child:
     #: why the child counts as lost, once it does
     lost: str | None = None
     signals_sent: int = 0
+    #: wall-clock time of its last message (of its start, before any)
+    last_message: float = field(default_factory=time.time)
+    #: wall-clock time it was first asked to stop
+    stop_asked: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +128,7 @@ class WorkersRun:
         run_id: str | None = None,
         abort_on_fail: bool = False,
         python: str = sys.executable,
+        stall: float | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("at least one worker")
@@ -130,6 +142,12 @@ class WorkersRun:
         self.started_at = dt.datetime.fromtimestamp(self.start_at, dt.UTC)
         self._child_args = list(child_args)
         self._python = python
+        #: seconds of silence after which a running child counts as hung
+        self.stall = (
+            max(STALL_SECONDS, STALL_INTERVALS * config.interval) + config.timeout
+            if stall is None
+            else stall
+        )
         self.thresholds = ThresholdSet(config.thresholds) if config.thresholds else None
         self.timeline = Timeline()
         self._sinks: list[SnapshotSink] = [self.timeline.add]
@@ -185,6 +203,8 @@ class WorkersRun:
         for child in self._children:
             while child.code is None and child.signals_sent < self._stopping:
                 child.signals_sent += 1
+                if child.stop_asked is None:
+                    child.stop_asked = time.time()
                 try:
                     child.process.send_signal(signal.SIGTERM)
                 except ProcessLookupError:  # pragma: no cover - it just ended
@@ -201,13 +221,16 @@ class WorkersRun:
         figures of the others are in (`partial_result()` has them)."""
         start_at = self.start_at
         try:
-            async with trio.open_nursery() as nursery:
-                for i in range(self.workers):
-                    child = await self._spawn(i, start_at, nursery)
-                    self._children.append(child)
-                    self.pids.append(child.process.pid)
-                    if self._stopping:
-                        self._signal_children(self._stopping)
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._watchdog)
+                async with trio.open_nursery() as nursery:
+                    for i in range(self.workers):
+                        child = await self._spawn(i, start_at, nursery)
+                        self._children.append(child)
+                        self.pids.append(child.process.pid)
+                        if self._stopping:
+                            self._signal_children(self._stopping)
+                outer.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 for child in self._children:
@@ -222,6 +245,26 @@ class WorkersRun:
             raise WorkerLost(self._lost_message(lost))
         assert self._result is not None
         return self._result
+
+    async def _watchdog(self) -> None:
+        """Kill a child that hangs, so the run ends rather than waits forever: one that
+        sends nothing for `stall` seconds once the run has started, or that goes on
+        STOP_LIMIT seconds after it was asked to stop."""
+        stall = self.stall
+        while True:
+            await trio.sleep(1.0)
+            now = time.time()
+            for child in self._children:
+                if child.code is not None or child.lost is not None:
+                    continue
+                quiet_for = now - max(child.last_message, self.start_at)
+                if child.stop_asked is not None and now - child.stop_asked > STOP_LIMIT:
+                    self._lose(child, f"did not stop within {STOP_LIMIT:g}s of SIGTERM")
+                elif quiet_for > stall:
+                    self._lose(child, f"sent nothing for {quiet_for:.0f}s (hung?)")
+                else:
+                    continue
+                child.process.kill()
 
     def partial_result(self) -> RunResult | None:
         """After run() raised: the figures until then (None if no worker reported)."""
@@ -297,6 +340,7 @@ class WorkersRun:
         self._maybe_started()
 
     def _message(self, child: _Child, msg: Mapping[str, Any]) -> None:
+        child.last_message = time.time()
         kind = msg["type"]
         if msg.get("v") != WIRE_VERSION:
             raise ValueError(f"wire version {msg.get('v')!r}, not {WIRE_VERSION}")
