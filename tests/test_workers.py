@@ -272,3 +272,34 @@ async def test_a_worker_that_hangs_is_killed_and_reported(target: RunningTarget)
 async def _stop_one(run: WorkersRun, snaps: list[Snapshot]) -> None:
     await wait_until(lambda: len(snaps) >= 2, "two merged snapshots", limit=30)
     os.kill(run.pids[0], signal.SIGSTOP)
+
+
+async def test_prometheus_sees_one_set_of_series_with_every_worker_in_it(
+    target: RunningTarget,
+) -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ballista.observe.metrics import MetricsExporter
+
+    args = [target.url, "-c", "3", "-n", "300"]
+    config = run_config(*args)
+    run = WorkersRun(config, args, 3)
+    exporter = MetricsExporter(config, run_id=run.id, registry=CollectorRegistry())
+    run.add_sink(exporter.update)
+    run.on_start(exporter.on_start)
+    with trio.fail_after(60):
+        result = await run.run()
+    _, body = exporter.render("")
+    found = [s for f in text_string_to_metric_families(body.decode()) for s in f.samples]
+
+    def values(name: str) -> list[float]:
+        return [s.value for s in found if s.name == name]
+
+    assert result.final.requests == target.stats.requests == 300
+    assert sum(values("ballista_requests_total")) == 300
+    assert values("ballista_request_duration_seconds_count") == [300.0]
+    labels = [tuple(sorted(s.labels.items())) for s in found if s.name == "ballista_requests_total"]
+    assert len(labels) == len(set(labels))  # no series twice: one exporter, the parent's
+    assert len(values("ballista_run_info")) == 1
+    assert values("ballista_connections_opened_total") == [3.0]
