@@ -303,3 +303,34 @@ async def test_prometheus_sees_one_set_of_series_with_every_worker_in_it(
     assert len(labels) == len(set(labels))  # no series twice: one exporter, the parent's
     assert len(values("ballista_run_info")) == 1
     assert values("ballista_connections_opened_total") == [3.0]
+
+
+async def test_the_daemon_runs_a_scenario_with_workers(
+    nursery: trio.Nursery, tmp_path: Path, target: RunningTarget
+) -> None:
+    from test_daemon import api, wait_status
+
+    from ballista.daemon.service import Daemon, ServeOptions
+
+    daemon = Daemon(ServeOptions(port=0, data_dir=tmp_path / "data", grace=1.0))
+    await nursery.start(daemon.serve)
+    port = daemon.port
+    assert port is not None
+    doc = {
+        "name": "w",
+        "workers": 2,
+        "base_url": f"http://127.0.0.1:{target.port}",
+        "defaults": {"interval": "200ms"},
+        "requests": [{"name": "home", "path": "/"}],
+        "load": {"concurrency": 3, "requests": 301},
+    }
+    status, bad = await api(port, "POST", "/api/runs", {**doc, "workers": 0})
+    assert (status, bad["field"]) == (400, "workers")
+    status, created = await api(port, "POST", "/api/runs", doc)
+    assert status == 201, created
+    final = await wait_status(port, created["id"], "finished", limit=60)
+    summary = final["summary"]
+    assert summary["requests"] == target.stats.requests == 301
+    assert summary["concurrency"]["configured"] == 3
+    _, with_points = await api(port, "GET", f"/api/runs/{created['id']}?points")
+    assert sum(p["requests"] for p in with_points["points"]) == 301

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from ballista.core.config import RequestSpec, RunConfig, parse_header, parse_met
 from ballista.core.controller import parse_statuses
 from ballista.core.durations import parse_duration, parse_share
 from ballista.core.errors import ConfigError
-from ballista.core.scenario import read_scenario_file
+from ballista.core.scenario import read_scenario_file, scenario_from_table
 from ballista.core.segment import parse_segment, parse_start_at
 from ballista.engine.engine import check_fd_limit
 from ballista.engine.run import Run
@@ -299,6 +301,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     # A --workers child: its segment's figures go to its parent on this file descriptor.
     scale_out.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # ...and a daemon run's child reads its scenario table on stdin.
+    scale_out.add_argument("--worker-scenario", action="store_true", help=argparse.SUPPRESS)
     outputs = p.add_argument_group("metrics and live stream")
     outputs.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
@@ -511,9 +515,37 @@ def outputs_from_args(ns: argparse.Namespace) -> Outputs:
     )
 
 
+def _read_line(fd: int) -> bytes:
+    """One line from `fd`, read byte by byte: nothing after it is taken from the pipe."""
+    out = bytearray()
+    while not out.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        out += byte
+    return bytes(out)
+
+
+def _daemon_worker_config(ns: argparse.Namespace) -> RunConfig:
+    """A daemon run's worker: the scenario table comes on stdin (one JSON line, with
+    what the daemon changed: a resumed run's remaining duration or requests)."""
+    doc = json.loads(_read_line(0))
+    base_dir = doc.get("base_dir")
+    scenario = scenario_from_table(
+        doc["scenario"], base_dir=Path(base_dir) if base_dir is not None else None
+    )
+    layer = Layer()
+    layer.set("segment", parse_segment(ns.segment), "--segment")
+    layer.set("start_at", parse_start_at(ns.start_at, now=time.time()), "--start-at")
+    for key in ("duration", "requests"):
+        if doc.get(key) is not None:
+            layer.set(key, doc[key], key)
+    return build_config(scenario, layer)
+
+
 def _worker_main(ns: argparse.Namespace) -> int:
     """A --workers child: its segment, reported to the parent; no outputs of its own."""
-    config = config_from_args(ns)
+    config = _daemon_worker_config(ns) if ns.worker_scenario else config_from_args(ns)
     fd = ns.worker_fd
 
     async def go() -> int:

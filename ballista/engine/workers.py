@@ -11,6 +11,7 @@ line, /metrics, the live stream, the timeline, thresholds. A child
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -129,6 +130,7 @@ class WorkersRun:
         abort_on_fail: bool = False,
         python: str = sys.executable,
         stall: float | None = None,
+        stdin_data: bytes | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("at least one worker")
@@ -142,6 +144,8 @@ class WorkersRun:
         self.started_at = dt.datetime.fromtimestamp(self.start_at, dt.UTC)
         self._child_args = list(child_args)
         self._python = python
+        #: written to each child's standard input first (the daemon's scenario)
+        self._stdin_data = stdin_data
         #: seconds of silence after which a running child counts as hung
         self.stall = (
             max(STALL_SECONDS, STALL_INTERVALS * config.interval) + config.timeout
@@ -299,6 +303,8 @@ class WorkersRun:
         finally:
             os.close(write_end)
         child = _Child(index, process)
+        if self._stdin_data is not None and process.stdin is not None:
+            await process.stdin.send_all(self._stdin_data)
         nursery.start_soon(self._follow, child, trio.lowlevel.FdStream(read_end))
         return child
 
@@ -447,13 +453,13 @@ class WorkersRun:
             )
         return notes
 
-    def _make_result(self, final: Snapshot) -> RunResult:
-        verdicts = self.verdicts(final)
+    def meta(self, final: Snapshot | None = None) -> RunMeta:
+        """What reports need besides the statistics; with `final`, the threshold verdicts too."""
         info = self._info
         ends = [c.end for c in self._children if c.end is not None]
         limits = [e["final_limit"] for e in ends if e.get("final_limit") is not None]
         durations = [float(e["duration"]) for e in ends if e.get("duration") is not None]
-        meta = RunMeta(
+        return RunMeta(
             target=redact_url(self.config),
             model=info.model if info is not None else self.config.load.model,
             protocol=info.protocol if info is not None else "-",
@@ -461,10 +467,14 @@ class WorkersRun:
             concurrency=info.concurrency if info is not None else None,
             connections=info.connections if info is not None else 0,
             final_limit=sum(int(x) for x in limits) if limits else None,
-            thresholds=verdicts,
+            thresholds=self.verdicts(final) if final is not None else [],
             notes=tuple(self._notes()),
             duration=max(durations) if durations else None,
         )
+
+    def _make_result(self, final: Snapshot) -> RunResult:
+        verdicts = self.verdicts(final)
+        meta = dataclasses.replace(self.meta(), thresholds=verdicts)
         extra: dict[str, Any] = {
             "workers": {
                 "count": self.workers,
@@ -475,7 +485,11 @@ class WorkersRun:
             }
         }
         return RunResult(
-            final=final, meta=meta, verdicts=verdicts, timeline=self.timeline, extra=extra
+            final=final,
+            meta=meta,
+            verdicts=verdicts,
+            timeline=self.timeline,
+            extra=extra,
         )
 
 
