@@ -251,6 +251,8 @@ async def test_a_worker_killed_is_reported_and_the_run_fails(
     # What the dead worker sent after its last report is lost; nothing is counted twice.
     assert 0 < doc["requests"] <= target.stats.requests
     assert any("incomplete" in n for n in doc["notes"])
+    # The parent stopped the other worker: no person's signal to speak of.
+    assert not any("signal" in n for n in doc["notes"])
 
 
 async def test_a_worker_that_hangs_is_killed_and_reported(target: RunningTarget) -> None:

@@ -43,6 +43,8 @@ from ballista.engine.run import Run, RunResult
 START_DELAY = 1.0
 #: ...plus this much per child beyond one per core (they start up in turns).
 START_DELAY_PER_EXTRA = 0.3
+#: The note a child's engine adds when a signal stopped it.
+SIGNAL_NOTE = "stopped early by a signal; figures cover what was done"
 #: A message from a child longer than this is a broken child, not a snapshot.
 MAX_MESSAGE = 64 * 1024 * 1024
 #: Messages a child queues for a parent that does not read them before it stops.
@@ -433,6 +435,13 @@ class WorkersRun:
     def _notes(self) -> list[str]:
         """The children's notes: once when every child says it, else each with its worker."""
         ends = [(c.index, c.end) for c in self._children if c.end is not None]
+        if not self.interrupted:
+            # The parent stopped them (a lost worker, --abort-on-fail, the daemon) with
+            # SIGTERM: not a person's signal, which is what the children's note says.
+            ends = [
+                (i, {**e, "notes": [n for n in e.get("notes") or () if n != SIGNAL_NOTE]})
+                for i, e in ends
+            ]
         counts: dict[str, int] = {}
         for _, end in ends:
             for note in dict.fromkeys(end.get("notes") or ()):
