@@ -217,3 +217,20 @@ async def test_merge_of_real_processes_counts_what_the_target_saw(
     parts = [json.loads(await trio.Path(p).read_text()) for p in paths]
     assert doc["latency_s"]["max"] == max(p["latency_s"]["max"] for p in parts)
     assert sum(p["requests"] for p in doc["timeline"]["points"]) == 400
+
+
+def test_segments_started_milliseconds_apart_share_their_points() -> None:
+    recs = [Recorder(SPECS, start=0.0) for _ in range(2)]
+    timelines = [Timeline(), Timeline()]
+    samples = _samples(400, seed=2)
+    for tick in range(4):
+        for i, sample in enumerate(samples[tick * 100 : (tick + 1) * 100]):
+            recs[i % 2].request_started()
+            recs[i % 2].record(sample)
+        # Ticks wake a little late, each process by its own amount; the last one is partial.
+        for j, (rec, timeline) in enumerate(zip(recs, timelines, strict=True)):
+            now = tick + 1 + 0.004 * (j + 1) - (0.6 if tick == 3 else 0.0)
+            timeline.add(rec.snapshot(now, final=tick == 3))
+    merged = merge_timelines([(0.0, timelines[0]), (0.003, timelines[1])])
+    assert [p.requests for p in merged.points] == [100, 100, 100, 100]
+    assert [round(p.t, 3) for p in merged.points] == [1.011, 2.011, 3.011, 3.411]

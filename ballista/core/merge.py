@@ -8,6 +8,7 @@ the samples. The cost is O(histogram buckets) per part, never O(requests).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -461,13 +462,16 @@ def merge_timelines(
         p.span for _, tl in timelines for p in tl.points
     ]
     step = max(spans) if spans else 0.0
+    slack = min(spans) / 4 if spans else 0.0
     buckets: dict[int, TimelinePoint] = {}
     for offset, timeline in timelines:
         mine: dict[int, TimelinePoint] = {}
         for point in timeline.points:
             moved = replace(point, t=point.t + offset)
-            # 1e-6: a point ending exactly on a grid line belongs to the step it closes
-            key = int((moved.t - 1e-6) // step) if step > 0 else 0
+            # A point belongs to the grid step it ends in; one ending up to a quarter
+            # of an interval past a grid line (a tick a little late, segments started
+            # milliseconds apart) belongs to the step that line closes.
+            key = math.ceil((moved.t - slack) / step) if step > 0 else 0
             mine[key] = mine[key].then(moved) if key in mine else moved
         for key, point in mine.items():
             buckets[key] = buckets[key].plus(point) if key in buckets else point
@@ -551,6 +555,12 @@ def merge_summaries(parts: Sequence[SummaryPart], *, partial: bool = False) -> M
     starts = [started_at(p.doc, p.where) for p in parts]
     first = min(starts)
     offsets = [(s - first).total_seconds() for s in starts]
+    precise = [p.doc.get("started_at_unix") for p in parts]
+    if all(isinstance(x, int | float) and not isinstance(x, bool) for x in precise):
+        # To the microsecond: segments started together differ by milliseconds.
+        unix = [float(x) for x in precise]  # type: ignore[arg-type]
+        offsets = [x - min(unix) for x in unix]
+        first = dt.datetime.fromtimestamp(min(unix), dt.UTC)
     durations = [_float(p.doc, "duration_s", p.where) for p in parts]
     duration = max(o + d for o, d in zip(offsets, durations, strict=True))
     elapsed = max(o + s.elapsed for o, s in zip(offsets, snaps, strict=True))
