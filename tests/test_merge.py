@@ -7,6 +7,7 @@ import functools
 import json
 import random
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -234,3 +235,28 @@ def test_segments_started_milliseconds_apart_share_their_points() -> None:
     merged = merge_timelines([(0.0, timelines[0]), (0.003, timelines[1])])
     assert [p.requests for p in merged.points] == [100, 100, 100, 100]
     assert [round(p.t, 3) for p in merged.points] == [1.011, 2.011, 3.011, 3.411]
+
+
+async def test_segments_run_as_processes_merge_to_what_the_target_saw(
+    target: RunningTarget, tmp_path: Path
+) -> None:
+    start = f"{time.time() + 1.5:.3f}"
+    paths = [str(tmp_path / f"seg{i}.json") for i in range(3)]
+    async with trio.open_nursery() as nursery:
+        for i, path in enumerate(paths):
+            argv = [sys.executable, "-m", "ballista", "run", target.url, "-c", "5", "-n", "500"]
+            argv += ["--segment", f"{i}/3", "--start-at", start, "-q", "--json", path]
+            nursery.start_soon(functools.partial(trio.run_process, argv))
+    out = tmp_path / "merged.json"
+    assert main(["merge", *paths, "-q", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["requests"] == target.stats.requests == 500
+    assert doc["concurrency"]["configured"] == 5
+    assert doc["merged"]["segments"] == [0, 1, 2]
+    parts = [json.loads(await trio.Path(p).read_text()) for p in paths]
+    # The union of the segments' windows (a segment started late, on a busy machine,
+    # makes it longer than the longest segment).
+    first = min(p["started_at_unix"] for p in parts)
+    end = max(p["started_at_unix"] + p["duration_s"] for p in parts)
+    assert doc["duration_s"] == pytest.approx(end - first, abs=1e-5)
+    assert doc["started_at_unix"] == first
