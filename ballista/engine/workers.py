@@ -29,6 +29,7 @@ import trio
 from ballista.core.config import DEFAULT_GRACE, RunConfig
 from ballista.core.errors import EXIT_INTERNAL, BallistaError
 from ballista.core.merge import Rounds
+from ballista.core.recorder import Recorder
 from ballista.core.redact import redact_url
 from ballista.core.runmeta import RunMeta
 from ballista.core.snapshot import Snapshot
@@ -244,6 +245,14 @@ class WorkersRun:
                         child.process.kill()
                         child.code = await child.process.wait()
         final = self._rounds.final
+        if final is None and not self._outcome.lost:
+            # Stopped before any worker reported: a run of nothing, as one process has.
+            final = Recorder(
+                self.config.requests,
+                track_service_time=self.config.load.model == "open",
+                start=0.0,
+            ).snapshot(0.0, final=True)
+            self._deliver([final])
         if final is not None:
             self._result = self._make_result(final)
         lost = self._outcome.lost
@@ -338,7 +347,11 @@ class WorkersRun:
         if child.process.stdin is not None:
             await child.process.stdin.aclose()
         child.code = await child.process.wait()
-        if broken is None and child.code != 0:
+        if broken is None and child.code == -signal.SIGTERM and child.signals_sent:
+            # Stopped by this parent before its own handlers were set up: it had
+            # sent nothing yet, and was asked to send nothing more.
+            pass
+        elif broken is None and child.code != 0:
             broken = _how(child.code)
         elif broken is None and child.end is None:
             broken = "closed its pipe without its final figures"
@@ -454,6 +467,8 @@ class WorkersRun:
                         notes.append(note)
                 else:
                     notes.append(f"worker {index}/{self.workers}: {note}")
+        if self.interrupted and SIGNAL_NOTE not in notes:
+            notes.append(SIGNAL_NOTE)  # stopped before a worker could say so itself
         for lost in self._outcome.lost:
             last = None if lost.last_report is None else self._rounds.last(lost.index)
             notes.append(
