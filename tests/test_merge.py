@@ -193,6 +193,11 @@ def test_merge_refuses_what_cannot_merge(
     for argv, needle in cases:
         assert main(["merge", *argv]) == 2, needle
         assert needle in _one_error(capsys)
+    whole = _write(
+        tmp_path, "whole.json", json.loads(Path(paths[0]).read_text()) | {"segment": None}
+    )
+    assert main(["merge", whole, whole]) == 2
+    assert "are the same run" in _one_error(capsys)
     assert main(["merge", paths[0], paths[2], "--partial", "--json", "-", "-q"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["merged"]["missing"] == [1]

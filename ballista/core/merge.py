@@ -8,6 +8,7 @@ the samples. The cost is O(histogram buckets) per part, never O(requests).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -401,6 +402,18 @@ def check_segments(parts: Sequence[SummaryPart], *, partial: bool) -> dict[str, 
                 )
     merged: dict[str, Any] = {"summaries": len(parts)}
     if not with_segment:
+        # The same run given twice would count twice: refuse it as a segment twice is.
+        seen_runs: dict[tuple[Any, ...], str] = {}
+        for part in parts:
+            run_key = tuple(
+                json.dumps(part.doc.get(k), sort_keys=True)
+                for k in ("started_at_unix", "started_at", "duration_s", "requests", "histograms")
+            )
+            if run_key in seen_runs:
+                raise ConfigError(
+                    f"{part.where} and {seen_runs[run_key]} are the same run: each run counts once"
+                )
+            seen_runs[run_key] = part.where
         return merged
     if len(with_segment) != len(parts):
         lone = next(p for p, s in zip(parts, segments, strict=True) if s is None)
