@@ -102,6 +102,8 @@ class _Child:
 
 @dataclass(frozen=True, slots=True)
 class LostWorker:
+    """A worker that died, hung or failed: which, and how."""
+
     index: int
     pid: int
     how: str
@@ -109,18 +111,14 @@ class LostWorker:
     last_report: float | None = None
 
 
-@dataclass
-class _Outcome:
-    lost: list[LostWorker] = field(default_factory=list)
-
-
 class WorkersRun:
     """One run of one configuration as `workers` processes; the parent's side.
 
     Build, attach sinks, then `await run()` once: the same surface as `Run`,
-    so the outputs of `ballista run` attach to it unchanged. `child_args` is
-    the `ballista run` command line of the whole test (without --workers); each
-    child gets it with `--segment i/N --start-at T` and the pipe to report on.
+    so the outputs of `ballista run` attach to it unchanged. `child_args` are
+    the `ballista run` arguments of the whole test (a child ignores --workers);
+    each child gets them with `--segment i/N --start-at T` and the pipe to
+    report on.
     """
 
     def __init__(
@@ -164,7 +162,8 @@ class WorkersRun:
         self._rounds = Rounds(workers)
         self._children: list[_Child] = []
         self._info: RunInfo | None = None
-        self._outcome = _Outcome()
+        #: workers lost so far, in the order they were
+        self.lost: list[LostWorker] = []
         self._stopping = 0
         self.interrupted = False
         self._signalled = trio.Event()
@@ -245,7 +244,7 @@ class WorkersRun:
                         child.process.kill()
                         child.code = await child.process.wait()
         final = self._rounds.final
-        if final is None and not self._outcome.lost:
+        if final is None and not self.lost:
             # Stopped before any worker reported: a run of nothing, as one process has.
             final = Recorder(
                 self.config.requests,
@@ -255,7 +254,7 @@ class WorkersRun:
             self._deliver([final])
         if final is not None:
             self._result = self._make_result(final)
-        lost = self._outcome.lost
+        lost = self.lost
         if lost:
             raise WorkerLost(self._lost_message(lost))
         assert self._result is not None
@@ -404,7 +403,7 @@ class WorkersRun:
             return
         child.lost = how
         last = self._rounds.last(child.index)
-        self._outcome.lost.append(
+        self.lost.append(
             LostWorker(
                 index=child.index,
                 pid=child.process.pid,
@@ -469,7 +468,7 @@ class WorkersRun:
                     notes.append(f"worker {index}/{self.workers}: {note}")
         if self.interrupted and SIGNAL_NOTE not in notes:
             notes.append(SIGNAL_NOTE)  # stopped before a worker could say so itself
-        for lost in self._outcome.lost:
+        for lost in self.lost:
             last = None if lost.last_report is None else self._rounds.last(lost.index)
             notes.append(
                 self._describe(lost.index, lost.pid, lost.how, last)
@@ -504,7 +503,7 @@ class WorkersRun:
                 "count": self.workers,
                 "lost": [
                     {"index": w.index, "pid": w.pid, "how": w.how, "last_report_s": w.last_report}
-                    for w in self._outcome.lost
+                    for w in self.lost
                 ],
             }
         }
