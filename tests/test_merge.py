@@ -63,7 +63,7 @@ def _samples(n: int, seed: int) -> list[Sample]:
 def _summaries(n: int, samples: list[Sample], intervals: int = 6) -> list[dict[str, Any]]:
     """Deal the samples round-robin to n recorders, snapshotting each second, as
     n segments of one test would see them."""
-    recorders = [Recorder(SPECS, start=0.0) for _ in range(n)]
+    recorders = [Recorder(SPECS, track_service_time=True, start=0.0) for _ in range(n)]
     timelines = [Timeline() for _ in recorders]
     per = len(samples) // intervals
     docs = []
@@ -104,6 +104,7 @@ def test_merged_summary_is_exactly_one_process(parts: int) -> None:
     merged = _merged_doc(split)
     assert merged["requests"] == 6_000
     assert merged["latency_s"]["p99"] > 0
+    assert merged["service_time_s"]["p99"] > 0
     assert _without_bounds(merged) == _without_bounds(whole)
 
 

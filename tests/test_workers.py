@@ -336,3 +336,20 @@ async def test_the_daemon_runs_a_scenario_with_workers(
     assert summary["concurrency"]["configured"] == 3
     _, with_points = await api(port, "GET", f"/api/runs/{created['id']}?points")
     assert sum(p["requests"] for p in with_points["points"]) == 301
+
+
+async def test_abort_on_fail_stops_every_worker_and_exits_1(
+    target: RunningTarget, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.json"
+    argv = ["run", target.url, "-c", "4", "-d", "60s", "--workers", "2", "-q"]
+    with trio.fail_after(45):
+        done = await _ballista(
+            *argv, "--threshold", "max<1us", "--abort-on-fail", "--json", str(out)
+        )
+    assert done.returncode == 1, done.stderr.decode()
+    doc = json.loads(out.read_text())
+    assert doc["requests"] == target.stats.requests > 0
+    assert doc["thresholds"][0]["ok"] is False
+    assert doc["workers"]["lost"] == []
+    assert doc["duration_s"] < 30
