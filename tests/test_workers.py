@@ -353,3 +353,18 @@ async def test_abort_on_fail_stops_every_worker_and_exits_1(
     assert doc["thresholds"][0]["ok"] is False
     assert doc["workers"]["lost"] == []
     assert doc["duration_s"] < 30
+
+
+async def test_open_model_workers_send_the_one_process_schedule(
+    target: RunningTarget, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.json"
+    argv = ["run", target.url, "-r", "300", "-d", "2s", "--workers", "3", "--json", str(out), "-q"]
+    done = await _ballista(*argv)
+    assert done.returncode == 0, done.stderr.decode()
+    doc = json.loads(out.read_text())
+    # 300/s for 2 s: 600 arrivals, 200 for each worker, none twice, none missing.
+    assert doc["requests"] + doc["dropped"] == 600
+    assert doc["requests"] == target.stats.requests
+    assert doc["model"] == "open"
+    assert doc["service_time_s"]["p50"] > 0
