@@ -137,6 +137,12 @@ def _kube() -> _Command:
     return kube
 
 
+def _merge() -> _Command:
+    from ballista.cli import merge
+
+    return merge
+
+
 def _runs() -> _Command:
     from ballista.cli import runs
 
@@ -149,6 +155,7 @@ _DELEGATED: dict[str, tuple[str, Callable[[], _Command]]] = {
     "serve": ("daemon: soak tests, API, metrics, live stream", _serve),
     "runs": ("talk to a daemon: list, start, show, stop runs", _runs),
     "kube": ("Kubernetes: render a segmented test's manifests, collect its summaries", _kube),
+    "merge": ("one summary from the JSON summaries of a test's segments", _merge),
 }
 
 
@@ -173,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     try:
         ns = parser.parse_args(argv)
+        # The command line as given: `run --workers` hands it to its children.
+        ns.argv = list(sys.argv[1:] if argv is None else argv)
         if ns.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE

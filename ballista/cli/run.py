@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,10 +18,11 @@ from ballista.core.config import RequestSpec, RunConfig, parse_header, parse_met
 from ballista.core.controller import parse_statuses
 from ballista.core.durations import parse_duration, parse_share
 from ballista.core.errors import ConfigError
-from ballista.core.scenario import read_scenario_file
+from ballista.core.scenario import read_scenario_file, scenario_from_table
 from ballista.core.segment import parse_segment, parse_start_at
 from ballista.engine.engine import check_fd_limit
 from ballista.engine.run import Run
+from ballista.engine.workers import WorkersRun, report_to_parent, usable_cores
 from ballista.observe.outputs import Outputs, run_with_outputs
 from ballista.observe.summary import check_output_path
 from ballista.transport.connect import check_ca_file
@@ -45,6 +48,13 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
     return value
+
+
+def workers_arg(text: str) -> int:
+    """argparse type of --workers: a whole number >= 1, or `auto` (one per usable core)."""
+    if text.strip().lower() == "auto":
+        return usable_cores()
+    return positive_int(text)
 
 
 def duration_arg(text: str) -> float:
@@ -280,6 +290,19 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="start at this instant (ISO 8601 with a zone, or Unix seconds), so that "
         "segments start together; -d counts from it",
     )
+    scale_out = p.add_argument_group("workers (docs/scale-out.md)")
+    scale_out.add_argument(
+        "--workers",
+        type=workers_arg,
+        default=None,
+        metavar="N|auto",
+        help="run the test as N processes on this machine (auto: one per usable core), "
+        "with one live view, one summary and one /metrics",
+    )
+    # A --workers child: its segment's figures go to its parent on this file descriptor.
+    scale_out.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # ...and a daemon run's child reads its scenario table on stdin.
+    scale_out.add_argument("--worker-scenario", action="store_true", help=argparse.SUPPRESS)
     outputs = p.add_argument_group("metrics and live stream")
     outputs.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
@@ -492,7 +515,81 @@ def outputs_from_args(ns: argparse.Namespace) -> Outputs:
     )
 
 
+def _read_line(fd: int) -> bytes:
+    """One line from `fd`, read byte by byte: nothing after it is taken from the pipe."""
+    out = bytearray()
+    while not out.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        out += byte
+    return bytes(out)
+
+
+def _daemon_worker_config(ns: argparse.Namespace) -> RunConfig:
+    """A daemon run's worker: the scenario table comes on stdin (one JSON line, with
+    what the daemon changed: a resumed run's remaining duration or requests)."""
+    doc = json.loads(_read_line(0))
+    base_dir = doc.get("base_dir")
+    scenario = scenario_from_table(
+        doc["scenario"], base_dir=Path(base_dir) if base_dir is not None else None
+    )
+    layer = Layer()
+    layer.set("segment", parse_segment(ns.segment), "--segment")
+    layer.set("start_at", parse_start_at(ns.start_at, now=time.time()), "--start-at")
+    for key in ("duration", "requests"):
+        if doc.get(key) is not None:
+            layer.set(key, doc[key], key)
+    return build_config(scenario, layer)
+
+
+def _worker_main(ns: argparse.Namespace) -> int:
+    """A --workers child: its segment, reported to the parent; no outputs of its own."""
+    config = _daemon_worker_config(ns) if ns.worker_scenario else config_from_args(ns)
+    fd = ns.worker_fd
+
+    async def go() -> int:
+        return await report_to_parent(Run(config), fd)
+
+    return trio.run(go)
+
+
+def _workers_main(ns: argparse.Namespace) -> int:
+    """--workers N: the parent of N segment processes, with the outputs of one run."""
+    workers: int = ns.workers
+    if getattr(ns, "segment", None) is not None:
+        raise ConfigError(
+            "--workers runs the segments of the test itself: not with --segment "
+            "(run one process per segment instead)"
+        )
+    if ns.sequential:
+        raise ConfigError(
+            "--sequential is one request at a time over one connection: not with --workers"
+        )
+    config = config_from_args(ns)
+    # Refused here, in one line, rather than by every child: a share that cannot be
+    # cut (the last segment's is the smallest) or does not fit (the first's is the largest).
+    seg = argparse.Namespace(**vars(ns))
+    for index in sorted({0, workers - 1}):
+        seg.segment = f"{index}/{workers}"
+        check_fd_limit(config_from_args(seg))
+    outputs = outputs_from_args(ns)
+    argv: list[str] = list(getattr(ns, "argv", None) or sys.argv[1:])
+    child_args = argv[argv.index("run") + 1 :] if "run" in argv else argv
+
+    async def go() -> int:
+        run = WorkersRun(config, child_args, workers, abort_on_fail=ns.abort_on_fail)
+        _, code = await run_with_outputs(run, outputs, stdout=sys.stdout, stderr=sys.stderr)
+        return code
+
+    return trio.run(go)
+
+
 def main(ns: argparse.Namespace) -> int:
+    if ns.worker_fd is not None:
+        return _worker_main(ns)
+    if ns.workers is not None:
+        return _workers_main(ns)
     config = config_from_args(ns)
     check_fd_limit(config)
     outputs = outputs_from_args(ns)

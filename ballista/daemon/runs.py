@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import time
 import uuid
@@ -21,6 +22,7 @@ from ballista.core.config import RunConfig
 from ballista.core.errors import ConfigError
 from ballista.core.redact import redact_url
 from ballista.core.runmeta import RunMeta
+from ballista.core.segment import Segment, split_config
 from ballista.core.snapshot import Snapshot
 from ballista.daemon.history import History, IntervalQueue
 from ballista.daemon.scenarios import (
@@ -29,10 +31,12 @@ from ballista.daemon.scenarios import (
     load_daemon_config,
     redact_scenario,
     split_daemon_keys,
+    workers_of,
 )
 from ballista.daemon.store import Point, RunRow
-from ballista.engine.engine import Engine, SnapshotSink
+from ballista.engine.engine import SnapshotSink
 from ballista.engine.run import Run
+from ballista.engine.workers import WorkersRun
 from ballista.observe.summary import summary_dict
 
 log = logging.getLogger("ballista.daemon")
@@ -66,6 +70,8 @@ class RunHandle:
         restart: bool,
         segment: int,
         history: History,
+        workers: int = 1,
+        worker_input: bytes | None = None,
     ) -> None:
         self.id = run_id
         self.config = config
@@ -74,8 +80,10 @@ class RunHandle:
         self.restart = restart
         self.segment = segment
         self.started_at = dt.datetime.now(dt.UTC)
-        self.run: Run | None = None
-        self.engine: Engine | None = None
+        self.run: Run | WorkersRun | None = None
+        #: processes the run is cut into (a scenario's `workers`), and what each is told
+        self.workers = workers
+        self.worker_input = worker_input
         self.exporter: Any = None
         self.hub: Any = None
         self.end_status: str | None = None
@@ -212,12 +220,28 @@ class Runs:
         remaining = await self._remaining(row, config)
         if remaining is None:
             return None
-        await self._launch(row.id, remaining, row.scenario, row.source, restart=True, resume=True)
+        boot = boot_names.get(row.name) if row.source == "config" else None
+        await self._launch(
+            row.id,
+            remaining,
+            row.scenario,
+            row.source,
+            restart=True,
+            resume=True,
+            base_dir=None if boot is None else boot.path.parent,
+        )
         return config.scenario
 
     async def _start_boot(self, b: BootRun) -> RunHandle:
-        doc = {**b.doc, "restart": b.restart}
-        return await self._launch(uuid.uuid4().hex[:12], b.config, doc, "config", restart=b.restart)
+        doc = {**b.doc, "restart": b.restart, "workers": b.workers}
+        return await self._launch(
+            uuid.uuid4().hex[:12],
+            b.config,
+            doc,
+            "config",
+            restart=b.restart,
+            base_dir=b.path.parent,
+        )
 
     async def _remaining(self, row: RunRow, config: RunConfig) -> RunConfig | None:
         """What is left of an interrupted run: its duration (or request count) minus
@@ -269,6 +293,7 @@ class Runs:
         *,
         restart: bool,
         resume: bool = False,
+        base_dir: Path | None = None,
     ) -> RunHandle:
         nursery = self._nursery
         assert nursery is not None
@@ -283,8 +308,19 @@ class Runs:
             )
         # Built before it is stored: whatever the engine refuses is refused here,
         # and nothing is left on disk marked running that never ran.
+        workers = workers_of(doc)
+        worker_input = None
+        if workers > 1:
+            worker_input = _worker_input(doc, config, base_dir, workers)
         handle = RunHandle(
-            run_id, config, source=source, restart=restart, segment=1, history=self.history
+            run_id,
+            config,
+            source=source,
+            restart=restart,
+            segment=1,
+            history=self.history,
+            workers=workers,
+            worker_input=worker_input,
         )
         try:
             self._build(handle)
@@ -335,9 +371,18 @@ class Runs:
         from ballista.observe.metrics import MetricsExporter
 
         config = handle.config
-        run = Run(config, run_id=handle.id, started_at=handle.started_at)
+        run: Run | WorkersRun
+        if handle.workers > 1:
+            run = WorkersRun(
+                config,
+                ["--worker-scenario"],
+                handle.workers,
+                run_id=handle.id,
+                stdin_data=handle.worker_input,
+            )
+        else:
+            run = Run(config, run_id=handle.id, started_at=handle.started_at)
         handle.run = run
-        handle.engine = run.engine
         # Its own throwaway registry: the daemon's AllRuns collects it.
         handle.exporter = MetricsExporter(config, run_id=handle.id, registry=CollectorRegistry())
         handle.hub = LiveHub(config, run_id=handle.id, started_at=handle.started_at)
@@ -394,13 +439,13 @@ class Runs:
 
     def stop_run(self, run_id: str, *, status: str = "stopped", reason: str = "stopped") -> None:
         handle = self.runs.get(run_id)
-        if handle is None or not handle.active or handle.engine is None:
+        if handle is None or not handle.active or handle.run is None:
             raise RunRefused("inactive", f"run {run_id} is not active")
         if handle.end_status is None:
             handle.end_status, handle.end_reason = status, reason
-            handle.engine.stop(grace=self.grace)
+            handle.run.stop(grace=self.grace)
         else:
-            handle.engine.stop(grace=0)
+            handle.run.stop(grace=0)
 
     async def shutdown(self) -> None:
         """Stop every run gracefully (bounded by the grace), write everything."""
@@ -415,8 +460,8 @@ class Runs:
     def stop_now(self) -> None:
         """A second signal: in-flight requests are not waited for."""
         for h in self.active_runs():
-            if h.engine is not None:
-                h.engine.stop(grace=0)
+            if h.run is not None:
+                h.run.stop(grace=0)
 
     async def reload(self, path: Path | None) -> None:
         """SIGHUP: re-read --config. New scenarios start, removed ones stop, changed
@@ -433,12 +478,26 @@ class Runs:
         by_name = {h.name: h for h in self.active_runs() if h.source == "config"}
         for name, h in by_name.items():
             b = wanted.get(name)
-            if b is None or b.doc != self._boot.get(name, b).doc or b.restart != h.restart:
+            old_boot = self._boot.get(name, b)
+            if (
+                b is None
+                or old_boot is None
+                or (b.doc, b.restart, b.workers)
+                != (
+                    old_boot.doc,
+                    h.restart,
+                    old_boot.workers,
+                )
+            ):
                 self.stop_run(h.id, reason="config reloaded")
         for name, b in wanted.items():
             old = self._boot.get(name)
             running = by_name.get(name)
-            changed = old is None or old.doc != b.doc or old.restart != b.restart
+            changed = old is None or (old.doc, old.restart, old.workers) != (
+                b.doc,
+                b.restart,
+                b.workers,
+            )
             if not changed:
                 continue
             if running is not None:
@@ -453,6 +512,28 @@ class Runs:
                 continue
         self._boot = dict(wanted)
         log.info("SIGHUP: config reloaded (%d runs)", len(wanted))
+
+
+def _worker_input(
+    doc: Mapping[str, Any], config: RunConfig, base_dir: Path | None, workers: int
+) -> bytes:
+    """What each worker of a daemon run reads on its stdin: the scenario table, where
+    its files are, and what the daemon changed (a resumed run's remaining duration or
+    requests). ConfigError now, once, if the test cannot be cut in `workers`."""
+    if config.load.model == "sequential":
+        raise ConfigError(
+            "workers: the sequential model is one request at a time: it runs in one process",
+            key="workers",
+        )
+    split_config(config, Segment(workers - 1, workers))
+    table = split_daemon_keys(doc)[0]
+    line = {
+        "scenario": table,
+        "base_dir": None if base_dir is None else str(base_dir),
+        "duration": config.load.duration,
+        "requests": config.load.requests,
+    }
+    return (json.dumps(line) + "\n").encode()
 
 
 def _reason(exc: BaseException) -> str:

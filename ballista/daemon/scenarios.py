@@ -14,9 +14,12 @@ from ballista.core.config import RunConfig
 from ballista.core.errors import ConfigError
 from ballista.core.redact import redact_header, redact_target
 from ballista.core.scenario import read_scenario_file, scenario_from_table
+from ballista.engine.workers import usable_cores
 
 #: Keys of a scenario that belong to the daemon, not to the run.
-DAEMON_KEYS = ("restart",)
+DAEMON_KEYS = ("restart", "workers")
+#: `workers` above this is a slip, not a plan (each is a process).
+MAX_WORKERS = 1024
 
 
 def split_daemon_keys(doc: Mapping[str, Any], label: str = "") -> tuple[dict[str, Any], bool]:
@@ -27,6 +30,21 @@ def split_daemon_keys(doc: Mapping[str, Any], label: str = "") -> tuple[dict[str
         where = f"{label}: restart" if label else "restart"
         raise ConfigError(f"{where}: must be true or false", key="restart")
     return rest, restart
+
+
+def workers_of(doc: Mapping[str, Any], label: str = "") -> int:
+    """A scenario's `workers`: how many processes run it (`ballista run --workers`);
+    1 when absent, one per usable core for "auto"."""
+    value = doc.get("workers", 1)
+    if value == "auto":
+        return usable_cores()
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        where = f"{label}: workers" if label else "workers"
+        raise ConfigError(
+            f'{where}: must be a whole number from 1 to {MAX_WORKERS} or "auto", not {value!r}',
+            key="workers",
+        )
+    return value
 
 
 def config_from_mapping(doc: Mapping[str, Any], *, label: str = "") -> RunConfig:
@@ -103,6 +121,8 @@ class BootRun:
     restart: bool
     doc: dict[str, Any]
     config: RunConfig
+    #: `workers` of its [[runs]] entry: processes that run it (an int, or "auto")
+    workers: int | str = 1
 
 
 def load_daemon_config(path: Path) -> list[BootRun]:
@@ -127,9 +147,13 @@ def load_daemon_config(path: Path) -> list[BootRun]:
         where = f"{path.name}: runs[{i}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: must be a table")
-        extra = [k for k in entry if k not in ("scenario", "restart")]
+        extra = [k for k in entry if k not in ("scenario", "restart", "workers")]
         if extra:
-            raise ConfigError(f"{where}.{extra[0]}: unknown key (expected: scenario, restart)")
+            raise ConfigError(
+                f"{where}.{extra[0]}: unknown key (expected: scenario, restart, workers)"
+            )
+        workers = entry.get("workers", 1)
+        workers_of(entry, where)
         scenario = entry.get("scenario")
         if not isinstance(scenario, str) or not scenario:
             raise ConfigError(f"{where}.scenario: must be the path of a scenario file")
@@ -142,5 +166,5 @@ def load_daemon_config(path: Path) -> list[BootRun]:
         doc, config = config_from_file(spath)
         if any(r.name == config.scenario for r in out):
             raise ConfigError(f"{where}: scenario name {config.scenario!r} is used twice")
-        out.append(BootRun(config.scenario, spath, restart, doc, config))
+        out.append(BootRun(config.scenario, spath, restart, doc, config, workers))
     return out

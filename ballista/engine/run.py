@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ballista.core.config import RunConfig
 from ballista.core.controller import AimdController
@@ -32,10 +32,35 @@ class RunResult:
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     #: the run over time, one point per interval (bounded)
     timeline: Timeline | None = None
+    #: keys the JSON summary adds for this kind of run (`workers`)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def thresholds_passed(self) -> bool:
         return all(v["ok"] for v in self.verdicts)
+
+
+class RunLike(Protocol):
+    """What outputs attach to: a `Run`, or the parent of `--workers` (`WorkersRun`)."""
+
+    config: RunConfig
+    id: str
+    started_at: dt.datetime
+
+    @property
+    def interrupted(self) -> bool: ...
+
+    def add_sink(self, sink: SnapshotSink) -> None: ...
+
+    def on_start(self, callback: Callable[[RunInfo], None]) -> None: ...
+
+    def signal(self) -> None: ...
+
+    async def wait_for_signal(self) -> None: ...
+
+    async def run(self) -> RunResult: ...
+
+    def partial_result(self) -> RunResult | None: ...
 
 
 class Run:

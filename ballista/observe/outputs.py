@@ -16,7 +16,7 @@ import trio
 from ballista.core.durations import format_duration
 from ballista.core.errors import EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE
 from ballista.core.segment import iso_instant
-from ballista.engine.run import Run
+from ballista.engine.run import RunLike
 from ballista.observe.summary import LiveLine, format_summary, summary_dict, write_json
 
 #: Default time /metrics stays up after a run: two scrapes at a 5 s interval.
@@ -37,7 +37,7 @@ class Outputs:
 
 
 async def _watch_signals(
-    run: Run, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    run: RunLike, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """First SIGINT/SIGTERM: stop sending and let in-flight requests finish; second: stop now."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -77,7 +77,7 @@ async def _announce_start(at: float, started: trio.Event, out: TextIO, live: boo
 
 
 async def run_with_outputs(
-    run: Run, outputs: Outputs, *, stdout: TextIO, stderr: TextIO
+    run: RunLike, outputs: Outputs, *, stdout: TextIO, stderr: TextIO
 ) -> tuple[dict[str, Any], int]:
     """Run to the end with the outputs attached: (JSON summary, exit code)."""
     config = run.config
@@ -140,6 +140,7 @@ async def run_with_outputs(
         if not result.thresholds_passed:
             exit_code = EXIT_THRESHOLD
         doc = summary_dict(result.final, result.meta, result.timeline)
+        doc.update(result.extra)
         if not outputs.quiet:
             text_out.write(format_summary(result.final, result.meta))
             text_out.flush()

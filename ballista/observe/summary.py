@@ -56,6 +56,8 @@ def summary_dict(snap: Snapshot, meta: RunMeta, timeline: Timeline | None = None
         "model": meta.model,
         "protocol": meta.protocol,
         "started_at": iso_utc(meta.started_at),
+        # the same instant to the microsecond: `ballista merge` aligns segments by it
+        "started_at_unix": round(meta.started_at.timestamp(), 6),
         "duration_s": round(meta.duration_of(snap), 6),
         "requests": snap.requests,
         "responses": snap.responses,
