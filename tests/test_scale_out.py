@@ -7,6 +7,7 @@ and the open model's rate must hold."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from prom import Prometheus
 from servers import RunningTarget
 
 from ballista.cli.main import main
+from ballista.core.histogram import Histogram
 from ballista.kube.collect import Pod, collect
 from ballista.kube.manifests import SCENARIO_DIR
 
@@ -102,6 +104,27 @@ async def test_segments_as_pods_add_up_to_one_test(
             name: sum(d["requests_by_name"][name]["requests"] for d in docs)
             for name in ("home", "item")
         }
+
+        # `ballista merge` of the collected files: one test, exactly.
+        results = tmp_path / "results"
+        results.mkdir()
+        for i, doc in enumerate(docs):
+            (results / f"segment-{i}.json").write_text(json.dumps(doc))
+        merge = [sys.executable, "-m", "ballista", "merge", "--json", "-", "-q"]
+        merge += sorted(str(p) for p in results.iterdir())
+        done = await trio.run_process(merge, capture_stdout=True, capture_stderr=True, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        merged = json.loads(done.stdout)
+        assert merged["requests"] == target.stats.requests == requests
+        assert merged["requests"] + merged["dropped"] == RATE * DURATION
+        assert merged["rps"] == pytest.approx(RATE, rel=0.01)
+        assert merged["merged"]["segments"] == list(range(SEGMENTS))
+        assert {n: r["requests"] for n, r in merged["requests_by_name"].items()} == by_name
+        # Its percentiles are those of every request's latency together.
+        union = Histogram()
+        for doc in docs:
+            union.merge(Histogram.from_dict(doc["histograms"]["latency"]))
+        assert merged["latency_s"]["p99"] == pytest.approx(union.percentile(99.0), abs=1e-9)
 
         # Prometheus, scraping every pod, sums to the same figures.
         now = time.time()
