@@ -6,6 +6,8 @@ Interval rows are downsampled as a run gets long: each resolution level keeps
 at most `points_per_level` rows, and the two oldest rows of a full level merge
 into one row of the next level (twice as wide). Storage per run is bounded by
 `points_per_level * levels`, and levels grow with the logarithm of run length.
+Each row keeps its interval's latency histogram (sparse, packed), so a merged
+row's percentiles, and those of any span a reader asks for, are real ones.
 A finished run's summary is final: a trigger refuses any later change.
 Writes go through one connection, reads through another (WAL mode), so a read
 never waits for a write in progress. A file that is not a Ballista database is
@@ -15,19 +17,26 @@ refused, never changed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ballista.core.errors import ConfigError
+from ballista.core.histogram import SparseHistogram
 
 SCHEMA_VERSION = 1
+
+#: Columns added to `points` since schema 1 was first written: a database of an
+#: older Ballista gains them (NULL in its rows), and older versions ignore them.
+_ADDED_POINT_COLUMNS = (("seq", "INTEGER"), ("histogram", "BLOB"))
 
 #: Run states. Final states never change again; `interrupted` runs with
 #: `restart = true` resume as a new segment.
@@ -81,7 +90,9 @@ CREATE TABLE IF NOT EXISTS points (
     concurrency_limit INTEGER,
     target_rate REAL,
     status_codes TEXT NOT NULL,
-    errors_by_kind TEXT NOT NULL
+    errors_by_kind TEXT NOT NULL,
+    seq INTEGER,                    -- the last snapshot in it (NULL in rows of older versions)
+    histogram BLOB                  -- its latency histogram, packed (NULL in older rows)
 );
 CREATE INDEX IF NOT EXISTS points_by_run ON points (run_id, level, t_start);
 CREATE TRIGGER IF NOT EXISTS final_summary_is_final
@@ -91,6 +102,49 @@ BEGIN
     SELECT RAISE(ABORT, 'a finished run is never changed');
 END;
 """
+
+
+def pack_histogram(hist: SparseHistogram) -> bytes:
+    """A sparse histogram as a small blob: zlib over compact JSON, bucket indices as
+    gaps from the previous one (mostly 1s and 2s, which compress well). JSON, not
+    a struct of varints: the database is read by json.loads in C, and a query over
+    a day of points decodes thousands of them."""
+    gaps: list[int] = []
+    previous = -1
+    for i in hist.index:
+        gaps.append(i - previous)
+        previous = i
+    doc = [_PACK_VERSION, hist.count, hist.total, hist.min, hist.max, gaps, list(hist.counts)]
+    return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
+
+
+def unpack_histogram(blob: bytes) -> SparseHistogram:
+    """`pack_histogram` read back; ValueError when the blob is not one."""
+    try:
+        doc = json.loads(zlib.decompress(blob))
+        version, count, total, low, high, gaps, counts = doc
+    except (zlib.error, ValueError, TypeError) as exc:
+        raise ValueError(f"not a packed histogram: {exc}") from None
+    if version != _PACK_VERSION:
+        raise ValueError(f"packed histogram of unknown version {version!r}")
+    index: list[int] = []
+    at = -1
+    for gap in gaps:
+        at += gap
+        index.append(at)
+    return SparseHistogram.from_dict(
+        {
+            "count": count,
+            "sum_s": total,
+            "min_s": low,
+            "max_s": high,
+            "index": index,
+            "counts": counts,
+        }
+    )
+
+
+_PACK_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +166,18 @@ class Point:
     target_rate: float | None
     status_codes: Mapping[str, int]
     errors_by_kind: Mapping[str, int]
+    #: the last snapshot in it (None in rows of older versions)
+    seq: int | None = None
+    #: its latency histogram (None in rows of older versions)
+    histogram: SparseHistogram | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, histogram: bool = False) -> dict[str, Any]:
         width = self.t_end - self.t_start
-        return {
+        out = {
             "t_start": round(self.t_start, 3),
             "t_end": round(self.t_end, 3),
             "segment": self.seg,
+            "seq": self.seq,
             "requests": self.requests,
             "failed": self.failed,
             "errors": self.errors,
@@ -135,18 +194,30 @@ class Point:
             "status_codes": dict(self.status_codes),
             "errors_by_kind": dict(self.errors_by_kind),
         }
+        if histogram:
+            out["histogram"] = None if self.histogram is None else self.histogram.to_dict()
+        return out
 
 
 def merge_points(a: Point, b: Point) -> Point:
-    """Two adjacent points as one. Counts add; the percentiles of the merged row
-    are the worse of the two (a merged p99 can only over-state, never hide, a
-    slow stretch); the median is weighted by requests."""
-    total = a.requests + b.requests
-    p50 = (
-        (a.latency_p50 * a.requests + b.latency_p50 * b.requests) / total
-        if total
-        else max(a.latency_p50, b.latency_p50)
-    )
+    """Two adjacent points as one (`b` the later). Counts and histograms add, and the
+    percentiles are those of the merged histogram. Rows of older versions carry no
+    histogram: then the merged p90 and p99 are the worse of the two (over-stating,
+    never hiding, a slow stretch) and the median is weighted by requests."""
+    if a.histogram is not None and b.histogram is not None:
+        hist: SparseHistogram | None = a.histogram.plus(b.histogram)
+        assert hist is not None
+        p50, p90, p99 = hist.percentiles((50.0, 90.0, 99.0)) if hist.count else (0.0,) * 3
+    else:
+        hist = None
+        total = a.requests + b.requests
+        p50 = (
+            (a.latency_p50 * a.requests + b.latency_p50 * b.requests) / total
+            if total
+            else max(a.latency_p50, b.latency_p50)
+        )
+        p90 = max(a.latency_p90, b.latency_p90)
+        p99 = max(a.latency_p99, b.latency_p99)
     codes = dict(a.status_codes)
     for k, v in b.status_codes.items():
         codes[k] = codes.get(k, 0) + v
@@ -157,19 +228,44 @@ def merge_points(a: Point, b: Point) -> Point:
         t_start=min(a.t_start, b.t_start),
         t_end=max(a.t_end, b.t_end),
         seg=b.seg,
-        requests=total,
+        requests=a.requests + b.requests,
         failed=a.failed + b.failed,
         errors=a.errors + b.errors,
         latency_p50=p50,
-        latency_p90=max(a.latency_p90, b.latency_p90),
-        latency_p99=max(a.latency_p99, b.latency_p99),
+        latency_p90=p90,
+        latency_p99=p99,
         latency_max=max(a.latency_max, b.latency_max),
         in_flight=max(a.in_flight, b.in_flight),
         concurrency_limit=b.concurrency_limit,
         target_rate=b.target_rate,
         status_codes=codes,
         errors_by_kind=kinds,
+        seq=b.seq if b.seq is not None else a.seq,
+        histogram=hist,
     )
+
+
+def downsample(points: Sequence[Point], max_points: int) -> list[Point]:
+    """At most about `max_points` points over the same time: adjacent points merge
+    into spans of equal width (never across segments, a daemon's downtime lies
+    between them). Counts add up exactly; percentiles come from the merged
+    histograms. Points already wider than a span stay as they are."""
+    if len(points) <= max_points or max_points < 1:
+        return list(points)
+    first = points[0].t_start
+    width = (points[-1].t_end - first) / max_points
+    if width <= 0:
+        return list(points)
+    out: list[Point] = []
+    key: tuple[int, int] | None = None
+    for p in points:
+        k = (p.seg, math.floor((p.t_start - first) / width))
+        if k == key:
+            out[-1] = merge_points(out[-1], p)
+        else:
+            out.append(p)
+            key = k
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +295,9 @@ class RunRow:
 _POINT_COLS = (
     "t_start, t_end, seg, requests, failed, errors, latency_p50, latency_p90, "
     "latency_p99, latency_max, in_flight, concurrency_limit, target_rate, "
-    "status_codes, errors_by_kind"
+    "status_codes, errors_by_kind, seq, histogram"
 )
+_POINT_PLACEHOLDERS = ", ".join("?" * 19)
 
 
 def _point_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Point:
@@ -220,7 +317,19 @@ def _point_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Point:
         target_rate=row[12],
         status_codes=json.loads(row[13]),
         errors_by_kind=json.loads(row[14]),
+        seq=row[15],
+        histogram=_histogram_of(row[16]),
     )
+
+
+def _histogram_of(blob: bytes | None) -> SparseHistogram | None:
+    if blob is None:
+        return None
+    try:
+        return unpack_histogram(blob)
+    except ValueError:
+        # A damaged blob costs that point its real percentiles, not the whole run.
+        return None
 
 
 def _point_values(run_id: str, level: int, p: Point) -> tuple[Any, ...]:
@@ -242,6 +351,8 @@ def _point_values(run_id: str, level: int, p: Point) -> tuple[Any, ...]:
         p.target_rate,
         json.dumps(dict(p.status_codes), sort_keys=True),
         json.dumps(dict(p.errors_by_kind), sort_keys=True),
+        p.seq,
+        None if p.histogram is None else pack_histogram(p.histogram),
     )
 
 
@@ -344,6 +455,10 @@ class Store:
                 _inspect(db, self.path)
                 for statement in _statements(_DDL):
                     db.execute(statement)
+                have = {r[1] for r in db.execute("PRAGMA table_info(points)")}
+                for name, kind in _ADDED_POINT_COLUMNS:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE points ADD COLUMN {name} {kind}")
                 db.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                     (str(SCHEMA_VERSION),),
@@ -444,8 +559,7 @@ class Store:
         summary so far, in one transaction."""
         with self._tx() as db:
             db.execute(
-                f"INSERT INTO points (run_id, level, {_POINT_COLS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO points (run_id, level, {_POINT_COLS}) VALUES ({_POINT_PLACEHOLDERS})",
                 _point_values(run_id, 0, point),
             )
             self._compact(db, run_id)
@@ -478,8 +592,7 @@ class Store:
             merged = merge_points(_point_from_row(rows[0][1:]), _point_from_row(rows[1][1:]))
             db.execute("DELETE FROM points WHERE rowid IN (?, ?)", (rows[0][0], rows[1][0]))
             db.execute(
-                f"INSERT INTO points (run_id, level, {_POINT_COLS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO points (run_id, level, {_POINT_COLS}) VALUES ({_POINT_PLACEHOLDERS})",
                 _point_values(run_id, level + 1, merged),
             )
             level += 1
@@ -608,12 +721,24 @@ class Store:
             for r in rows
         ]
 
-    def points(self, run_id: str) -> list[Point]:
-        """The run's figures over time, oldest first, at whatever resolution survives."""
+    def points(
+        self,
+        run_id: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        max_points: int | None = None,
+    ) -> list[Point]:
+        """The run's figures over time, oldest first, at whatever resolution survives:
+        those ending after `start` and starting before `end` (unix times), merged
+        down to about `max_points` if there are more."""
         rows = self._read(
-            f"SELECT {_POINT_COLS} FROM points WHERE run_id = ? ORDER BY t_start", (run_id,)
+            f"SELECT {_POINT_COLS} FROM points WHERE run_id = ? AND t_end > ? AND t_start < ?"
+            " ORDER BY t_start",
+            (run_id, -math.inf if start is None else start, math.inf if end is None else end),
         )
-        return [_point_from_row(r) for r in rows]
+        points = [_point_from_row(r) for r in rows]
+        return points if max_points is None else downsample(points, max_points)
 
     def point_count(self, run_id: str) -> int:
         ((n,),) = self._read("SELECT COUNT(*) FROM points WHERE run_id = ?", (run_id,))
