@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
-from helpers import run_config, wait_until
+from browser import (  # noqa: F401 (CHROMIUM, CHROMEDRIVER: the harness, importable from here too)
+    ARTIFACTS,
+    CHROMEDRIVER,
+    CHROMIUM,
+    in_thread,
+    make_driver,
+    require_chromium,
+    until,
+)
+from helpers import run_config
 from servers import TargetFactory
 
 from ballista.engine.engine import Engine
@@ -26,19 +33,11 @@ from ballista.observe.live import LiveHub, page_routes, serve_live
 from ballista.observe.metrics import MetricsExporter, serve_metrics
 from ballista.observe.summary import summary_dict
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).parent / "artifacts"
-
 
 @pytest.fixture(autouse=True)
 def _tools_are_installed() -> None:
-    # Never a skip: scripts/test installs the tool, so its absence is a failure.
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.fail("needs Debian's chromium and chromium-driver (scripts/test installs them)")
+    require_chromium()
 
-
-T = TypeVar("T")
 
 # Pixels of a colour near `rgb` on a chart's canvas: a series was drawn there.
 COUNT_PIXELS = """
@@ -57,38 +56,6 @@ CANVAS_IMAGE = "return document.querySelector('#' + arguments[0] + ' canvas').to
 CHART_POINTS = "return window.ballista.charts[arguments[0]].data[0].length;"
 GREEN_2XX = (0x2C, 0xA0, 0x2C)  # the 2xx series of #chart-status
 BLUE_P50 = (0x1F, 0x77, 0xB4)  # the p50 series of #chart-latency
-
-
-def make_driver(profile: Path) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,2000",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    return await trio.to_thread.run_sync(fn, *args)
-
-
-async def until(check: Callable[[], Any], what: str, limit_s: float = 15.0) -> Any:
-    """Poll `check` (in a thread: selenium blocks) until it returns something truthy."""
-    return await wait_until(check, what, limit=limit_s, poll=0.1, thread=True)
 
 
 async def test_live_page_follows_a_run_and_shows_the_summary(
