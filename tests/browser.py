@@ -47,7 +47,21 @@ def make_driver(profile: Path, *, size: str = "1400,2000") -> Any:
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    # A browser command that hangs fails in a minute, inside the test's own timeout.
+    executor = driver.command_executor
+    assert not isinstance(executor, str)
+    executor.client_config.timeout = 60
+    return driver
+
+
+def press(driver: Any, selector: str) -> None:
+    """Click what `selector` names, as the page's own event: a native click waits on
+    chromedriver's idea of a pending navigation, and can stall a loaded machine."""
+    element = driver.find_element("css selector", selector)
+    driver.execute_script(
+        "arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", element
+    )
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:

@@ -317,7 +317,11 @@ class DaemonApi:
             out["live"] = f"/runs/{run_id}"
         if points is not None:
             stored = await self.history.points(
-                run_id, start=points.start, end=points.end, max_points=points.max_points
+                run_id,
+                start=points.start,
+                end=points.end,
+                max_points=points.max_points,
+                histograms=points.histograms,
             )
             out["points"] = [p.as_dict(histogram=points.histograms) for p in stored]
         return out

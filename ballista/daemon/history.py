@@ -126,10 +126,16 @@ class History:
         start: float | None = None,
         end: float | None = None,
         max_points: int | None = None,
+        histograms: bool = True,
     ) -> list[Point]:
         return await self._read(
             functools.partial(
-                self.store.points, run_id, start=start, end=end, max_points=max_points
+                self.store.points,
+                run_id,
+                start=start,
+                end=end,
+                max_points=max_points,
+                histograms=histograms,
             )
         )
 

@@ -20,17 +20,22 @@ import json
 import math
 import os
 import sqlite3
+import struct
+import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import compress
+from operator import add
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ballista.core.errors import ConfigError
-from ballista.core.histogram import SparseHistogram
+from ballista.core.histogram import Histogram, SparseHistogram
 
 SCHEMA_VERSION = 1
 
@@ -104,46 +109,114 @@ END;
 """
 
 
+@dataclass(slots=True)
+class _Span:
+    """A histogram as its buckets from `first` on, zeros included: two add up with
+    one C-speed `map(add, ...)`, where a sparse form costs a Python step per bucket."""
+
+    first: int
+    counts: list[int]
+    count: int
+    total: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, hist: SparseHistogram) -> _Span:
+        if not hist.count:
+            return cls(0, [], 0, 0.0, 0.0, 0.0)
+        first = hist.index[0]
+        counts = [0] * (hist.index[-1] + 1 - first)
+        for i, n in zip(hist.index, hist.counts, strict=True):
+            counts[i - first] = n
+        return cls(first, counts, hist.count, hist.total, hist.min, hist.max)
+
+    def sparse(self) -> SparseHistogram:
+        first = self.first
+        return SparseHistogram(
+            tuple(compress(range(first, first + len(self.counts)), self.counts)),
+            tuple(filter(None, self.counts)),
+            count=self.count,
+            total=self.total,
+            low=self.low,
+            high=self.high,
+        )
+
+
+def _add_spans(spans: Sequence[_Span]) -> _Span:
+    seen = [s for s in spans if s.count]
+    if not seen:
+        return _Span(0, [], 0, 0.0, 0.0, 0.0)
+    low = min(s.first for s in seen)
+    counts = [0] * (max(s.first + len(s.counts) for s in seen) - low)
+    for s in seen:
+        at = s.first - low
+        end = at + len(s.counts)
+        counts[at:end] = map(add, counts[at:end], s.counts)
+    return _Span(
+        low,
+        counts,
+        sum(s.count for s in seen),
+        sum(s.total for s in seen),
+        min(s.low for s in seen),
+        max(s.high for s in seen),
+    )
+
+
+#: A packed histogram's head: version, count, sum, min, max, first bucket, buckets.
+_HEAD = struct.Struct("<BQdddII")
+
+
 def pack_histogram(hist: SparseHistogram) -> bytes:
-    """A sparse histogram as a small blob: zlib over compact JSON, bucket indices as
-    gaps from the previous one (mostly 1s and 2s, which compress well). JSON, not
-    a struct of varints: the database is read by json.loads in C, and a query over
-    a day of points decodes thousands of them."""
-    gaps: list[int] = []
-    previous = -1
-    for i in hist.index:
-        gaps.append(i - previous)
-        previous = i
-    doc = [_PACK_VERSION, hist.count, hist.total, hist.min, hist.max, gaps, list(hist.counts)]
-    return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
+    """A sparse histogram as a small blob: zlib over a fixed head and its buckets
+    from the first non-empty one to the last as little-endian 64-bit counts, zeros
+    included. Runs of zeros compress to almost nothing, and reading it back is a
+    copy, not a parse: a query over a day of points decodes thousands."""
+    span = _Span.of(hist)
+    counts = array("Q", span.counts)
+    if sys.byteorder != "little":
+        counts.byteswap()
+    head = _HEAD.pack(
+        _PACK_VERSION, span.count, span.total, span.low, span.high, span.first, len(counts)
+    )
+    return zlib.compress(head + counts.tobytes(), 6)
+
+
+def _unpack(blob: bytes) -> _Span:
+    try:
+        raw = zlib.decompress(blob)
+        version, count, total, low, high, first, n = _HEAD.unpack_from(raw)
+    except (zlib.error, struct.error) as exc:
+        raise ValueError(f"not a packed histogram: {exc}") from None
+    if version != _PACK_VERSION:
+        raise ValueError(f"packed histogram of unknown version {version!r}")
+    counts = array("Q")
+    body = raw[_HEAD.size :]
+    if len(body) != 8 * n or first + n > _BUCKETS:
+        raise ValueError("not a packed histogram: its buckets do not add up")
+    counts.frombytes(body)
+    if sys.byteorder != "little":
+        counts.byteswap()
+    if sum(counts) != count:
+        raise ValueError("not a packed histogram: its buckets do not add up")
+    return _Span(first, counts.tolist(), count, total, low, high)
 
 
 def unpack_histogram(blob: bytes) -> SparseHistogram:
     """`pack_histogram` read back; ValueError when the blob is not one."""
-    try:
-        doc = json.loads(zlib.decompress(blob))
-        version, count, total, low, high, gaps, counts = doc
-    except (zlib.error, ValueError, TypeError) as exc:
-        raise ValueError(f"not a packed histogram: {exc}") from None
-    if version != _PACK_VERSION:
-        raise ValueError(f"packed histogram of unknown version {version!r}")
-    index: list[int] = []
-    at = -1
-    for gap in gaps:
-        at += gap
-        index.append(at)
-    return SparseHistogram.from_dict(
-        {
-            "count": count,
-            "sum_s": total,
-            "min_s": low,
-            "max_s": high,
-            "index": index,
-            "counts": counts,
-        }
-    )
+    return _unpack(blob).sparse()
 
 
+def _bucket_count() -> int:
+    # The layout's top bucket takes everything from ~78 h up: one past it is the count.
+    hist = Histogram()
+    hist.record(1e9)
+    top: int = hist.to_dict()["index"][0]
+    return top + 1
+
+
+#: Buckets of the histogram layout (HISTOGRAM_LAYOUT): every index is below it.
+_BUCKETS = _bucket_count()
 _PACK_VERSION = 1
 
 
@@ -200,47 +273,59 @@ class Point:
 
 
 def merge_points(a: Point, b: Point) -> Point:
-    """Two adjacent points as one (`b` the later). Counts and histograms add, and the
-    percentiles are those of the merged histogram. Rows of older versions carry no
-    histogram: then the merged p90 and p99 are the worse of the two (over-stating,
-    never hiding, a slow stretch) and the median is weighted by requests."""
-    if a.histogram is not None and b.histogram is not None:
-        hist: SparseHistogram | None = a.histogram.plus(b.histogram)
-        assert hist is not None
+    """Two adjacent points as one (`b` the later): `merge_all((a, b))`."""
+    return merge_all((a, b))
+
+
+def merge_all(points: Sequence[Point], histogram: SparseHistogram | None = None) -> Point:
+    """Adjacent points (oldest first) as one. Counts and histograms add, and the
+    percentiles are those of the summed histogram: real ones. Rows of older
+    versions carry no histogram: then the merged p90 and p99 are the worst of
+    them (over-stating, never hiding, a slow stretch) and the median is weighted
+    by requests. `histogram`: their histograms' sum, when the caller has it already."""
+    if len(points) == 1 and histogram is None:
+        return points[0]
+    last = points[-1]
+    requests = sum(p.requests for p in points)
+    codes: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    for p in points:
+        for k, v in p.status_codes.items():
+            codes[k] = codes.get(k, 0) + v
+        for k, v in p.errors_by_kind.items():
+            kinds[k] = kinds.get(k, 0) + v
+    hists = [p.histogram for p in points if p.histogram is not None]
+    hist = histogram
+    if hist is None and len(hists) == len(points):
+        hist = _add_spans([_Span.of(h) for h in hists]).sparse()
+    if hist is not None:
         p50, p90, p99 = hist.percentiles((50.0, 90.0, 99.0)) if hist.count else (0.0,) * 3
     else:
-        hist = None
-        total = a.requests + b.requests
         p50 = (
-            (a.latency_p50 * a.requests + b.latency_p50 * b.requests) / total
-            if total
-            else max(a.latency_p50, b.latency_p50)
+            sum(p.latency_p50 * p.requests for p in points) / requests
+            if requests
+            else max(p.latency_p50 for p in points)
         )
-        p90 = max(a.latency_p90, b.latency_p90)
-        p99 = max(a.latency_p99, b.latency_p99)
-    codes = dict(a.status_codes)
-    for k, v in b.status_codes.items():
-        codes[k] = codes.get(k, 0) + v
-    kinds = dict(a.errors_by_kind)
-    for k, v in b.errors_by_kind.items():
-        kinds[k] = kinds.get(k, 0) + v
+        p90 = max(p.latency_p90 for p in points)
+        p99 = max(p.latency_p99 for p in points)
+    seqs = [p.seq for p in points if p.seq is not None]
     return Point(
-        t_start=min(a.t_start, b.t_start),
-        t_end=max(a.t_end, b.t_end),
-        seg=b.seg,
-        requests=a.requests + b.requests,
-        failed=a.failed + b.failed,
-        errors=a.errors + b.errors,
+        t_start=min(p.t_start for p in points),
+        t_end=max(p.t_end for p in points),
+        seg=last.seg,
+        requests=requests,
+        failed=sum(p.failed for p in points),
+        errors=sum(p.errors for p in points),
         latency_p50=p50,
         latency_p90=p90,
         latency_p99=p99,
-        latency_max=max(a.latency_max, b.latency_max),
-        in_flight=max(a.in_flight, b.in_flight),
-        concurrency_limit=b.concurrency_limit,
-        target_rate=b.target_rate,
+        latency_max=max(p.latency_max for p in points),
+        in_flight=max(p.in_flight for p in points),
+        concurrency_limit=last.concurrency_limit,
+        target_rate=last.target_rate,
         status_codes=codes,
         errors_by_kind=kinds,
-        seq=b.seq if b.seq is not None else a.seq,
+        seq=seqs[-1] if seqs else None,
         histogram=hist,
     )
 
@@ -250,22 +335,36 @@ def downsample(points: Sequence[Point], max_points: int) -> list[Point]:
     into spans of equal width (never across segments, a daemon's downtime lies
     between them). Counts add up exactly; percentiles come from the merged
     histograms. Points already wider than a span stay as they are."""
-    if len(points) <= max_points or max_points < 1:
+    if len(points) <= max_points:
         return list(points)
-    first = points[0].t_start
-    width = (points[-1].t_end - first) / max_points
+    return [merge_all(g) for g in spans(points, max_points, lambda p: (p.t_start, p.t_end, p.seg))]
+
+
+T = TypeVar("T")
+
+
+def spans(
+    items: Sequence[T], max_points: int, times: Callable[[T], tuple[float, float, int]]
+) -> list[list[T]]:
+    """`items` (oldest first) grouped into at most about `max_points` spans of equal
+    width, by start time, never across segments. `times` gives (start, end, segment)."""
+    if not items:
+        return []
+    first = times(items[0])[0]
+    width = (times(items[-1])[1] - first) / max(1, max_points)
     if width <= 0:
-        return list(points)
-    out: list[Point] = []
+        return [[item] for item in items]
+    groups: list[list[T]] = []
     key: tuple[int, int] | None = None
-    for p in points:
-        k = (p.seg, math.floor((p.t_start - first) / width))
+    for item in items:
+        start, _, seg = times(item)
+        k = (seg, math.floor((start - first) / width))
         if k == key:
-            out[-1] = merge_points(out[-1], p)
+            groups[-1].append(item)
         else:
-            out.append(p)
+            groups.append([item])
             key = k
-    return out
+    return groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +399,9 @@ _POINT_COLS = (
 _POINT_PLACEHOLDERS = ", ".join("?" * 19)
 
 
-def _point_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Point:
+def _point_from_row(row: sqlite3.Row | tuple[Any, ...], *, histogram: bool = True) -> Point:
+    """A stored row as a Point; its histogram decoded only if asked (a point shown
+    as it is needs its stored percentiles, not its histogram)."""
     return Point(
         t_start=row[0],
         t_end=row[1],
@@ -318,8 +419,18 @@ def _point_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Point:
         status_codes=json.loads(row[13]),
         errors_by_kind=json.loads(row[14]),
         seq=row[15],
-        histogram=_histogram_of(row[16]),
+        histogram=_histogram_of(row[16]) if histogram else None,
     )
+
+
+def _summed(blobs: Sequence[bytes | None]) -> SparseHistogram | None:
+    """The sum of stored histograms; None if any row has none (or a damaged one)."""
+    try:
+        if all(b is not None for b in blobs):
+            return _add_spans([_unpack(b) for b in blobs if b is not None]).sparse()
+    except ValueError:
+        pass
+    return None
 
 
 def _histogram_of(blob: bytes | None) -> SparseHistogram | None:
@@ -728,17 +839,31 @@ class Store:
         start: float | None = None,
         end: float | None = None,
         max_points: int | None = None,
+        histograms: bool = True,
     ) -> list[Point]:
         """The run's figures over time, oldest first, at whatever resolution survives:
         those ending after `start` and starting before `end` (unix times), merged
-        down to about `max_points` if there are more."""
+        down to about `max_points` if there are more. Without `histograms`, only
+        merged points carry one (decoding is most of a query's time)."""
         rows = self._read(
             f"SELECT {_POINT_COLS} FROM points WHERE run_id = ? AND t_end > ? AND t_start < ?"
             " ORDER BY t_start",
             (run_id, -math.inf if start is None else start, math.inf if end is None else end),
         )
-        points = [_point_from_row(r) for r in rows]
-        return points if max_points is None else downsample(points, max_points)
+        if max_points is None or len(rows) <= max_points:
+            return [_point_from_row(r, histogram=histograms) for r in rows]
+        out = []
+        for group in spans(rows, max_points, lambda r: (r[0], r[1], r[2])):
+            if len(group) == 1:
+                out.append(_point_from_row(group[0], histogram=histograms))
+                continue
+            out.append(
+                merge_all(
+                    [_point_from_row(r, histogram=False) for r in group],
+                    _summed([r[16] for r in group]),
+                )
+            )
+        return out
 
     def point_count(self, run_id: str) -> int:
         ((n,),) = self._read("SELECT COUNT(*) FROM points WHERE run_id = ?", (run_id,))

@@ -518,21 +518,23 @@
   }
 
   // -- the daemon: runs, history, actions ---------------------------------------------
-  function runRow(r) {
-    const tr = document.createElement("tr");
-    tr.dataset.id = r.id;
+  // A run's row, updated in place (rows are never rebuilt under the pointer).
+  function runRow(r, existing) {
+    const tr = existing || document.createElement("tr");
+    if (!existing) {
+      tr.dataset.id = r.id;
+      tr.addEventListener("click", () => { location.hash = `run=${encodeURIComponent(r.id)}`; });
+    }
     tr.className = `${r.id === state.runId ? "selected" : ""} ${r.status}`;
     const started = r.created_at ? r.created_at.replace("T", " ").replace("Z", "") : "–";
     const cells = [r.name, r.status, r.target, r.model || "–", started, duration(r.duration_s),
       int(r.requests), num(r.rps), `${(100 * (r.error_rate || 0)).toFixed(2)} %`,
       ms(r.latency_p99_s)];
     cells.forEach((t, i) => {
-      const td = document.createElement("td");
-      td.textContent = t;
+      const td = tr.children[i] || tr.appendChild(document.createElement("td"));
+      if (td.textContent !== t) td.textContent = t;
       if (i === 1) td.className = `status ${r.status}`;
-      tr.appendChild(td);
     });
-    tr.addEventListener("click", () => { location.hash = `run=${encodeURIComponent(r.id)}`; });
     return tr;
   }
 
@@ -549,8 +551,13 @@
     const active = doc.runs.filter((r) => ACTIVE.includes(r.status));
     const rest = doc.runs.filter((r) => !ACTIVE.includes(r.status)).slice(0, 50);
     const body = $("runs-body");
-    body.textContent = "";
-    active.concat(rest).forEach((r) => body.appendChild(runRow(r)));
+    const rows = new Map([...body.children].map((tr) => [tr.dataset.id, tr]));
+    active.concat(rest).forEach((r, i) => {
+      const tr = runRow(r, rows.get(r.id));
+      rows.delete(r.id);
+      if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+    });
+    rows.forEach((tr) => tr.remove());
     $("runs-empty").hidden = doc.runs.length > 0;
     const mine = doc.runs.find((r) => r.id === state.runId);
     if (mine) {
