@@ -260,8 +260,10 @@ async def test_points_by_range_and_resolution_summary_and_run_figures(
     assert status == 200
     assert summary == final["summary"]
     assert (await api(port, "GET", "/api/runs/nope/summary"))[0] == 404
-    # what the page's list shows of a run
-    _, listed = await api(port, "GET", "/api/runs")
+    # what the page's list shows of a run; ?limit=N: the newest N, and the active ones
+    status, err = await api(port, "GET", "/api/runs?limit=0")
+    assert (status, err["field"]) == (400, "limit")
+    _, listed = await api(port, "GET", "/api/runs?limit=1")
     (row,) = listed["runs"]
     assert row["model"] == "closed"
     assert row["duration_s"] == final["summary"]["duration_s"] > 1.0

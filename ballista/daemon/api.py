@@ -215,7 +215,15 @@ class DaemonApi:
             return _json(401, _error(message), [("www-authenticate", "Bearer")])
         if parts == ["runs"]:
             if method == "GET":
-                rows = await self.history.list_runs(limit=1000)
+                limit = runs_limit(parse_qs(request.query, keep_blank_values=True))
+                rows = await self.history.list_runs(limit=limit)
+                if len(rows) == limit:
+                    # Active runs are always listed, however many newer ones ended.
+                    listed = {r.id for r in rows}
+                    for status in ACTIVE_STATES:
+                        more = await self.history.list_runs(status=status, limit=MAX_RUNS_LISTED)
+                        rows += [r for r in more if r.id not in listed]
+                    rows.sort(key=lambda r: r.created_at, reverse=True)
                 return _json(200, {"runs": [self.brief(r) for r in rows]})
             _allow(method, "POST")
             doc = parse_scenario_body(request.body, request.header("content-type"))
@@ -335,6 +343,22 @@ class PointsWindow:
     end: float | None = None
     max_points: int | None = None
     histograms: bool = False
+
+
+#: Runs `GET /api/runs` lists at most (the newest), besides the active ones.
+MAX_RUNS_LISTED = 1000
+
+
+def runs_limit(query: Mapping[str, list[str]]) -> int:
+    """`GET /api/runs?limit=N`: the newest N runs (and every active one)."""
+    if not query.get("limit"):
+        return MAX_RUNS_LISTED
+    text = query["limit"][-1]
+    if not text.isdigit() or not 1 <= int(text) <= MAX_RUNS_LISTED:
+        raise ApiError(
+            400, f"limit: must be a whole number from 1 to {MAX_RUNS_LISTED}", field="limit"
+        )
+    return int(text)
 
 
 #: The finest `max_points` answered: a day at 1 s intervals.

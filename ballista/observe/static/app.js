@@ -19,6 +19,7 @@
     "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
   const ACTIVE = ["running", "stopping"];
   const TOKEN_KEY = "ballista.token";
+  const RUNS_LISTED = 50; // the newest runs listed, besides every active one
 
   const $ = (id) => document.getElementById(id);
   const meta = (name) => {
@@ -541,7 +542,7 @@
   async function refreshRuns() {
     let doc;
     try {
-      doc = await apiJson("runs");
+      doc = await apiJson(`runs?limit=${RUNS_LISTED}`);
     } catch (err) {
       return; // the stream's banner (or the token form) says what is wrong
     }
@@ -549,7 +550,7 @@
     $("token-button").hidden = !token();
     // Active runs first, then the most recent others.
     const active = doc.runs.filter((r) => ACTIVE.includes(r.status));
-    const rest = doc.runs.filter((r) => !ACTIVE.includes(r.status)).slice(0, 50);
+    const rest = doc.runs.filter((r) => !ACTIVE.includes(r.status));
     const body = $("runs-body");
     const rows = new Map([...body.children].map((tr) => [tr.dataset.id, tr]));
     active.concat(rest).forEach((r, i) => {
