@@ -289,7 +289,8 @@ async def test_half_a_minute_of_history_at_once_and_again_after_the_daemon_resta
         # ...and comes back on the same ports: the run resumes as segment 3, and
         # the page shows the whole history again, then follows the new segment
         second = Daemon(ServeOptions(port=port, live_port=live_port, data_dir=data, grace=0.5))
-        await outer.start(second.serve)
+        second_scope = trio.CancelScope()
+        await outer.start(serve, second, second_scope)
         back = await until(
             lambda: (s := js(driver, STATE))["reconnects"] >= 1 and s["loads"] > loads and s,
             "reconnected and reloaded",
@@ -306,6 +307,25 @@ async def test_half_a_minute_of_history_at_once_and_again_after_the_daemon_resta
         assert {p["segment"] for p in plotted} >= {1, 2, 3}
         assert await in_thread(text, driver, "state") == "live"
         await in_thread(driver.save_screenshot, str(ARTIFACTS / "daemon-page-restart.png"))
+
+        # a graceful restart this time: the run ends interrupted (its stream sends
+        # the summary and closes), then resumes as segment 4, which the page
+        # finds on its own (the runs list says it is running again) and follows
+        await second.shutdown()
+        await until(lambda: driver.find_element("id", "summary").is_displayed(), "the summary")
+        second_scope.cancel()
+        third = Daemon(ServeOptions(port=port, live_port=live_port, data_dir=data, grace=0.5))
+        await outer.start(serve, third, trio.CancelScope())
+        await until(
+            lambda: any(p["segment"] == 4 and p["from"] == "live" for p in js(driver, PLOTTED)),
+            "live points of segment 4",
+            limit_s=30,
+        )
+        plotted = await in_thread(js, driver, PLOTTED)
+        assert seams(plotted, 1) == list(range(1, 301))
+        assert {p["segment"] for p in plotted} >= {1, 2, 3, 4}
+        assert await in_thread(text, driver, "state") == "live"
+        assert not driver.find_element("id", "summary").is_displayed()
         outer.cancel_scope.cancel()
 
 
