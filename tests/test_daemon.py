@@ -252,7 +252,15 @@ async def test_points_by_range_and_resolution_summary_and_run_figures(
     _, early = await api(port, "GET", f"/api/runs/{run_id}?points&to={mid}")
     assert late["points"][0] == early["points"][-1] == middle
     assert early["points"] + late["points"][1:] == plain
-    for query, field in (("max_points=0", "max_points"), ("from=soon", "from"), ("to=inf", "to")):
+    _, mixed = await api(port, "GET", f"/api/runs/{run_id}?points&max_points=6&recent=0.2")
+    assert sum(p["requests"] for p in mixed["points"]) == total
+    assert mixed["points"][-1] == plain[-1]  # the newest as stored
+    for query, field in (
+        ("max_points=0", "max_points"),
+        ("from=soon", "from"),
+        ("to=inf", "to"),
+        ("recent=-1", "recent"),
+    ):
         status, err = await api(port, "GET", f"/api/runs/{run_id}?points&{query}")
         assert (status, err["field"]) == (400, field), query
     # the bare summary, as `ballista merge` reads it

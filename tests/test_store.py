@@ -180,6 +180,21 @@ def test_points_of_a_time_range_at_a_resolution(tmp_path: Path) -> None:
     assert coarse[-1].t_end == 100.0
 
 
+def test_the_recent_past_keeps_its_resolution(tmp_path: Path) -> None:
+    store = Store(tmp_path / "runs.db")
+    new_run(store)
+    for i in range(100):
+        store.record_interval("r1", sampled(float(i), [0.001] * 5, seq=i), None)
+    shown = store.points("r1", max_points=20, recent=10.0)
+    # the last 10 s as stored, the 90 s before in the other 10 points
+    assert [p.t_start for p in shown[-10:]] == [float(i) for i in range(90, 100)]
+    assert len(shown) == 20
+    assert sum(p.requests for p in shown) == 500
+    assert shown[0].t_start == 0.0 and shown[9].t_end == 90.0
+    # more recent points than half the budget: those are merged too
+    assert len(store.points("r1", max_points=20, recent=60.0)) <= 21
+
+
 def test_downsampling_never_merges_across_segments() -> None:
     points = [sampled(float(i), [0.001], seg=1 if i < 5 else 2) for i in range(10)]
     merged = downsample(points, 1)

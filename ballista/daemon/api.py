@@ -329,6 +329,7 @@ class DaemonApi:
                 start=points.start,
                 end=points.end,
                 max_points=points.max_points,
+                recent=points.recent,
                 histograms=points.histograms,
             )
             out["points"] = [p.as_dict(histogram=points.histograms) for p in stored]
@@ -343,6 +344,8 @@ class PointsWindow:
     end: float | None = None
     max_points: int | None = None
     histograms: bool = False
+    #: seconds before the newest point kept at the stored resolution
+    recent: float | None = None
 
 
 #: Runs `GET /api/runs` lists at most (the newest), besides the active ones.
@@ -366,7 +369,8 @@ MAX_POINTS_LIMIT = 100_000
 
 
 def points_window(query: Mapping[str, list[str]]) -> PointsWindow:
-    """`?points&from=T&to=T&max_points=N&histograms`; ApiError names a bad parameter."""
+    """`?points&from=T&to=T&max_points=N&recent=S&histograms`; ApiError names a bad
+    parameter."""
 
     def number(name: str) -> float | None:
         values = query.get(name)
@@ -377,10 +381,12 @@ def points_window(query: Mapping[str, list[str]]) -> PointsWindow:
         except ValueError:
             value = math.nan
         if not math.isfinite(value):
-            raise ApiError(400, f"{name}: must be a time in unix seconds", field=name)
+            raise ApiError(400, f"{name}: must be a number of seconds", field=name)
         return value
 
-    start, end = number("from"), number("to")
+    start, end, recent = number("from"), number("to"), number("recent")
+    if recent is not None and recent < 0:
+        raise ApiError(400, "recent: must be seconds, 0 or more", field="recent")
     max_points: int | None = None
     if query.get("max_points"):
         text = query["max_points"][-1]
@@ -391,7 +397,7 @@ def points_window(query: Mapping[str, list[str]]) -> PointsWindow:
                 field="max_points",
             )
         max_points = int(text)
-    return PointsWindow(start, end, max_points, "histograms" in query)
+    return PointsWindow(start, end, max_points, "histograms" in query, recent)
 
 
 def _model_of(scenario: Mapping[str, Any]) -> str | None:

@@ -126,6 +126,7 @@ class History:
         start: float | None = None,
         end: float | None = None,
         max_points: int | None = None,
+        recent: float | None = None,
         histograms: bool = True,
     ) -> list[Point]:
         return await self._read(
@@ -135,6 +136,7 @@ class History:
                 start=start,
                 end=end,
                 max_points=max_points,
+                recent=recent,
                 histograms=histograms,
             )
         )

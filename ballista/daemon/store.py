@@ -839,18 +839,33 @@ class Store:
         start: float | None = None,
         end: float | None = None,
         max_points: int | None = None,
+        recent: float | None = None,
         histograms: bool = True,
     ) -> list[Point]:
         """The run's figures over time, oldest first, at whatever resolution survives:
         those ending after `start` and starting before `end` (unix times), merged
-        down to about `max_points` if there are more. Without `histograms`, only
-        merged points carry one (decoding is most of a query's time)."""
+        down to about `max_points` if there are more. With `recent`, the points of
+        the last `recent` seconds keep their stored resolution (up to half of
+        `max_points`) and the rest is merged in the remaining budget: the recent
+        past fine, the long past coarse. Without `histograms`, only merged points
+        carry one (decoding is most of a query's time)."""
         rows = self._read(
             f"SELECT {_POINT_COLS} FROM points WHERE run_id = ? AND t_end > ? AND t_start < ?"
             " ORDER BY t_start",
             (run_id, -math.inf if start is None else start, math.inf if end is None else end),
         )
         if max_points is None or len(rows) <= max_points:
+            return [_point_from_row(r, histogram=histograms) for r in rows]
+        if recent is None or recent <= 0:
+            return self._merged(rows, max_points, histograms)
+        cut = rows[-1][1] - recent
+        split = next((i for i, r in enumerate(rows) if r[0] >= cut), len(rows))
+        fine = self._merged(rows[split:], max(1, max_points // 2), histograms)
+        return self._merged(rows[:split], max(1, max_points - len(fine)), histograms) + fine
+
+    @staticmethod
+    def _merged(rows: Sequence[Any], max_points: int, histograms: bool) -> list[Point]:
+        if len(rows) <= max_points:
             return [_point_from_row(r, histogram=histograms) for r in rows]
         out = []
         for group in spans(rows, max_points, lambda r: (r[0], r[1], r[2])):

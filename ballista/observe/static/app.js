@@ -13,6 +13,7 @@
 (function () {
   const MAX_POINTS = 3600; // points per chart, whatever the run length
   const HISTORY_POINTS = 1500; // asked of the API for a view: downsampled beyond
+  const RECENT_S = 900; // the last 15 min at the store's own resolution, the rest coarser
   const KINDS = ["connect_refused", "connect_timeout", "read_timeout", "write_timeout",
     "pool_timeout", "reset", "protocol", "tls", "dns", "other"];
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
@@ -622,7 +623,7 @@
     if (state.range && state.lastX) from = `&from=${state.lastX - state.range}`;
     let doc;
     try {
-      doc = await apiJson(`runs/${encodeURIComponent(runId)}?points&max_points=${HISTORY_POINTS}${from}`);
+      doc = await apiJson(`runs/${encodeURIComponent(runId)}?points&max_points=${HISTORY_POINTS}&recent=${RECENT_S}${from}`);
     } catch (err) {
       if (gen === viewGen) { pending = null; if (!(err instanceof AuthError)) banner(`Cannot load the run: ${err.message}`, "warn"); }
       return;
