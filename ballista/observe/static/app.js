@@ -100,7 +100,8 @@
   }
   function subprotocols() {
     if (!daemon) return undefined;
-    const t = token();
+    // A stream named in the page's own URL (?ws=) may be anyone's: never hand it the token.
+    const t = new URLSearchParams(location.search).get("ws") ? "" : token();
     if (!t) return ["ballista.live"];
     const b64 = btoa(String.fromCharCode(...new TextEncoder().encode(t)))
       .replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
