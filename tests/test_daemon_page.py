@@ -380,3 +380,38 @@ async def test_behind_a_reverse_proxy_under_a_path_the_token_never_reaches_a_log
     assert f"GET /ballista/api/runs/{created['id']}?points" in logged
     assert "GET /ballista/static/app.js" in logged
     assert TOKEN not in logged
+
+
+async def test_a_stream_named_in_the_pages_url_never_gets_the_token(
+    nursery: trio.Nursery, tmp_path: Path, target: RunningTarget, driver: Any
+) -> None:
+    from trio_websocket import WebSocketRequest, serve_websocket
+
+    offered: list[list[str]] = []
+
+    async def elsewhere(request: WebSocketRequest) -> None:
+        offered.append(list(request.proposed_subprotocols))
+        await request.reject(404)
+
+    listener = await nursery.start(serve_websocket, elsewhere, "127.0.0.1", 0, None)
+    d = Daemon(
+        ServeOptions(port=0, live_port=0, data_dir=tmp_path / "data", token=TOKEN, grace=0.5)
+    )
+    await nursery.start(d.serve)
+    assert d.port is not None and d.live_port is not None
+    status, created = await api(
+        d.port, "POST", "/api/runs", fast(target, "own", "100ms", duration="30s"), token=TOKEN
+    )
+    assert status == 201
+    await in_thread(
+        driver.get,
+        f"http://127.0.0.1:{d.port}/?ws=ws://127.0.0.1:{listener.port}/#run={created['id']}",
+    )
+    await until(lambda: driver.find_element("id", "token-form").is_displayed(), "token form")
+    await in_thread(driver.find_element("id", "token-input").send_keys, TOKEN)
+    await in_thread(press, driver, "#token-form button")
+    await until(lambda: offered, "the page tried the stream of its URL")
+    assert all(not p.startswith("ballista.bearer.") for protos in offered for p in protos)
+    # ...while the daemon's own stream, as configured, does get it
+    await in_thread(driver.get, f"http://127.0.0.1:{d.port}/#run={created['id']}")
+    await until(lambda: js(driver, STATE)["snapshots"] >= 1, "the daemon's own stream")
