@@ -325,6 +325,59 @@ def _configure(
     return RealServer(name, port, use_tls is not None, work / "access.log", parse), argv, root
 
 
+async def start_nginx_proxy(nursery: trio.Nursery, work: Path, locations: str) -> tuple[int, Path]:
+    """nginx as a reverse proxy: `locations` (nginx `location` blocks) in one server
+    on 127.0.0.1:<free port>, each request logged with its full URI when it ends.
+    Returns the port and the access log."""
+    port, argv = _nginx_proxy(work, locations)
+    with (work / "stderr.log").open("wb") as log:
+        process = await trio.lowlevel.open_process(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(work)
+        )
+    nursery.start_soon(_reap, process, work / "no-docroot")
+    await _wait_listening(port, process, work / "stderr.log", work / "error.log")
+    return port, work / "access.log"
+
+
+def _nginx_proxy(work: Path, locations: str) -> tuple[int, list[str]]:
+    if shutil.which("nginx") is None:
+        raise RuntimeError("nginx is not installed: scripts/_setup installs it")
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    temp = "\n    ".join(
+        f"{kind}_temp_path {work / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (work / "nginx.conf").write_text(
+        f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {work / "nginx.pid"};
+error_log {work / "error.log"};
+events {{}}
+http {{
+    log_format full '$status $request_method $request_uri';
+    access_log {work / "access.log"} full;
+    {temp}
+    server {{
+        listen {HOST}:{port};
+        {locations}
+    }}
+}}
+"""
+    )
+    return port, [
+        "nginx",
+        "-p",
+        str(work),
+        "-c",
+        str(work / "nginx.conf"),
+        "-e",
+        str(work / "error.log"),
+    ]
+
+
 async def _reap(process: trio.Process, root: Path) -> None:
     try:
         await process.wait()

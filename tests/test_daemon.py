@@ -4,6 +4,7 @@ against the real embedded target on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -96,19 +97,24 @@ async def wait_run(
     *,
     points: bool = False,
     limit: float = 15.0,
+    token: str | None = None,
 ) -> Any:
     """The run's API document (with `?points` if asked) once `check` holds for it."""
     path = f"/api/runs/{run_id}" + ("?points" if points else "")
 
     async def shown() -> Any:
-        _, doc = await api(port, "GET", path)
+        _, doc = await api(port, "GET", path, token=token)
         return doc if check(doc) else None
 
     return await wait_until(shown, f"run {run_id}: {what}", limit=limit, poll=0.1)
 
 
-async def wait_status(port: int, run_id: str, wanted: str, limit: float = 15.0) -> Any:
-    return await wait_run(port, run_id, lambda d: d["status"] == wanted, wanted, limit=limit)
+async def wait_status(
+    port: int, run_id: str, wanted: str, limit: float = 15.0, *, token: str | None = None
+) -> Any:
+    return await wait_run(
+        port, run_id, lambda d: d["status"] == wanted, wanted, limit=limit, token=token
+    )
 
 
 def recorded(doc: dict[str, Any]) -> int:
@@ -135,6 +141,22 @@ async def ws_handshake_status(port: int, path: str, token: str | None = None) ->
                 if not chunk:
                     break
                 data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+async def ws_subprotocol_status(port: int, url: str, protocol: str) -> int:
+    """The status of a handshake offering `protocol`, by hand as above."""
+    path = url.split(str(port), 1)[1]
+    head = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(head.encode())
+        with trio.fail_after(5):
+            data = await stream.receive_some(4096)
     return int(data.split(b" ", 2)[1])
 
 
@@ -195,6 +217,65 @@ async def test_api_start_list_show_stop(daemon: Daemon, target: RunningTarget) -
     status, _ = await api(port, "POST", f"/api/runs/{run_id}/stop")
     assert status == 409
     await wait_status(port, other["id"], "finished")
+
+
+async def test_points_by_range_and_resolution_summary_and_run_figures(
+    daemon: Daemon, target: RunningTarget
+) -> None:
+    port = daemon.port
+    assert port is not None
+    doc = scenario(target, name="pts", duration="1500ms")
+    doc["defaults"]["interval"] = "50ms"
+    status, created = await api(port, "POST", "/api/runs", doc)
+    assert status == 201
+    run_id = created["id"]
+    final = await wait_status(port, run_id, "finished")
+    _, full = await api(port, "GET", f"/api/runs/{run_id}?points&histograms")
+    points = full["points"]
+    assert len(points) >= 20
+    total = final["summary"]["requests"]
+    assert sum(p["requests"] for p in points) == total
+    assert [p["seq"] for p in points] == sorted(p["seq"] for p in points)
+    assert sum(p["histogram"]["count"] for p in points) == total
+    # unix times (the segment's start plus the stream's elapsed time)
+    assert points[-1]["t_end"] == pytest.approx(time.time(), abs=30)
+    # fewer points, same counts; their p99 is that of every sample in their span
+    _, coarse = await api(port, "GET", f"/api/runs/{run_id}?points&max_points=3")
+    assert 1 <= len(coarse["points"]) <= 3
+    assert sum(p["requests"] for p in coarse["points"]) == total
+    assert "histogram" not in coarse["points"][0]
+    # a range: the points that overlap it (the one across its edge in both halves)
+    plain = [{k: v for k, v in p.items() if k != "histogram"} for p in points]
+    middle = plain[len(plain) // 2]
+    mid = (middle["t_start"] + middle["t_end"]) / 2
+    _, late = await api(port, "GET", f"/api/runs/{run_id}?points&from={mid}")
+    _, early = await api(port, "GET", f"/api/runs/{run_id}?points&to={mid}")
+    assert late["points"][0] == early["points"][-1] == middle
+    assert early["points"] + late["points"][1:] == plain
+    _, mixed = await api(port, "GET", f"/api/runs/{run_id}?points&max_points=6&recent=0.2")
+    assert sum(p["requests"] for p in mixed["points"]) == total
+    assert mixed["points"][-1] == plain[-1]  # the newest as stored
+    for query, field in (
+        ("max_points=0", "max_points"),
+        ("from=soon", "from"),
+        ("to=inf", "to"),
+        ("recent=-1", "recent"),
+    ):
+        status, err = await api(port, "GET", f"/api/runs/{run_id}?points&{query}")
+        assert (status, err["field"]) == (400, field), query
+    # the bare summary, as `ballista merge` reads it
+    status, summary = await api(port, "GET", f"/api/runs/{run_id}/summary")
+    assert status == 200
+    assert summary == final["summary"]
+    assert (await api(port, "GET", "/api/runs/nope/summary"))[0] == 404
+    # what the page's list shows of a run; ?limit=N: the newest N, and the active ones
+    status, err = await api(port, "GET", "/api/runs?limit=0")
+    assert (status, err["field"]) == (400, "limit")
+    _, listed = await api(port, "GET", "/api/runs?limit=1")
+    (row,) = listed["runs"]
+    assert row["model"] == "closed"
+    assert row["duration_s"] == final["summary"]["duration_s"] > 1.0
+    assert row["latency_p99_s"] == final["summary"]["latency_s"]["p99"]
 
 
 @pytest.mark.parametrize(
@@ -428,6 +509,18 @@ async def test_token_guards_api_and_live_but_not_metrics_and_health(
     async with open_websocket_url(url + f"?token={token}") as ws:
         hello = json.loads(await ws.get_message())
     assert hello["type"] == "hello"
+    # the page's way: the token as a subprotocol (browsers cannot send the header,
+    # and a URL ends up in logs), answered with the stream's own subprotocol
+    encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+    async with open_websocket_url(
+        url, subprotocols=["ballista.live", f"ballista.bearer.{encoded}"]
+    ) as ws:
+        assert ws.subprotocol == "ballista.live"
+        hello = json.loads(await ws.get_message())
+    assert hello["type"] == "hello" and hello["segment"] == 1
+    assert hello["started_at_unix"] == pytest.approx(time.time(), abs=30)
+    wrong = base64.urlsafe_b64encode(b"nope").decode().rstrip("=")
+    assert await ws_subprotocol_status(d.live_port, url, f"ballista.bearer.{wrong}") == 401
 
 
 async def test_secret_headers_are_redacted_everywhere(

@@ -275,8 +275,13 @@ def test_page_routes_serve_the_page_and_its_files() -> None:
     assert b'name="ballista-live-url" content=""' in body
     _, _, proxied = page_routes(4321, '/live/"><script>')["/"](Request("GET", "/", ""))  # type: ignore[misc]
     assert b'content="/live/&quot;&gt;&lt;script&gt;"' in proxied
-    for src in (b"/static/uPlot.iife.min.js", b"/static/app.js", b"/static/style.css"):
-        assert src in body
+    # relative: the page works under a reverse proxy's path prefix too
+    for src in (b"static/uPlot.iife.min.js", b"static/app.js", b"static/style.css"):
+        assert b'"' + src in body and b'"/' + src not in body
+    # a run's page has no API; the daemon's names it, relative to the page
+    assert b'name="ballista-api" content=""' in body
+    _, _, daemon_page = page_routes(4321, api="api/")["/"](Request("GET", "/", ""))  # type: ignore[misc]
+    assert b'name="ballista-api" content="api/"' in daemon_page
     js = routes["/static/"](Request("GET", "/static/uPlot.iife.min.js", ""))
     assert isinstance(js, Response) and js.status == 200
     assert js.body.startswith(b"/*! https://github.com/leeoniya/uPlot")

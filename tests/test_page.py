@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import os
+import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
-from helpers import run_config, wait_until
+from browser import (  # noqa: F401 (CHROMIUM, CHROMEDRIVER: the harness, importable from here too)
+    ARTIFACTS,
+    CHROMEDRIVER,
+    CHROMIUM,
+    in_thread,
+    make_driver,
+    require_chromium,
+    until,
+)
+from helpers import run_config
 from servers import TargetFactory
 
 from ballista.engine.engine import Engine
@@ -26,19 +34,11 @@ from ballista.observe.live import LiveHub, page_routes, serve_live
 from ballista.observe.metrics import MetricsExporter, serve_metrics
 from ballista.observe.summary import summary_dict
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).parent / "artifacts"
-
 
 @pytest.fixture(autouse=True)
 def _tools_are_installed() -> None:
-    # Never a skip: scripts/test installs the tool, so its absence is a failure.
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.fail("needs Debian's chromium and chromium-driver (scripts/test installs them)")
+    require_chromium()
 
-
-T = TypeVar("T")
 
 # Pixels of a colour near `rgb` on a chart's canvas: a series was drawn there.
 COUNT_PIXELS = """
@@ -57,38 +57,6 @@ CANVAS_IMAGE = "return document.querySelector('#' + arguments[0] + ' canvas').to
 CHART_POINTS = "return window.ballista.charts[arguments[0]].data[0].length;"
 GREEN_2XX = (0x2C, 0xA0, 0x2C)  # the 2xx series of #chart-status
 BLUE_P50 = (0x1F, 0x77, 0xB4)  # the p50 series of #chart-latency
-
-
-def make_driver(profile: Path) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,2000",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-
-
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    return await trio.to_thread.run_sync(fn, *args)
-
-
-async def until(check: Callable[[], Any], what: str, limit_s: float = 15.0) -> Any:
-    """Poll `check` (in a thread: selenium blocks) until it returns something truthy."""
-    return await wait_until(check, what, limit=limit_s, poll=0.1, thread=True)
 
 
 async def test_live_page_follows_a_run_and_shows_the_summary(
@@ -232,3 +200,88 @@ async def test_the_page_finds_the_stream_at_its_configured_public_url(
         )
     finally:
         await in_thread(driver.quit)
+
+
+async def test_flows_of_a_journey_run_are_shown_as_a_table(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # A stream that speaks ballista.live/1 with the `flows` object journeys add to
+    # snapshots: the page renders it as a table, and hides the table without it.
+    from trio_websocket import WebSocketRequest, serve_websocket
+
+    from ballista.observe.httpserver import serve_http
+
+    flows = {
+        "checkout": {
+            "iterations": 120,
+            "completed": 117,
+            "failed": 3,
+            "failures_by_reason": {"status 503 at pay": 2, "timeout at cart": 1},
+            "duration_s": {
+                "min": 0.05,
+                "mean": 0.09,
+                "p50": 0.081,
+                "p90": 0.12,
+                "p95": 0.15,
+                "p99": 0.31,
+                "p999": 0.4,
+                "max": 0.42,
+            },
+        }
+    }
+    hello = {
+        "type": "hello",
+        "schema": "ballista.live/1",
+        "run_id": "flows",
+        "target": "http://127.0.0.1:9/",
+        "model": "closed",
+        "started_at": "2026-11-30T00:00:00Z",
+        "started_at_unix": 1796000000.0,
+        "interval": 1.0,
+    }
+    snapshot = {
+        "type": "snapshot",
+        "seq": 0,
+        "elapsed": 1.0,
+        "interval": 1.0,
+        "final": False,
+        "requests": 240,
+        "failed": 3,
+        "error_rate": 0.0125,
+        "rps": 240.0,
+        "in_flight": 2,
+        "interval_status_codes": {"200": 237, "503": 3},
+        "interval_errors": 0,
+        "interval_latency_s": {"count": 240, "p50": 0.01, "p90": 0.02, "p99": 0.03, "max": 0.04},
+        "status_codes": {"200": 237, "503": 3},
+        "flows": flows,
+    }
+
+    async def stream(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message(json.dumps(hello))
+        await ws.send_message(json.dumps(snapshot))
+        await trio.sleep_forever()
+
+    listener = await nursery.start(serve_websocket, stream, "127.0.0.1", 0, None)
+    ws_port = listener.port
+    http_port: int = await nursery.start(
+        functools.partial(serve_http, page_routes(ws_port), "127.0.0.1", 0)
+    )
+    driver = await in_thread(make_driver, tmp_path / "chromium-profile")
+    try:
+        await in_thread(driver.get, f"http://127.0.0.1:{http_port}/")
+        row = await until(
+            lambda: (
+                driver.find_element("id", "flows").is_displayed()
+                and driver.find_element("css selector", '#flows-body tr[data-flow="checkout"]')
+            ),
+            "the flows table",
+        )
+        cells = [td.text for td in row.find_elements("css selector", "td")]
+        assert cells[:4] == ["checkout", "120", "117", "3"]
+        assert cells[4] == "81.0 ms" and cells[6] == "310 ms"
+        assert "status 503 at pay: 2" in cells[8] and "timeout at cart: 1" in cells[8]
+    finally:
+        await in_thread(driver.quit)
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)

@@ -10,9 +10,20 @@ from pathlib import Path
 import pytest
 import trio
 from disks import StallingStore
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ballista.core.histogram import Histogram, SparseHistogram
 from ballista.daemon.history import History, IntervalQueue
-from ballista.daemon.store import Point, Store, StoreError, merge_points
+from ballista.daemon.store import (
+    Point,
+    Store,
+    StoreError,
+    downsample,
+    merge_points,
+    pack_histogram,
+    unpack_histogram,
+)
 
 
 class FakeClock:
@@ -87,6 +98,165 @@ def test_downsampling_keeps_storage_bounded_and_counts_exact(tmp_path: Path) -> 
         assert a.t_end == b.t_start
     # a merged row never hides a slow stretch
     assert max(p.latency_p99 for p in points) == 0.5
+
+
+def sampled(t: float, values: list[float], *, seg: int = 1, seq: int = 1) -> Point:
+    """An interval that saw `values`, with its histogram, as the daemon stores it."""
+    hist = Histogram()
+    for v in values:
+        hist.record(v)
+    p50, p90, p99 = hist.percentiles((50.0, 90.0, 99.0))
+    return Point(
+        t_start=t,
+        t_end=t + 1,
+        seg=seg,
+        requests=len(values),
+        failed=0,
+        errors=0,
+        latency_p50=p50,
+        latency_p90=p90,
+        latency_p99=p99,
+        latency_max=hist.max,
+        in_flight=1,
+        concurrency_limit=None,
+        target_rate=None,
+        status_codes={"200": len(values)},
+        errors_by_kind={},
+        seq=seq,
+        histogram=SparseHistogram.of(hist),
+    )
+
+
+def test_merged_percentiles_are_those_of_all_the_samples(tmp_path: Path) -> None:
+    # A slow interval of few requests beside a fast one of many: its p99 is not
+    # the p99 of the two together, which a max of p99s would report.
+    slow = [0.100] * 10
+    fast = [0.001 + i * 1e-6 for i in range(990)]
+    both = Histogram()
+    for v in slow + fast:
+        both.record(v)
+    a, b = sampled(0.0, slow), sampled(1.0, fast, seq=2)
+    assert max(a.latency_p99, b.latency_p99) == pytest.approx(0.100, rel=0.01)
+    merged = merge_points(a, b)
+    assert merged.latency_p99 == both.percentile(99.0)
+    assert merged.latency_p50 == both.percentile(50.0)
+    assert merged.latency_p99 < 0.002
+    assert merged.seq == 2
+
+    # the same through the store: compaction merges rows, a query merges spans
+    store = Store(tmp_path / "runs.db", points_per_level=4)
+    new_run(store)
+    every = Histogram()
+    for i in range(40):
+        values = slow if i == 5 else fast[: 50 + i]
+        for v in values:
+            every.record(v)
+        store.record_interval("r1", sampled(float(i), values, seq=i + 1), None)
+    stored = store.points("r1")
+    assert all(p.histogram is not None for p in stored)
+    (one,) = store.points("r1", max_points=1)
+    assert one.requests == every.count
+    assert one.latency_p99 == every.percentile(99.0)
+    assert one.latency_p90 == every.percentile(90.0)
+    assert one.latency_max == every.max
+    assert one.seq == 40
+    assert max(p.latency_p99 for p in stored) == pytest.approx(0.100, rel=0.01)
+    assert one.latency_p99 < 0.002
+
+
+def test_points_of_a_time_range_at_a_resolution(tmp_path: Path) -> None:
+    store = Store(tmp_path / "runs.db")
+    new_run(store)
+    for i in range(100):
+        store.record_interval("r1", sampled(float(i), [0.001 * (1 + i % 7)] * 5, seq=i + 1), None)
+    recent = store.points("r1", start=90.0)
+    assert [p.t_start for p in recent] == [float(i) for i in range(90, 100)]
+    window = store.points("r1", start=10.0, end=20.0)
+    assert [p.t_start for p in window] == [float(i) for i in range(10, 20)]
+    coarse = store.points("r1", max_points=10)
+    assert len(coarse) == 10
+    assert sum(p.requests for p in coarse) == 500
+    assert [p.t_start for p in coarse] == [float(i) for i in range(0, 100, 10)]
+    assert coarse[-1].t_end == 100.0
+
+
+def test_the_recent_past_keeps_its_resolution(tmp_path: Path) -> None:
+    store = Store(tmp_path / "runs.db")
+    new_run(store)
+    for i in range(100):
+        store.record_interval("r1", sampled(float(i), [0.001] * 5, seq=i), None)
+    shown = store.points("r1", max_points=20, recent=10.0)
+    # the last 10 s as stored, the 90 s before in the other 10 points
+    assert [p.t_start for p in shown[-10:]] == [float(i) for i in range(90, 100)]
+    assert len(shown) == 20
+    assert sum(p.requests for p in shown) == 500
+    assert shown[0].t_start == 0.0 and shown[9].t_end == 90.0
+    # more recent points than half the budget: those are merged too
+    assert len(store.points("r1", max_points=20, recent=60.0)) <= 21
+
+
+def test_downsampling_never_merges_across_segments() -> None:
+    points = [sampled(float(i), [0.001], seg=1 if i < 5 else 2) for i in range(10)]
+    merged = downsample(points, 1)
+    assert [(p.seg, p.requests) for p in merged] == [(1, 5), (2, 5)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=1e4, allow_nan=False), max_size=300))
+def test_packed_histograms_read_back_exactly(values: list[float]) -> None:
+    hist = Histogram()
+    for v in values:
+        hist.record(v)
+    sparse = SparseHistogram.of(hist)
+    back = unpack_histogram(pack_histogram(sparse))
+    assert back.to_dict() == sparse.to_dict()
+
+
+def test_a_damaged_histogram_costs_only_its_point(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a packed histogram"):
+        unpack_histogram(b"garbage")
+    store = Store(tmp_path / "runs.db")
+    new_run(store)
+    store.record_interval("r1", sampled(0.0, [0.001] * 3), None)
+    store._db.execute("UPDATE points SET histogram = x'00ff'")
+    (p,) = store.points("r1")
+    assert p.histogram is None
+    assert p.requests == 3
+
+
+def test_rows_of_an_older_version_are_still_served(tmp_path: Path) -> None:
+    # The points table as the first version wrote it: no seq, no histogram.
+    path = tmp_path / "runs.db"
+    store = Store(path)
+    new_run(store)
+    store.close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        DROP TABLE points;
+        CREATE TABLE points (
+            run_id TEXT NOT NULL REFERENCES runs (id), level INTEGER NOT NULL,
+            t_start REAL NOT NULL, t_end REAL NOT NULL, seg INTEGER NOT NULL,
+            requests INTEGER NOT NULL, failed INTEGER NOT NULL, errors INTEGER NOT NULL,
+            latency_p50 REAL NOT NULL, latency_p90 REAL NOT NULL, latency_p99 REAL NOT NULL,
+            latency_max REAL NOT NULL, in_flight INTEGER NOT NULL, concurrency_limit INTEGER,
+            target_rate REAL, status_codes TEXT NOT NULL, errors_by_kind TEXT NOT NULL);
+        INSERT INTO points VALUES ('r1', 0, 0.0, 1.0, 1, 10, 0, 0, 0.005, 0.008, 0.01, 0.02,
+            1, NULL, NULL, '{"200": 10}', '{}');
+        """
+    )
+    db.close()
+    store = Store(path)
+    store.record_interval("r1", sampled(1.0, [0.001] * 10, seq=5), None)
+    old, new = store.points("r1")
+    assert (old.seq, old.histogram, old.latency_p99) == (None, None, 0.01)
+    assert new.seq == 5 and new.histogram is not None
+    # merged with an old row: no histogram to add up, so the worse tail is kept
+    (both,) = store.points("r1", max_points=1)
+    assert both.requests == 20
+    assert both.histogram is None
+    assert both.latency_p99 == 0.01
+    assert old.as_dict()["latency_s"]["p99"] == 0.01
 
 
 def test_merge_points_adds_counts_and_keeps_the_worst_tail() -> None:

@@ -5,13 +5,16 @@ thread."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hmac
 import json
 import logging
+import math
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
@@ -72,9 +75,37 @@ _REFUSED: dict[str, tuple[int, str | None]] = {
 }
 
 
-def token_ok(token: str | None, headers: Sequence[tuple[str, str]], query: str = "") -> bool:
-    """Whether a request carries the bearer token (header or `?token=`); True without one."""
+#: The live stream's websocket subprotocol: the page offers it, the daemon answers it.
+LIVE_SUBPROTOCOL = "ballista.live"
+#: A subprotocol carrying the token (base64url, unpadded): browsers cannot give a
+#: websocket an Authorization header, and a token in its URL ends up in logs.
+BEARER_SUBPROTOCOL = "ballista.bearer."
+
+
+def bearer_subprotocol_token(subprotocols: Sequence[str]) -> str | None:
+    """The token a client offered as a `ballista.bearer.` subprotocol, if any."""
+    for proto in subprotocols:
+        if proto.startswith(BEARER_SUBPROTOCOL):
+            encoded = proto.removeprefix(BEARER_SUBPROTOCOL)
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                return None
+    return None
+
+
+def token_ok(
+    token: str | None,
+    headers: Sequence[tuple[str, str]],
+    query: str = "",
+    subprotocols: Sequence[str] = (),
+) -> bool:
+    """Whether a request carries the bearer token (the Authorization header, a
+    `ballista.bearer.` websocket subprotocol or `?token=`); True without one."""
     if not token:
+        return True
+    offered = bearer_subprotocol_token(subprotocols)
+    if offered is not None and hmac.compare_digest(offered.encode(), token.encode()):
         return True
     for name, value in headers:
         if name.lower() == "authorization":
@@ -151,7 +182,7 @@ class DaemonApi:
             from ballista.observe.live import page_routes
 
             try:
-                routes.update(page_routes(self.live_port, self.live_url))
+                routes.update(page_routes(self.live_port, self.live_url, api="api/"))
             except OSError:
                 log.warning("live page files are missing: / is not served")
         return routes
@@ -184,7 +215,15 @@ class DaemonApi:
             return _json(401, _error(message), [("www-authenticate", "Bearer")])
         if parts == ["runs"]:
             if method == "GET":
-                rows = await self.history.list_runs(limit=1000)
+                limit = runs_limit(parse_qs(request.query, keep_blank_values=True))
+                rows = await self.history.list_runs(limit=limit)
+                if len(rows) == limit:
+                    # Active runs are always listed, however many newer ones ended.
+                    listed = {r.id for r in rows}
+                    for status in ACTIVE_STATES:
+                        more = await self.history.list_runs(status=status, limit=MAX_RUNS_LISTED)
+                        rows += [r for r in more if r.id not in listed]
+                    rows.sort(key=lambda r: r.created_at, reverse=True)
                 return _json(200, {"runs": [self.brief(r) for r in rows]})
             _allow(method, "POST")
             doc = parse_scenario_body(request.body, request.header("content-type"))
@@ -192,10 +231,28 @@ class DaemonApi:
             return _json(201, {"id": handle.id, "run": await self.describe(handle.id)})
         if len(parts) == 2 and parts[0] == "runs":
             _allow(method, "GET")
-            described = await self.describe(parts[1], points="points" in request.query)
+            query = parse_qs(request.query, keep_blank_values=True)
+            window = points_window(query) if "points" in query else None
+            described = await self.describe(parts[1], points=window)
             if described is None:
                 raise ApiError(404, f"no run {parts[1]!r}", field="id")
             return _json(200, described)
+        if len(parts) == 3 and parts[0] == "runs" and parts[2] == "summary":
+            _allow(method, "GET")
+            row = await self.history.get_run(parts[1])
+            if row is None:
+                raise ApiError(404, f"no run {parts[1]!r}", field="id")
+            live = self.runs.get(parts[1])
+            summary = row.summary
+            if live is not None and live.active:
+                summary = live.summary or summary
+            if summary is None:
+                raise ApiError(404, f"run {parts[1]} has no summary yet", field="id")
+            return _json(
+                200,
+                summary,
+                [("content-disposition", f'attachment; filename="ballista-{row.id}.json"')],
+            )
         if len(parts) == 3 and parts[0] == "runs" and parts[2] == "stop":
             _allow(method, "POST")
             if await self.history.get_run(parts[1]) is None:
@@ -236,9 +293,14 @@ class DaemonApi:
             "requests": (summary or {}).get("requests", 0),
             "rps": (summary or {}).get("rps", 0.0),
             "error_rate": (summary or {}).get("error_rate", 0.0),
+            "model": (summary or {}).get("model") or _model_of(row.scenario_public),
+            "duration_s": (summary or {}).get("duration_s", 0.0),
+            "latency_p99_s": ((summary or {}).get("latency_s") or {}).get("p99"),
         }
 
-    async def describe(self, run_id: str, *, points: bool = False) -> dict[str, Any] | None:
+    async def describe(
+        self, run_id: str, *, points: PointsWindow | None = None
+    ) -> dict[str, Any] | None:
         row = await self.history.get_run(run_id)
         if row is None:
             return None
@@ -261,9 +323,87 @@ class DaemonApi:
         }
         if self.live_port is not None:
             out["live"] = f"/runs/{run_id}"
-        if points:
-            out["points"] = [p.as_dict() for p in await self.history.points(run_id)]
+        if points is not None:
+            stored = await self.history.points(
+                run_id,
+                start=points.start,
+                end=points.end,
+                max_points=points.max_points,
+                recent=points.recent,
+                histograms=points.histograms,
+            )
+            out["points"] = [p.as_dict(histogram=points.histograms) for p in stored]
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class PointsWindow:
+    """What `?points` asks for: a time range (unix seconds), a resolution, histograms."""
+
+    start: float | None = None
+    end: float | None = None
+    max_points: int | None = None
+    histograms: bool = False
+    #: seconds before the newest point kept at the stored resolution
+    recent: float | None = None
+
+
+#: Runs `GET /api/runs` lists at most (the newest), besides the active ones.
+MAX_RUNS_LISTED = 1000
+
+
+def runs_limit(query: Mapping[str, list[str]]) -> int:
+    """`GET /api/runs?limit=N`: the newest N runs (and every active one)."""
+    if not query.get("limit"):
+        return MAX_RUNS_LISTED
+    text = query["limit"][-1]
+    if not text.isdigit() or not 1 <= int(text) <= MAX_RUNS_LISTED:
+        raise ApiError(
+            400, f"limit: must be a whole number from 1 to {MAX_RUNS_LISTED}", field="limit"
+        )
+    return int(text)
+
+
+#: The finest `max_points` answered: a day at 1 s intervals.
+MAX_POINTS_LIMIT = 100_000
+
+
+def points_window(query: Mapping[str, list[str]]) -> PointsWindow:
+    """`?points&from=T&to=T&max_points=N&recent=S&histograms`; ApiError names a bad
+    parameter."""
+
+    def number(name: str) -> float | None:
+        values = query.get(name)
+        if not values:
+            return None
+        try:
+            value = float(values[-1])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ApiError(400, f"{name}: must be a number of seconds", field=name)
+        return value
+
+    start, end, recent = number("from"), number("to"), number("recent")
+    if recent is not None and recent < 0:
+        raise ApiError(400, "recent: must be seconds, 0 or more", field="recent")
+    max_points: int | None = None
+    if query.get("max_points"):
+        text = query["max_points"][-1]
+        if not text.isdigit() or not 1 <= int(text) <= MAX_POINTS_LIMIT:
+            raise ApiError(
+                400,
+                f"max_points: must be a whole number from 1 to {MAX_POINTS_LIMIT}",
+                field="max_points",
+            )
+        max_points = int(text)
+    return PointsWindow(start, end, max_points, "histograms" in query, recent)
+
+
+def _model_of(scenario: Mapping[str, Any]) -> str | None:
+    load = scenario.get("load")
+    model = load.get("model") if isinstance(load, Mapping) else None
+    return model if isinstance(model, str) else None
 
 
 def _iso(ts: float) -> str:

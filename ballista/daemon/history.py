@@ -119,8 +119,27 @@ class History:
     async def segments(self, run_id: str) -> list[dict[str, Any]]:
         return await self._read(functools.partial(self.store.segments, run_id))
 
-    async def points(self, run_id: str) -> list[Point]:
-        return await self._read(functools.partial(self.store.points, run_id))
+    async def points(
+        self,
+        run_id: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        max_points: int | None = None,
+        recent: float | None = None,
+        histograms: bool = True,
+    ) -> list[Point]:
+        return await self._read(
+            functools.partial(
+                self.store.points,
+                run_id,
+                start=start,
+                end=end,
+                max_points=max_points,
+                recent=recent,
+                histograms=histograms,
+            )
+        )
 
 
 class IntervalQueue:

@@ -20,6 +20,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ballista.core.config import RunConfig
 from ballista.core.errors import ConfigError
+from ballista.core.histogram import SparseHistogram
 from ballista.core.redact import redact_url
 from ballista.core.runmeta import RunMeta
 from ballista.core.segment import Segment, split_config
@@ -106,11 +107,16 @@ class RunHandle:
         return self.run.meta(final)
 
 
-def point_from_snapshot(snap: Snapshot, now: float, segment: int) -> Point:
+def point_from_snapshot(snap: Snapshot, started: float, segment: int) -> Point:
+    """One interval as stored. Its times are the segment's start plus the snapshot's
+    elapsed time, as the live stream's `started_at_unix + elapsed`: the page joins
+    stored points and live snapshots on the same clock."""
     lat = snap.interval_latency
+    hist = snap.interval_histogram
+    end = started + snap.elapsed
     return Point(
-        t_start=now - snap.interval,
-        t_end=now,
+        t_start=end - snap.interval,
+        t_end=end,
         seg=segment,
         requests=snap.interval_requests,
         failed=snap.interval_failed,
@@ -124,6 +130,8 @@ def point_from_snapshot(snap: Snapshot, now: float, segment: int) -> Point:
         target_rate=snap.target_rate,
         status_codes={str(k): v for k, v in snap.interval_status_codes.items()},
         errors_by_kind={k: v for k, v in snap.interval_errors_by_kind.items() if v},
+        seq=snap.seq,
+        histogram=None if hist is None else SparseHistogram.of(hist),
     )
 
 
@@ -354,6 +362,7 @@ class Runs:
                 await self.history.end_run(run_id, "interrupted", None, reason="daemon shut down")
             raise RunRefused("closing", "the daemon is shutting down")
         handle.segment = segment
+        handle.hub.segment = segment
         self.runs[run_id] = handle
         nursery.start_soon(self._run, handle)
         log.info(
@@ -392,11 +401,12 @@ class Runs:
         run.on_start(handle.hub.on_start)
 
     def _store_sink(self, handle: RunHandle) -> SnapshotSink:
+        started = handle.started_at.timestamp()
+
         def sink(snap: Snapshot) -> None:
-            now = time.time()
             handle.summary = summary_dict(snap, handle.meta())
             if not snap.final or (snap.interval > 0 and snap.interval_requests):
-                handle.intervals.put(point_from_snapshot(snap, now, handle.segment))
+                handle.intervals.put(point_from_snapshot(snap, started, handle.segment))
 
         return sink
 

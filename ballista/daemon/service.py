@@ -28,7 +28,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from ballista.core.config import DEFAULT_GRACE
 from ballista.core.errors import ConfigError
-from ballista.daemon.api import DaemonApi, token_ok
+from ballista.daemon.api import LIVE_SUBPROTOCOL, DaemonApi, token_ok
 from ballista.daemon.history import History
 from ballista.daemon.metrics import AllRuns
 from ballista.daemon.runs import RunHandle, Runs
@@ -201,14 +201,17 @@ class Daemon:
         async def handler(request: WebSocketRequest) -> None:
             path, _, query = request.path.partition("?")
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
-            if not token_ok(self.options.token, headers, query):
+            offered = list(request.proposed_subprotocols)
+            if not token_ok(self.options.token, headers, query, offered):
                 await request.reject(401, body=b"missing or wrong bearer token\n")
                 return
             handle = self._live_target(path)
             if handle is None or handle.hub is None:
                 await request.reject(404, body=b"no such run\n")
                 return
-            await handle.hub.handle(request)
+            # A browser that offered subprotocols closes a connection that names none.
+            chosen = LIVE_SUBPROTOCOL if LIVE_SUBPROTOCOL in offered else None
+            await handle.hub.handle(request, subprotocol=chosen)
 
         assert self.options.live_port is not None
         await serve_websockets(

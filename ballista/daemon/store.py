@@ -6,6 +6,8 @@ Interval rows are downsampled as a run gets long: each resolution level keeps
 at most `points_per_level` rows, and the two oldest rows of a full level merge
 into one row of the next level (twice as wide). Storage per run is bounded by
 `points_per_level * levels`, and levels grow with the logarithm of run length.
+Each row keeps its interval's latency histogram (sparse, packed), so a merged
+row's percentiles, and those of any span a reader asks for, are real ones.
 A finished run's summary is final: a trigger refuses any later change.
 Writes go through one connection, reads through another (WAL mode), so a read
 never waits for a write in progress. A file that is not a Ballista database is
@@ -15,19 +17,31 @@ refused, never changed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
+import struct
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+import zlib
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import compress
+from operator import add
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ballista.core.errors import ConfigError
+from ballista.core.histogram import Histogram, SparseHistogram
 
 SCHEMA_VERSION = 1
+
+#: Columns added to `points` since schema 1 was first written: a database of an
+#: older Ballista gains them (NULL in its rows), and older versions ignore them.
+_ADDED_POINT_COLUMNS = (("seq", "INTEGER"), ("histogram", "BLOB"))
 
 #: Run states. Final states never change again; `interrupted` runs with
 #: `restart = true` resume as a new segment.
@@ -81,7 +95,9 @@ CREATE TABLE IF NOT EXISTS points (
     concurrency_limit INTEGER,
     target_rate REAL,
     status_codes TEXT NOT NULL,
-    errors_by_kind TEXT NOT NULL
+    errors_by_kind TEXT NOT NULL,
+    seq INTEGER,                    -- the last snapshot in it (NULL in rows of older versions)
+    histogram BLOB                  -- its latency histogram, packed (NULL in older rows)
 );
 CREATE INDEX IF NOT EXISTS points_by_run ON points (run_id, level, t_start);
 CREATE TRIGGER IF NOT EXISTS final_summary_is_final
@@ -91,6 +107,117 @@ BEGIN
     SELECT RAISE(ABORT, 'a finished run is never changed');
 END;
 """
+
+
+@dataclass(slots=True)
+class _Span:
+    """A histogram as its buckets from `first` on, zeros included: two add up with
+    one C-speed `map(add, ...)`, where a sparse form costs a Python step per bucket."""
+
+    first: int
+    counts: list[int]
+    count: int
+    total: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, hist: SparseHistogram) -> _Span:
+        if not hist.count:
+            return cls(0, [], 0, 0.0, 0.0, 0.0)
+        first = hist.index[0]
+        counts = [0] * (hist.index[-1] + 1 - first)
+        for i, n in zip(hist.index, hist.counts, strict=True):
+            counts[i - first] = n
+        return cls(first, counts, hist.count, hist.total, hist.min, hist.max)
+
+    def sparse(self) -> SparseHistogram:
+        first = self.first
+        return SparseHistogram(
+            tuple(compress(range(first, first + len(self.counts)), self.counts)),
+            tuple(filter(None, self.counts)),
+            count=self.count,
+            total=self.total,
+            low=self.low,
+            high=self.high,
+        )
+
+
+def _add_spans(spans: Sequence[_Span]) -> _Span:
+    seen = [s for s in spans if s.count]
+    if not seen:
+        return _Span(0, [], 0, 0.0, 0.0, 0.0)
+    low = min(s.first for s in seen)
+    counts = [0] * (max(s.first + len(s.counts) for s in seen) - low)
+    for s in seen:
+        at = s.first - low
+        end = at + len(s.counts)
+        counts[at:end] = map(add, counts[at:end], s.counts)
+    return _Span(
+        low,
+        counts,
+        sum(s.count for s in seen),
+        sum(s.total for s in seen),
+        min(s.low for s in seen),
+        max(s.high for s in seen),
+    )
+
+
+#: A packed histogram's head: version, count, sum, min, max, first bucket, buckets.
+_HEAD = struct.Struct("<BQdddII")
+
+
+def pack_histogram(hist: SparseHistogram) -> bytes:
+    """A sparse histogram as a small blob: zlib over a fixed head and its buckets
+    from the first non-empty one to the last as little-endian 64-bit counts, zeros
+    included. Runs of zeros compress to almost nothing, and reading it back is a
+    copy, not a parse: a query over a day of points decodes thousands."""
+    span = _Span.of(hist)
+    counts = array("Q", span.counts)
+    if sys.byteorder != "little":
+        counts.byteswap()
+    head = _HEAD.pack(
+        _PACK_VERSION, span.count, span.total, span.low, span.high, span.first, len(counts)
+    )
+    return zlib.compress(head + counts.tobytes(), 6)
+
+
+def _unpack(blob: bytes) -> _Span:
+    try:
+        raw = zlib.decompress(blob)
+        version, count, total, low, high, first, n = _HEAD.unpack_from(raw)
+    except (zlib.error, struct.error) as exc:
+        raise ValueError(f"not a packed histogram: {exc}") from None
+    if version != _PACK_VERSION:
+        raise ValueError(f"packed histogram of unknown version {version!r}")
+    counts = array("Q")
+    body = raw[_HEAD.size :]
+    if len(body) != 8 * n or first + n > _BUCKETS:
+        raise ValueError("not a packed histogram: its buckets do not add up")
+    counts.frombytes(body)
+    if sys.byteorder != "little":
+        counts.byteswap()
+    if sum(counts) != count:
+        raise ValueError("not a packed histogram: its buckets do not add up")
+    return _Span(first, counts.tolist(), count, total, low, high)
+
+
+def unpack_histogram(blob: bytes) -> SparseHistogram:
+    """`pack_histogram` read back; ValueError when the blob is not one."""
+    return _unpack(blob).sparse()
+
+
+def _bucket_count() -> int:
+    # The layout's top bucket takes everything from ~78 h up: one past it is the count.
+    hist = Histogram()
+    hist.record(1e9)
+    top: int = hist.to_dict()["index"][0]
+    return top + 1
+
+
+#: Buckets of the histogram layout (HISTOGRAM_LAYOUT): every index is below it.
+_BUCKETS = _bucket_count()
+_PACK_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +239,18 @@ class Point:
     target_rate: float | None
     status_codes: Mapping[str, int]
     errors_by_kind: Mapping[str, int]
+    #: the last snapshot in it (None in rows of older versions)
+    seq: int | None = None
+    #: its latency histogram (None in rows of older versions)
+    histogram: SparseHistogram | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, histogram: bool = False) -> dict[str, Any]:
         width = self.t_end - self.t_start
-        return {
+        out = {
             "t_start": round(self.t_start, 3),
             "t_end": round(self.t_end, 3),
             "segment": self.seg,
+            "seq": self.seq,
             "requests": self.requests,
             "failed": self.failed,
             "errors": self.errors,
@@ -135,41 +267,104 @@ class Point:
             "status_codes": dict(self.status_codes),
             "errors_by_kind": dict(self.errors_by_kind),
         }
+        if histogram:
+            out["histogram"] = None if self.histogram is None else self.histogram.to_dict()
+        return out
 
 
 def merge_points(a: Point, b: Point) -> Point:
-    """Two adjacent points as one. Counts add; the percentiles of the merged row
-    are the worse of the two (a merged p99 can only over-state, never hide, a
-    slow stretch); the median is weighted by requests."""
-    total = a.requests + b.requests
-    p50 = (
-        (a.latency_p50 * a.requests + b.latency_p50 * b.requests) / total
-        if total
-        else max(a.latency_p50, b.latency_p50)
-    )
-    codes = dict(a.status_codes)
-    for k, v in b.status_codes.items():
-        codes[k] = codes.get(k, 0) + v
-    kinds = dict(a.errors_by_kind)
-    for k, v in b.errors_by_kind.items():
-        kinds[k] = kinds.get(k, 0) + v
+    """Two adjacent points as one (`b` the later): `merge_all((a, b))`."""
+    return merge_all((a, b))
+
+
+def merge_all(points: Sequence[Point], histogram: SparseHistogram | None = None) -> Point:
+    """Adjacent points (oldest first) as one. Counts and histograms add, and the
+    percentiles are those of the summed histogram: real ones. Rows of older
+    versions carry no histogram: then the merged p90 and p99 are the worst of
+    them (over-stating, never hiding, a slow stretch) and the median is weighted
+    by requests. `histogram`: their histograms' sum, when the caller has it already."""
+    if len(points) == 1 and histogram is None:
+        return points[0]
+    last = points[-1]
+    requests = sum(p.requests for p in points)
+    codes: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    for p in points:
+        for k, v in p.status_codes.items():
+            codes[k] = codes.get(k, 0) + v
+        for k, v in p.errors_by_kind.items():
+            kinds[k] = kinds.get(k, 0) + v
+    hists = [p.histogram for p in points if p.histogram is not None]
+    hist = histogram
+    if hist is None and len(hists) == len(points):
+        hist = _add_spans([_Span.of(h) for h in hists]).sparse()
+    if hist is not None:
+        p50, p90, p99 = hist.percentiles((50.0, 90.0, 99.0)) if hist.count else (0.0,) * 3
+    else:
+        p50 = (
+            sum(p.latency_p50 * p.requests for p in points) / requests
+            if requests
+            else max(p.latency_p50 for p in points)
+        )
+        p90 = max(p.latency_p90 for p in points)
+        p99 = max(p.latency_p99 for p in points)
+    seqs = [p.seq for p in points if p.seq is not None]
     return Point(
-        t_start=min(a.t_start, b.t_start),
-        t_end=max(a.t_end, b.t_end),
-        seg=b.seg,
-        requests=total,
-        failed=a.failed + b.failed,
-        errors=a.errors + b.errors,
+        t_start=min(p.t_start for p in points),
+        t_end=max(p.t_end for p in points),
+        seg=last.seg,
+        requests=requests,
+        failed=sum(p.failed for p in points),
+        errors=sum(p.errors for p in points),
         latency_p50=p50,
-        latency_p90=max(a.latency_p90, b.latency_p90),
-        latency_p99=max(a.latency_p99, b.latency_p99),
-        latency_max=max(a.latency_max, b.latency_max),
-        in_flight=max(a.in_flight, b.in_flight),
-        concurrency_limit=b.concurrency_limit,
-        target_rate=b.target_rate,
+        latency_p90=p90,
+        latency_p99=p99,
+        latency_max=max(p.latency_max for p in points),
+        in_flight=max(p.in_flight for p in points),
+        concurrency_limit=last.concurrency_limit,
+        target_rate=last.target_rate,
         status_codes=codes,
         errors_by_kind=kinds,
+        seq=seqs[-1] if seqs else None,
+        histogram=hist,
     )
+
+
+def downsample(points: Sequence[Point], max_points: int) -> list[Point]:
+    """At most about `max_points` points over the same time: adjacent points merge
+    into spans of equal width (never across segments, a daemon's downtime lies
+    between them). Counts add up exactly; percentiles come from the merged
+    histograms. Points already wider than a span stay as they are."""
+    if len(points) <= max_points:
+        return list(points)
+    return [merge_all(g) for g in spans(points, max_points, lambda p: (p.t_start, p.t_end, p.seg))]
+
+
+T = TypeVar("T")
+
+
+def spans(
+    items: Sequence[T], max_points: int, times: Callable[[T], tuple[float, float, int]]
+) -> list[list[T]]:
+    """`items` (oldest first) grouped into at most about `max_points` spans of equal
+    width, by start time, never across segments. `times` gives (start, end, segment)."""
+    if not items:
+        return []
+    first = times(items[0])[0]
+    width = (times(items[-1])[1] - first) / max(1, max_points)
+    if width <= 0:
+        return [[item] for item in items]
+    groups: list[list[T]] = []
+    key: tuple[int, int] | None = None
+    for item in items:
+        start, _, seg = times(item)
+        k = (seg, math.floor((start - first) / width))
+        if k == key:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+            key = k
+    return groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,11 +394,14 @@ class RunRow:
 _POINT_COLS = (
     "t_start, t_end, seg, requests, failed, errors, latency_p50, latency_p90, "
     "latency_p99, latency_max, in_flight, concurrency_limit, target_rate, "
-    "status_codes, errors_by_kind"
+    "status_codes, errors_by_kind, seq, histogram"
 )
+_POINT_PLACEHOLDERS = ", ".join("?" * 19)
 
 
-def _point_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Point:
+def _point_from_row(row: sqlite3.Row | tuple[Any, ...], *, histogram: bool = True) -> Point:
+    """A stored row as a Point; its histogram decoded only if asked (a point shown
+    as it is needs its stored percentiles, not its histogram)."""
     return Point(
         t_start=row[0],
         t_end=row[1],
@@ -220,7 +418,29 @@ def _point_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Point:
         target_rate=row[12],
         status_codes=json.loads(row[13]),
         errors_by_kind=json.loads(row[14]),
+        seq=row[15],
+        histogram=_histogram_of(row[16]) if histogram else None,
     )
+
+
+def _summed(blobs: Sequence[bytes | None]) -> SparseHistogram | None:
+    """The sum of stored histograms; None if any row has none (or a damaged one)."""
+    try:
+        if all(b is not None for b in blobs):
+            return _add_spans([_unpack(b) for b in blobs if b is not None]).sparse()
+    except ValueError:
+        pass
+    return None
+
+
+def _histogram_of(blob: bytes | None) -> SparseHistogram | None:
+    if blob is None:
+        return None
+    try:
+        return unpack_histogram(blob)
+    except ValueError:
+        # A damaged blob costs that point its real percentiles, not the whole run.
+        return None
 
 
 def _point_values(run_id: str, level: int, p: Point) -> tuple[Any, ...]:
@@ -242,6 +462,8 @@ def _point_values(run_id: str, level: int, p: Point) -> tuple[Any, ...]:
         p.target_rate,
         json.dumps(dict(p.status_codes), sort_keys=True),
         json.dumps(dict(p.errors_by_kind), sort_keys=True),
+        p.seq,
+        None if p.histogram is None else pack_histogram(p.histogram),
     )
 
 
@@ -344,6 +566,10 @@ class Store:
                 _inspect(db, self.path)
                 for statement in _statements(_DDL):
                     db.execute(statement)
+                have = {r[1] for r in db.execute("PRAGMA table_info(points)")}
+                for name, kind in _ADDED_POINT_COLUMNS:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE points ADD COLUMN {name} {kind}")
                 db.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                     (str(SCHEMA_VERSION),),
@@ -444,8 +670,7 @@ class Store:
         summary so far, in one transaction."""
         with self._tx() as db:
             db.execute(
-                f"INSERT INTO points (run_id, level, {_POINT_COLS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO points (run_id, level, {_POINT_COLS}) VALUES ({_POINT_PLACEHOLDERS})",
                 _point_values(run_id, 0, point),
             )
             self._compact(db, run_id)
@@ -478,8 +703,7 @@ class Store:
             merged = merge_points(_point_from_row(rows[0][1:]), _point_from_row(rows[1][1:]))
             db.execute("DELETE FROM points WHERE rowid IN (?, ?)", (rows[0][0], rows[1][0]))
             db.execute(
-                f"INSERT INTO points (run_id, level, {_POINT_COLS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO points (run_id, level, {_POINT_COLS}) VALUES ({_POINT_PLACEHOLDERS})",
                 _point_values(run_id, level + 1, merged),
             )
             level += 1
@@ -608,12 +832,53 @@ class Store:
             for r in rows
         ]
 
-    def points(self, run_id: str) -> list[Point]:
-        """The run's figures over time, oldest first, at whatever resolution survives."""
+    def points(
+        self,
+        run_id: str,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        max_points: int | None = None,
+        recent: float | None = None,
+        histograms: bool = True,
+    ) -> list[Point]:
+        """The run's figures over time, oldest first, at whatever resolution survives:
+        those ending after `start` and starting before `end` (unix times), merged
+        down to about `max_points` if there are more. With `recent`, the points of
+        the last `recent` seconds keep their stored resolution (up to half of
+        `max_points`) and the rest is merged in the remaining budget: the recent
+        past fine, the long past coarse. Without `histograms`, only merged points
+        carry one (decoding is most of a query's time)."""
         rows = self._read(
-            f"SELECT {_POINT_COLS} FROM points WHERE run_id = ? ORDER BY t_start", (run_id,)
+            f"SELECT {_POINT_COLS} FROM points WHERE run_id = ? AND t_end > ? AND t_start < ?"
+            " ORDER BY t_start",
+            (run_id, -math.inf if start is None else start, math.inf if end is None else end),
         )
-        return [_point_from_row(r) for r in rows]
+        if max_points is None or len(rows) <= max_points:
+            return [_point_from_row(r, histogram=histograms) for r in rows]
+        if recent is None or recent <= 0:
+            return self._merged(rows, max_points, histograms)
+        cut = rows[-1][1] - recent
+        split = next((i for i, r in enumerate(rows) if r[0] >= cut), len(rows))
+        fine = self._merged(rows[split:], max(1, max_points // 2), histograms)
+        return self._merged(rows[:split], max(1, max_points - len(fine)), histograms) + fine
+
+    @staticmethod
+    def _merged(rows: Sequence[Any], max_points: int, histograms: bool) -> list[Point]:
+        if len(rows) <= max_points:
+            return [_point_from_row(r, histogram=histograms) for r in rows]
+        out = []
+        for group in spans(rows, max_points, lambda r: (r[0], r[1], r[2])):
+            if len(group) == 1:
+                out.append(_point_from_row(group[0], histogram=histograms))
+                continue
+            out.append(
+                merge_all(
+                    [_point_from_row(r, histogram=False) for r in group],
+                    _summed([r[16] for r in group]),
+                )
+            )
+        return out
 
     def point_count(self, run_id: str) -> int:
         ((n,),) = self._read("SELECT COUNT(*) FROM points WHERE run_id = ?", (run_id,))

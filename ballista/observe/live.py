@@ -204,6 +204,8 @@ class LiveHub:
         self.close_timeout = close_timeout
         self.finish_timeout = finish_timeout
         self.info: RunInfo | None = None
+        #: the daemon's segment of the run this hub streams (None outside the daemon)
+        self.segment: int | None = None
         self._clients: set[_Client] = set()
         self._latest: str | None = None
         self._summary: str | None = None
@@ -253,6 +255,10 @@ class LiveHub:
             "connections": info.connections if info else config.connections,
             "concurrency": info.concurrency if info else config.load.concurrency,
             "started_at": iso_utc(self.started_at),
+            # snapshots happen at started_at_unix + elapsed: the daemon's stored points
+            # are on the same clock, so the page joins them without a gap or a double
+            "started_at_unix": round(self.started_at.timestamp(), 6),
+            "segment": self.segment,
             "interval": config.interval,
             "duration_s": config.load.effective_duration,
             "config": public_config(config),
@@ -273,9 +279,9 @@ class LiveHub:
 
     # -- one connection ------------------------------------------------------------
 
-    async def handle(self, request: WebSocketRequest) -> None:
+    async def handle(self, request: WebSocketRequest, *, subprotocol: str | None = None) -> None:
         """trio-websocket handler: one viewer, from hello to close."""
-        ws = await request.accept()
+        ws = await request.accept(subprotocol=subprotocol)
         client = _Client(self._latest)
         self._clients.add(client)
         self._idle = trio.Event() if len(self._clients) == 1 else self._idle
@@ -432,8 +438,13 @@ def static_file(name: str) -> bytes:
     return resources.files("ballista.observe").joinpath("static", name).read_bytes()
 
 
-def page_routes(live_port: int, live_url: str | None = None) -> dict[str, Handler]:
-    """Routes for the live page on the metrics listener: `/` and `/static/...`.
+def page_routes(
+    live_port: int, live_url: str | None = None, *, api: str | None = None
+) -> dict[str, Handler]:
+    """Routes for the page: `/` and `/static/...`. One page for both places: beside
+    /metrics of `ballista run --live-port` (one run, its stream) and in the daemon,
+    which passes `api` (the API's path relative to the page, `api/`): then the page
+    lists the runs and draws each from its stored points on.
 
     `/` is index.html told where the stream is: `live_url` when given (absolute,
     or relative to the page's own location, as behind a reverse proxy), else
@@ -444,6 +455,7 @@ def page_routes(live_port: int, live_url: str | None = None) -> dict[str, Handle
         files["index.html"]
         .replace(b"{{LIVE_PORT}}", str(live_port).encode())
         .replace(b"{{LIVE_URL}}", html.escape(live_url or "", quote=True).encode())
+        .replace(b"{{API}}", html.escape(api or "", quote=True).encode())
     )
 
     def headers(content_type: str) -> list[tuple[str, str]]:
