@@ -125,6 +125,8 @@ def test_rendered_manifests_validate_and_run_the_segments(
         "matchLabels": {"ballista.dev/test": job["metadata"]["name"]}
     }
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == container["ports"][0]["name"]
+    # The scrape job is "ballista", as prometheus/rules and the dashboards expect.
+    assert pod["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "ballista"
 
 
 def test_validation_is_not_a_formality() -> None:

@@ -263,6 +263,9 @@ def manifests(test: KubeTest) -> list[dict[str, Any]]:
         "kind": "PodMonitor",
         "metadata": meta(test.name),
         "spec": {
+            # job="ballista", as the bundled rules and dashboards expect (the
+            # operator's default would be "<namespace>/<name>").
+            "jobLabel": "app.kubernetes.io/name",
             "selector": {"matchLabels": {TEST_LABEL: test.name}},
             "podMetricsEndpoints": [
                 {"port": "metrics", "path": "/metrics", "interval": "5s", "scrapeTimeout": "4s"}
