@@ -83,7 +83,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"each pod's /metrics port (default {DEFAULT_METRICS_PORT})",
     )
     render.add_argument("-o", "--output", default=None, metavar="FILE", help="default: stdout")
-    render.add_argument("run_args", nargs="*", metavar="-- RUN_ARGS", help=argparse.SUPPRESS)
+    render.add_argument(
+        "run_args",
+        nargs="*",
+        metavar="RUN_ARGS",
+        help="after --: `ballista run` arguments for every pod",
+    )
     gather = sub.add_parser(
         "collect",
         help="fetch each segment's summary from its pod's log, for `ballista merge`",
