@@ -10,10 +10,11 @@ from __future__ import annotations
 import enum
 import errno
 import ipaddress
+import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -505,3 +506,143 @@ def prepare(index: int, spec: RequestSpec, origin: Origin) -> PreparedRequest:
         h2_header_bytes=sum(len(k) + len(v) for k, v in h2_headers),
         spec=spec,
     )
+
+
+#: Response body bytes a journey step keeps for its code to read (`text`, `json()`);
+#: beyond it the body is counted but not kept, so a huge answer cannot take memory
+#: per virtual user.
+MAX_CAPTURE = 8 * 1024 * 1024
+
+
+class Captured:
+    """What a journey step keeps of its response: the final head's headers and the body.
+
+    Filled by the connection as the response is read (HTTP/1.1's reader, HTTP/2's
+    reader task); plain requests never carry one and keep nothing.
+    """
+
+    __slots__ = ("chunks", "headers", "size", "truncated")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        #: the body went past MAX_CAPTURE: what is kept is its beginning
+        self.truncated = False
+
+    def reset(self) -> None:
+        """A new response begins (a retry, or an informational response was skipped)."""
+        self.headers = []
+        self.chunks = []
+        self.size = 0
+        self.truncated = False
+
+    def add_body(self, data: bytes) -> None:
+        size = self.size + len(data)
+        if size <= MAX_CAPTURE:
+            self.chunks.append(bytes(data))
+            self.size = size
+        elif not self.truncated:
+            self.truncated = True
+            keep = MAX_CAPTURE - self.size
+            if keep > 0:
+                self.chunks.append(bytes(data[:keep]))
+                self.size = MAX_CAPTURE
+
+    @property
+    def body(self) -> bytes:
+        chunks = self.chunks
+        if len(chunks) == 1:
+            return chunks[0]
+        joined = b"".join(chunks)
+        self.chunks = [joined]
+        return joined
+
+
+_TOKEN_BYTES = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$").match
+_BAD_VALUE = re.compile(rb"[\x00\r\n]").search
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]").search
+_HOP_BY_HOP = frozenset({b"host", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"})
+
+
+def prepare_dynamic(
+    index: int,
+    spec: RequestSpec,
+    method: bytes,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    body: bytes,
+    origin: Origin,
+    authority: bytes,
+) -> PreparedRequest:
+    """A request built at run time (a journey's step): `prepare` without h11, checked
+    by hand, since it runs once per request rather than once per run.
+
+    ValueError (in the journey's code: counted, never sent) for a method, target or
+    header that would put something other than the request on the wire.
+    """
+    if not _TOKEN_BYTES(method):
+        raise ValueError(f"invalid HTTP method {method!r}")
+    if not target.startswith(b"/") or _BAD_TARGET(target):
+        raise ValueError(f"invalid request target {target!r}")
+    given: set[bytes] = set()
+    keep_alive = True
+    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+    h2_headers: list[tuple[bytes, bytes]] = [
+        (b":method", method),
+        (b":scheme", b"https" if origin.tls else b"http"),
+        (b":authority", authority),
+        (b":path", target),
+    ]
+    own: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if not _TOKEN_BYTES(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if _BAD_VALUE(value):
+            raise ValueError(f"header {name.decode()!r}: a control character in its value")
+        lower = name.lower()
+        given.add(lower)
+        if lower in (b"content-length", b"transfer-encoding"):
+            raise ValueError(f"header {name.decode()!r}: Ballista frames the body itself")
+        own.append((name, value))
+        if lower == b"connection" and b"close" in value.lower():
+            keep_alive = False
+        if lower == b"host":
+            h2_headers[2] = (b":authority", value)
+        elif lower not in _HOP_BY_HOP:
+            h2_headers.append((lower, value))
+    for name, value in (
+        (b"host", authority),
+        (b"user-agent", _USER_AGENT),
+        (b"accept", b"*/*"),
+    ):
+        if name not in given:
+            lines += (name, b": ", value, b"\r\n")
+            if name != b"host":
+                h2_headers.append((name, value))
+    for name, value in own:
+        lines += (name, b": ", value, b"\r\n")
+    if body or method in (b"POST", b"PUT", b"PATCH"):
+        length = str(len(body)).encode()
+        lines += (b"content-length: ", length, b"\r\n")
+        h2_headers.append((b"content-length", length))
+    lines.append(b"\r\n")
+    head = b"".join(lines)
+    h1_parts = (head, body) if body else (head,)
+    size = len(head) + len(body)
+    return PreparedRequest(
+        index=index,
+        method=method,
+        target=target,
+        body=body,
+        h1_parts=h1_parts,
+        h1_bytes=head + body if size <= H1_WHOLE_MAX else None,
+        h1_keep_alive=keep_alive,
+        head=method == b"HEAD",
+        h2_headers=tuple(h2_headers),
+        h2_header_bytes=sum(len(k) + len(v) for k, v in h2_headers),
+        spec=spec,
+    )
+
+
+_USER_AGENT = USER_AGENT.encode("ascii")

@@ -16,7 +16,7 @@ from typing import Protocol
 import h11
 import httptools
 
-from ballista.transport.connect import PeerClosed, ProtocolViolation
+from ballista.transport.connect import Captured, PeerClosed, ProtocolViolation
 
 #: A response head longer than this is refused, as h11 refuses it by default.
 MAX_HEAD = 16 * 1024
@@ -201,6 +201,35 @@ class FastReader:
             self._parser = self._new_parser()
             return
         raise PeerClosed("connection closed before the response ended")
+
+
+class CapturingReader(FastReader):
+    """FastReader that also keeps the final response's headers and body in `capture`
+    (journeys read them). Plain requests use FastReader: llhttp then never calls
+    back per body chunk."""
+
+    __slots__ = ("capture",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capture: Captured | None = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        capture = self.capture
+        if capture is not None:
+            capture.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        capture = self.capture
+        if capture is not None and self._parser.get_status_code() < 200:
+            capture.reset()  # an informational response: the real one follows
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        capture = self.capture
+        if capture is not None:
+            capture.add_body(body)
 
 
 class H11Reader:
