@@ -784,6 +784,6 @@ async def start_journey_service(nursery: trio.Nursery) -> JourneyService:
     hc.bind = [f"{HOST}:0"]
     hc.loglevel = "WARNING"
     hc.keep_alive_max_requests = 1_000_000
-    binds: list[str] = await nursery.start(functools.partial(serve, service, hc))  # type: ignore[arg-type]
+    binds: list[str] = await nursery.start(functools.partial(serve, service, hc))
     service.port = int(binds[0].rsplit(":", 1)[1])
     return service

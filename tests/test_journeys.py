@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import pytest
 import trio
 from helpers import run_config
 from servers import JourneyService
 
-from ballista.core.config import LoadSpec, RunConfig
+from ballista.core.config import RunConfig
 from ballista.core.journey import JourneyDef, JourneyFailure, Journeys, Response, Session
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
@@ -43,9 +42,7 @@ async def test_login_token_cookie_carried_per_user(journey_service: JourneyServi
         s.vars["token"] = r.json()["token"]
 
     async def me(s: Session) -> None:
-        r = await s.get(
-            "/me", headers={"Authorization": f"Bearer {s.vars['token']}"}, name="me"
-        )
+        r = await s.get("/me", headers={"Authorization": f"Bearer {s.vars['token']}"}, name="me")
         seen.append((s.vu, r.json()["user"]))
 
     journeys = Journeys(flows=(JourneyDef("me", me),), setup=setup)
@@ -60,3 +57,193 @@ async def test_login_token_cookie_carried_per_user(journey_service: JourneyServi
     # Each user's cookie and token are its own.
     assert all(user == f"u{vu}" for vu, user in seen)
     assert {vu for vu, _ in seen} == {0, 1, 2}
+
+
+async def test_failures_by_reason_and_user_errors(journey_service: JourneyService) -> None:
+    reports: list[str] = []
+
+    def not_empty(r: Response) -> str | None:
+        return None if r.content else "empty body"
+
+    async def shop(s: Session) -> None:
+        k = s.iteration % 4
+        if k == 0:
+            await s.get("/status/404", name="missing")  # unexpected status
+        elif k == 1:
+            await s.get("/logout", name="logout", checks=[not_empty])  # a failed check
+        elif k == 2:
+            await s.get("/status/404", name="expected404", expect={404})
+            raise JourneyFailure("gave up")
+        else:
+            await s.get("/echo", name="echo")
+            _ = 1 / 0  # the journey's own bug
+
+    journeys = Journeys(flows=(JourneyDef("shop", shop),))
+    engine = Engine(config_for(journey_service.url, journeys, "-c", "1", "-n", "8"), grace=2.0)
+    engine.journey_report = reports.append
+    with trio.fail_after(60):
+        final = await engine.run()
+    shop_stats = flows_of(final)["shop"]
+    assert shop_stats.iterations == 8 and shop_stats.completed == 0 and shop_stats.failed == 8
+    assert shop_stats.failures_by_reason == {
+        "status 404": 2,
+        "empty body": 2,
+        "gave up": 2,
+        "journey_error": 2,
+    }
+    steps = by_name(final)
+    assert steps["missing"].failed == 2
+    assert steps["logout"].failed == 2  # a 200 that failed its check counts as failed
+    assert steps["expected404"].failed == 0
+    assert steps["echo"].failed == 0
+    assert final.requests == 8 and final.failed == 4
+    # The exception is shown once, with its traceback, and counted in a note.
+    assert len(reports) == 1
+    assert "ZeroDivisionError" in reports[0] and "test_journeys.py" in reports[0]
+    assert "_ = 1 / 0" in reports[0]
+    notes = " ".join(engine.notes())
+    assert "2 iterations ended with an exception" in notes and "ZeroDivisionError" in notes
+
+
+async def test_h2c_cookies_and_bodies(journey_service: JourneyService) -> None:
+    echoes: list[Any] = []
+
+    async def flow(s: Session) -> None:
+        await s.post("/login", json={"user": "ann"}, name="login")
+        r = await s.post(
+            "/echo", data={"a": "1 2"}, params={"q": "x"}, headers={"X-Id": str(s.vu)}, name="echo"
+        )
+        echoes.append(r.json())
+        await s.get("/logout", name="logout")
+        assert s.cookies.header() is None  # type: ignore[attr-defined]
+        me = await s.get("/me", name="me", expect={401})
+        assert me.status == 401
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    _, final = await run(config_for(journey_service.url, journeys, "-c", "4", "-n", "8", "--http2"))
+    assert flows_of(final)["flow"].completed == 8
+    assert final.connections_opened == 1
+    echo = echoes[0]
+    assert echo["method"] == "POST" and echo["query"] == "q=x" and echo["body"] == "a=1+2"
+    assert echo["headers"]["cookie"] == "sid=ann"
+    assert echo["headers"]["content-type"] == "application/x-www-form-urlencoded"
+    assert journey_service.hits == {"login": 8, "echo": 8, "logout": 8, "me": 8}
+
+
+async def test_open_model_iterations_on_pooled_users(journey_service: JourneyService) -> None:
+    users: set[int] = set()
+
+    async def setup(s: Session) -> None:
+        await s.post("/login", json={"user": f"u{s.vu}"}, name="login")
+
+    async def flow(s: Session) -> None:
+        users.add(s.vu)
+        await s.get("/slow/20", name="slow")
+        await s.get("/me", name="me")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),), setup=setup)
+    _, final = await run(config_for(journey_service.url, journeys, "-r", "100", "-d", "1s"))
+    flow_stats = flows_of(final)["flow"]
+    assert flow_stats.iterations == 100 and final.dropped == 0
+    # The last arrivals were still running at the end of -d: interrupted, not failed.
+    assert flow_stats.completed + flow_stats.interrupted == 100
+    assert flow_stats.interrupted <= 3 and flow_stats.failed == 0
+    # Users are pooled: about rate x iteration time of them, each set up once.
+    assert flows_of(final)["setup"].completed == len(users) < 20
+    assert journey_service.hits == {"login": len(users), "slow": 100, "me": flow_stats.completed}
+    assert by_name(final)["slow"].latency.min >= 0.02
+
+
+async def test_open_model_drops_iterations_at_the_cap(journey_service: JourneyService) -> None:
+    async def flow(s: Session) -> None:
+        await s.get("/slow/500", name="slow")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    _, final = await run(
+        config_for(
+            journey_service.url,
+            journeys,
+            "-r",
+            "20",
+            "-d",
+            "1s",
+            "--max-in-flight",
+            "2",
+            "--timeout",
+            "200ms",
+        )
+    )
+    flow_stats = flows_of(final)["flow"]
+    # Iterations that could not start within the timeout were dropped, never started.
+    assert flow_stats.iterations + final.dropped == 20
+    assert final.dropped > 0
+    assert journey_service.hits["slow"] == flow_stats.iterations
+
+
+async def test_stop_interrupts_iterations_and_counts_unfinished_steps(
+    journey_service: JourneyService,
+) -> None:
+    async def flow(s: Session) -> None:
+        await s.get("/echo", name="fast")
+        await s.get("/slow/5000", name="slow")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    engine = Engine(config_for(journey_service.url, journeys, "-c", "3", "-d", "300ms"), grace=0.2)
+    with trio.fail_after(30):
+        final = await engine.run()
+    flow_stats = flows_of(final)["flow"]
+    assert flow_stats.iterations == 3 and flow_stats.interrupted == 3
+    assert flow_stats.completed == flow_stats.failed == 0
+    slow = by_name(final)["slow"]
+    assert slow.requests == 3 and slow.errors_by_kind["unfinished"] == 3
+    assert final.in_flight == 0
+
+
+async def test_think_time_ends_at_the_stop(journey_service: JourneyService) -> None:
+    async def flow(s: Session) -> None:
+        await s.get("/echo", name="a")
+        await s.sleep(3600)
+        await s.get("/echo", name="b")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    with trio.fail_after(10):
+        _, final = await run(config_for(journey_service.url, journeys, "-c", "2", "-d", "200ms"))
+    flow_stats = flows_of(final)["flow"]
+    # The sleep returned at the stop; the next step did not go out.
+    assert flow_stats.iterations == flow_stats.interrupted == 2
+    assert journey_service.hits == {"echo": 2}
+
+
+async def test_step_names_are_bounded(journey_service: JourneyService) -> None:
+    async def flow(s: Session) -> None:
+        await s.get(f"/echo?i={s.iteration}", name=f"n{s.iteration}")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    _, final = await run(config_for(journey_service.url, journeys, "-c", "1", "-n", "130"))
+    names = by_name(final)
+    # 100 names of their own (MAX_STEP_NAMES), then one for all the rest.
+    assert len(names) == 101
+    assert names["other"].requests == 30
+    assert sum(r.requests for r in final.by_request) == 130
+
+
+async def test_data_exhausted_stops_the_run(journey_service: JourneyService) -> None:
+    from ballista.core.journey import DataExhausted
+
+    rows = iter(range(5))
+
+    async def flow(s: Session) -> None:
+        try:
+            row = next(rows)
+        except StopIteration:
+            raise DataExhausted("users.csv: all 5 rows used (unique)") from None
+        await s.get(f"/echo?row={row}", name="echo")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    with trio.fail_after(10):
+        engine, final = await run(config_for(journey_service.url, journeys, "-c", "2", "-d", "30s"))
+    assert final.elapsed < 10
+    assert journey_service.hits == {"echo": 5}
+    flow_stats = flows_of(final)["flow"]
+    assert flow_stats.completed == 5 and flow_stats.failed == 0
+    assert any("users.csv: all 5 rows used" in n for n in engine.notes())
