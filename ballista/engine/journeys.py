@@ -380,9 +380,7 @@ class JourneyRunner:
         user.iteration += 1
         return True
 
-    async def _run(
-        self, index: int, fn: JourneyFn, user: VirtualUser, began: float | None
-    ) -> bool:
+    async def _run(self, index: int, fn: JourneyFn, user: VirtualUser, began: float | None) -> bool:
         flows = self.flows
         flows.started(index)
         t0 = trio.current_time() if began is None else began
@@ -440,9 +438,7 @@ class JourneyRunner:
             total = sum(e.count for e in self._errors.values())
             parts = ", ".join(
                 f"{n:,} {kind} in {flow!r}" + (f" at {e.where}" if e.where else "")
-                for (flow, kind, _), e in sorted(
-                    self._errors.items(), key=lambda kv: -kv[1].count
-                )
+                for (flow, kind, _), e in sorted(self._errors.items(), key=lambda kv: -kv[1].count)
                 for n in (e.count,)
             )
             notes.append(
@@ -478,7 +474,11 @@ class JourneyRunner:
                 parts = urlsplit(path)
                 origin = self._origin
                 port = parts.port or (443 if parts.scheme == "https" else 80)
-                if (parts.scheme, parts.hostname, port) != (origin.scheme, origin.host, origin.port):
+                if (parts.scheme, parts.hostname, port) != (
+                    origin.scheme,
+                    origin.host,
+                    origin.port,
+                ):
                     raise ValueError(
                         f"{path!r}: a journey sends to the run's target only ({origin.url('')})"
                     )
