@@ -33,7 +33,11 @@ def load_journeys(path: str, *, what: str = "-f/--scenario") -> Journeys:
     if not file.is_file():
         why = "is a directory" if file.is_dir() else "no such file"
         raise ConfigError(f"{what}: {path!r}: {why}")
-    module = _import(file, label)
+    return journeys_of(_import(file, label), label)
+
+
+def journeys_of(module: ModuleType, label: str) -> Journeys:
+    """The journeys a module defines (its `@journey` functions, its `@setup`)."""
     flows: list[JourneyDef] = []
     setups: list[tuple[str, Any]] = []
     seen: dict[str, str] = {}
