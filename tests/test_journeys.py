@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
 import trio
-from helpers import run_config
+from helpers import ORIGIN, run_config
 from servers import JourneyService
 
-from ballista.core.config import RunConfig
+from ballista.core.config import LoadSpec, RequestSpec, RunConfig
 from ballista.core.journey import JourneyDef, JourneyFailure, Journeys, Response, Session
+from ballista.core.schedule import parse_stages
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
 
@@ -247,3 +249,146 @@ async def test_data_exhausted_stops_the_run(journey_service: JourneyService) -> 
     flow_stats = flows_of(final)["flow"]
     assert flow_stats.completed == 5 and flow_stats.failed == 0
     assert any("users.csv: all 5 rows used" in n for n in engine.notes())
+
+
+# -- on trio's MockClock: think time, schedules, the models' control ---------------------
+
+
+class FakeStepConnection:
+    """Answers 200 with a small JSON body after exactly `service` seconds, logging each start."""
+
+    multiplexed = True
+    retry_after: float | None = None
+
+    def __init__(self, starts: list[tuple[float, bytes]], service: float) -> None:
+        self._starts = starts
+        self._service = service
+
+    async def request(
+        self, req: Any, deadline: float, capture: Any = None
+    ) -> tuple[int, int, int, int]:
+        self._starts.append((trio.current_time(), req.target))
+        await trio.sleep(self._service)
+        if capture is not None:
+            capture.headers = [(b"content-type", b"application/json")]
+            capture.add_body(b'{"ok": true}')
+        return 200, -1, 40, 100
+
+    async def aclose(self) -> None:
+        pass
+
+
+def fake_engine(
+    journeys: Journeys, load: LoadSpec, starts: list[tuple[float, bytes]], service: float, **kw: Any
+) -> Engine:
+    config = RunConfig(
+        origin=ORIGIN,
+        requests=(RequestSpec("default", "GET", "/"),),
+        load=load,
+        journeys=journeys,
+    )
+    return Engine(
+        config,
+        grace=5.0,
+        connection_factory=lambda i: FakeStepConnection(starts, service),
+        **kw,
+    )
+
+
+async def test_think_time_and_iterations_are_exact(mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = 0
+    starts: list[tuple[float, bytes]] = []
+
+    async def flow(s: Session) -> None:
+        await s.get("/a", name="a")
+        await s.sleep(1.0)
+        r = await s.get("/b", name="b")
+        assert r.json() == {"ok": True}
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    engine = fake_engine(journeys, LoadSpec(concurrency=2, duration=10.0), starts, 0.1)
+    t0 = trio.current_time()
+    final = await engine.run()
+    # An iteration is 0.1 + 1.0 + 0.1 = 1.2 s: each user starts them at 0, 1.2, ... 9.6;
+    # the last one's think time ends at the stop (10 s) and its second step never goes.
+    a = sorted(round(t - t0, 6) for t, target in starts if target == b"/a")
+    assert a == sorted([round(1.2 * k, 6) for k in range(9)] * 2)
+    flow_stats = flows_of(final)["flow"]
+    assert (flow_stats.iterations, flow_stats.completed, flow_stats.interrupted) == (18, 16, 2)
+    assert flow_stats.duration.min == pytest.approx(1.2, rel=0.01)
+    assert flow_stats.duration.max == pytest.approx(1.2, rel=0.01)
+    assert by_name(final)["b"].requests == 16
+    assert final.elapsed == pytest.approx(10.0)
+
+
+async def test_open_model_arrivals_start_iterations_on_schedule(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    mock_clock.autojump_threshold = 0
+    starts: list[tuple[float, bytes]] = []
+
+    async def flow(s: Session) -> None:
+        await s.get("/a", name="a")
+        await s.sleep(0.5)
+        await s.get("/b", name="b")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    engine = fake_engine(journeys, LoadSpec(model="open", rate=10.0, duration=3.0), starts, 0.25)
+    t0 = trio.current_time()
+    final = await engine.run()
+    a = [round(t - t0, 6) for t, target in starts if target == b"/a"]
+    assert a == [round(k / 10, 6) for k in range(30)]
+    flow_stats = flows_of(final)["flow"]
+    # Iterations last 1 s. At the stop (3 s) a step in flight finishes (the grace), a
+    # step not yet sent is not: those whose second step began before 3 s complete.
+    assert flow_stats.iterations == 30
+    assert flow_stats.completed == 23 and flow_stats.interrupted == 7
+    assert flow_stats.duration.max == pytest.approx(1.0, rel=0.01)
+    # About rate x duration users, pooled: 10 arrivals a second, each busy 1 s.
+    assert final.dropped == 0
+
+
+async def test_stages_ramp_virtual_users(mock_clock: trio.testing.MockClock) -> None:
+    mock_clock.autojump_threshold = 0
+    starts: list[tuple[float, bytes]] = []
+
+    async def flow(s: Session) -> None:
+        await s.get(f"/{s.vu}", name="step")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    # 0 -> 4 users over 4 s: user k starts at t = k + 1; each step takes 0.25 s.
+    engine = fake_engine(journeys, LoadSpec(stages=parse_stages("4s:4,1s:4")), starts, 0.25)
+    t0 = trio.current_time()
+    await engine.run()
+    first: dict[bytes, float] = {}
+    for t, target in starts:
+        first.setdefault(target, round(t - t0, 6))
+    assert first == {b"/0": 1.0, b"/1": 2.0, b"/2": 3.0, b"/3": 4.0}
+
+
+async def test_adaptive_controller_limits_virtual_users(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    from ballista.core.config import AdaptiveSpec
+    from ballista.core.controller import AimdController
+
+    mock_clock.autojump_threshold = 0
+    starts: list[tuple[float, bytes]] = []
+
+    async def flow(s: Session) -> None:
+        await s.get(f"/{s.vu}", name="step")
+
+    spec = AdaptiveSpec(initial=2, maximum=50, latency_target=0.05)
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    engine = fake_engine(
+        journeys,
+        LoadSpec(model="adaptive", duration=20.0, adaptive=spec),
+        starts,
+        0.01,
+        controller=AimdController(spec),
+    )
+    final = await engine.run()
+    users = {target for _, target in starts}
+    # Latency stays under target, so the controller grows the users, never past the cap.
+    assert 2 < len(users) <= 50
+    assert final.concurrency_limit is not None and final.concurrency_limit > 2

@@ -942,8 +942,7 @@ class Engine:
                 if trio.current_time() >= self._end_at:
                     self.stop()
                     return
-                if not await runner.iteration(user) and self._remaining is not None:
-                    self._remaining += 1  # setup failed: no iteration of the budget ran
+                await runner.iteration(user)
                 # A journey that never waits (or fails at once) must not starve the run.
                 await checkpoint()
         except DataExhausted:

@@ -48,6 +48,8 @@ ANY_STATUS = frozenset(range(100, 1000))
 MAX_COOKIES = 64
 #: Distinct exceptions (type and place) whose traceback is shown; the rest are counted.
 MAX_SHOWN_ERRORS = 5
+#: how an iteration ended when the run's end cut it short
+_INTERRUPTED = "(interrupted)"
 
 
 class StepConnection(Protocol):
@@ -363,35 +365,55 @@ class JourneyRunner:
         x = self._rng.random() * cumulative[-1]
         return min(bisect.bisect_right(cumulative, x), len(cumulative) - 1)
 
-    async def iteration(self, user: VirtualUser, began: float | None = None) -> bool:
-        """Run `setup` if this user still needs it, then one iteration of a flow picked by
-        weight. False when setup failed (the iteration was not started). `began`: when
-        the iteration was due (open model), for its duration."""
-        setup = self.journeys.setup
-        if setup is not None and not user.set_up:
-            if not await self._run(self._setup_flow, setup, user, began):
-                return False
-            user.set_up = True
-            if self._stopping():
-                return False
-        index = self.pick()
-        flow = self.journeys.flows[index]
-        await self._run(index, flow.fn, user, began)
-        user.iteration += 1
-        return True
+    async def iteration(self, user: VirtualUser, began: float | None = None) -> None:
+        """One iteration of a flow picked by weight, after `setup` if this user still
+        needs it. `began`: when the iteration was due (open model), for its duration.
 
-    async def _run(self, index: int, fn: JourneyFn, user: VirtualUser, began: float | None) -> bool:
+        Every iteration started is accounted for: completed, failed (a setup that
+        failed fails it, with reason `setup`), or interrupted by the end of the run.
+        """
         flows = self.flows
+        index = self.pick()
         flows.started(index)
         t0 = trio.current_time() if began is None else began
+        setup = self.journeys.setup
+        if setup is not None and not user.set_up:
+            flows.started(self._setup_flow)
+            try:
+                ended = await self._run(self._setup_flow, setup, user, None)
+            except BaseException:  # cancelled, or a data file ran out: this one never ran
+                flows.interrupted(index)
+                raise
+            if ended is not None:
+                if ended == _INTERRUPTED:
+                    flows.interrupted(index)
+                else:
+                    flows.failed(index, SETUP_FLOW, trio.current_time() - t0)
+                return
+            user.set_up = True
+        try:
+            ended = await self._run(index, self.journeys.flows[index].fn, user, t0)
+        finally:
+            user.iteration += 1
+        if ended is None:
+            flows.completed(index, trio.current_time() - t0)
+
+    async def _run(
+        self, index: int, fn: JourneyFn, user: VirtualUser, t0: float | None
+    ) -> str | None:
+        """Run one journey function; None if it completed, else how it ended (its
+        failure, or _INTERRUPTED), already counted. Completion is the caller's to count."""
+        flows = self.flows
+        if t0 is None:
+            t0 = trio.current_time()
         try:
             await fn(user)
         except JourneyFailure as exc:
             flows.failed(index, exc.reason, trio.current_time() - t0)
-            return False
+            return exc.reason
         except RunStopped:
             flows.interrupted(index)
-            return False
+            return _INTERRUPTED
         except DataExhausted as exc:
             flows.interrupted(index)
             if self.exhausted is None:
@@ -403,9 +425,10 @@ class JourneyRunner:
         except Exception as exc:
             flows.failed(index, JOURNEY_ERROR, trio.current_time() - t0)
             self._user_error(flows.names[index], exc)
-            return False
-        flows.completed(index, trio.current_time() - t0)
-        return True
+            return JOURNEY_ERROR
+        if index == self._setup_flow:
+            flows.completed(index, trio.current_time() - t0)
+        return None
 
     def _user_error(self, flow: str, exc: Exception) -> None:
         tb = exc.__traceback__
