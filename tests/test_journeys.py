@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -392,3 +393,62 @@ async def test_adaptive_controller_limits_virtual_users(
     # Latency stays under target, so the controller grows the users, never past the cap.
     assert 2 < len(users) <= 50
     assert final.concurrency_limit is not None and final.concurrency_limit > 2
+
+
+async def test_setup_failure_fails_the_iteration(journey_service: JourneyService) -> None:
+    async def setup(s: Session) -> None:
+        await s.get("/status/500", name="login")
+
+    async def flow(s: Session) -> None:
+        await s.get("/echo", name="echo")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),), setup=setup)
+    _, final = await run(config_for(journey_service.url, journeys, "-c", "2", "-n", "6"))
+    flows = flows_of(final)
+    # Each iteration tried the setup again; none reached its steps.
+    assert flows["flow"].iterations == flows["flow"].failed == 6
+    assert flows["flow"].failures_by_reason == {"setup": 6}
+    assert flows["setup"].failures_by_reason == {"status 500": 6}
+    assert journey_service.hits == {"status": 6}
+
+
+async def test_figures_in_prometheus_json_and_live_stream(journey_service: JourneyService) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ballista.observe.live import snapshot_message
+    from ballista.observe.metrics import MetricsExporter
+    from ballista.observe.summary import summary_dict
+
+    async def flow(s: Session) -> None:
+        await s.get("/echo", name="echo")
+        if s.iteration % 2:
+            raise JourneyFailure("odd")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    config = config_for(journey_service.url, journeys, "-c", "1", "-n", "10")
+    engine, final = await run(config)
+    exporter = MetricsExporter(config, run_id="r1")
+    exporter.update(final)
+    _, body = exporter.render()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({"scenario": "default", **labels}.items())))]
+
+    assert value("ballista_flow_iterations_started_total", flow="flow") == 10
+    assert value("ballista_flow_iterations_total", flow="flow", outcome="completed") == 5
+    assert value("ballista_flow_iterations_total", flow="flow", outcome="failed") == 5
+    assert value("ballista_flow_failures_total", flow="flow", reason="odd") == 5
+    assert value("ballista_flow_duration_seconds_count", flow="flow") == 10
+    assert value("ballista_requests_total", request="echo", method="GET", status="200") == 10
+
+    message = snapshot_message(final)
+    assert message["flows"]["flow"]["iterations"] == 10
+    assert message["flows"]["flow"]["failures_by_reason"] == {"odd": 5}
+    doc = summary_dict(final, engine.run_meta(dt.datetime.now(dt.UTC)))
+    assert doc["flows"] == message["flows"]
+    assert doc["flows"]["flow"]["failure_rate"] == 0.5
