@@ -40,12 +40,15 @@ class Response(Protocol):
 
     #: HTTP status; 0 when there was no response (an error of kind `error`)
     status: int
-    #: the response headers, names in lower case (last value wins)
-    headers: Mapping[str, str]
     #: error kind (`read_timeout`, ...) when status is 0, else None
     error: str | None
     #: seconds from sending to the end of the response
     elapsed: float
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response headers, names in lower case (last value wins)."""
+        ...
 
     @property
     def content(self) -> bytes: ...

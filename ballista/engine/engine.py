@@ -564,6 +564,8 @@ class Engine:
                 recorder.target_rate = self._rate_at(0.0)
             else:
                 recorder.concurrency_limit = self._limit
+            if self.runner is not None:
+                self.runner.http2 = http2
             self.info = RunInfo(
                 protocol=protocol_label(http2),
                 connections=n_conn,
@@ -942,9 +944,12 @@ class Engine:
                 if trio.current_time() >= self._end_at:
                     self.stop()
                     return
+                sent = runner.sent
                 await runner.iteration(user)
-                # A journey that never waits (or fails at once) must not starve the run.
-                await checkpoint()
+                if runner.sent == sent:
+                    # A journey that sent nothing may not have waited: yield, or it
+                    # would starve the run (a stop would never be heard).
+                    await checkpoint()
         except DataExhausted:
             self.stop()
         finally:

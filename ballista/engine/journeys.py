@@ -79,7 +79,7 @@ class RunStopped(BaseException):
 class StepResponse:
     """One step's response as a journey sees it (core.journey.Response)."""
 
-    __slots__ = ("_capture", "_content", "elapsed", "error", "headers", "status", "truncated")
+    __slots__ = ("_capture", "_content", "_headers", "elapsed", "error", "status", "truncated")
 
     def __init__(
         self,
@@ -91,10 +91,7 @@ class StepResponse:
         self.status = status
         self.error = error
         self.elapsed = elapsed
-        #: the response's headers, lower-case names, the last value of each
-        self.headers: Mapping[str, str] = {
-            k.decode("latin-1"): v.decode("latin-1") for k, v in capture.headers
-        }
+        self._headers: Mapping[str, str] | None = None
         #: the body went past MAX_CAPTURE: `content` is its beginning
         self.truncated = capture.truncated
         self._capture = capture
@@ -102,6 +99,15 @@ class StepResponse:
 
     def __repr__(self) -> str:
         return f"<Response {self.status or self.error}>"
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response's headers, lower-case names, the last value of each."""
+        if self._headers is None:
+            self._headers = {
+                k.decode("latin-1"): v.decode("latin-1") for k, v in self._capture.headers
+            }
+        return self._headers
 
     @property
     def content(self) -> bytes:
@@ -321,6 +327,10 @@ class JourneyRunner:
         #: open model: users not running an iteration, most recently used first
         self._idle: list[VirtualUser] = []
         self._users = 0
+        #: requests sent so far (a worker yields after an iteration that sent none)
+        self.sent = 0
+        #: the run's protocol, once known: steps are encoded for it alone
+        self.http2 = False
         #: users bound to no connection (open model) take one per step with these
         self.acquire: Acquire | None = None
         self.release: Release | None = None
@@ -545,6 +555,7 @@ class JourneyRunner:
             body,
             self._origin,
             self._authority,
+            http2=self.http2,
         )
 
     async def step(
@@ -573,6 +584,7 @@ class JourneyRunner:
         deadline = t0 + self._timeout
         conn = user.conn
         recorder.request_started()
+        self.sent += 1
         sent_at: float | None = None
         taken: StepConnection | None = None
         try:
@@ -592,6 +604,10 @@ class JourneyRunner:
         finally:
             if taken is not None and self.release is not None:
                 self.release(taken)
+        if status == 0:
+            # Some failures return without ever blocking (no file descriptor left):
+            # yield, or a journey retrying in a loop would never let a stop be heard.
+            await trio.lowlevel.checkpoint()
         t1 = now()
         kind = ErrorKind(error).label if status == 0 else None
         response = StepResponse(status, kind, t1 - t0, capture)

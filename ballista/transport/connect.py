@@ -428,11 +428,13 @@ async def close_quietly(stream: httpcore.AsyncNetworkStream | None) -> None:
 H1_WHOLE_MAX = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedRequest:
     """Everything about one named request that can be computed before the run.
 
     Built once per RequestSpec: the hot path never validates or encodes headers.
+    Never changed once built (not frozen only because a journey builds one per
+    step, and a frozen dataclass's __init__ costs three times as much).
     """
 
     index: int
@@ -563,6 +565,11 @@ _TOKEN_BYTES = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$").match
 _BAD_VALUE = re.compile(rb"[\x00\r\n]").search
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]").search
 _HOP_BY_HOP = frozenset({b"host", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"})
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+#: methods already found valid (bounded: a journey could make up any)
+_METHODS_SEEN: set[bytes] = set()
+#: the default header lines of a request to an authority
+_DEFAULT_HEADS: dict[bytes, bytes] = {}
 
 
 def prepare_dynamic(
@@ -574,26 +581,69 @@ def prepare_dynamic(
     body: bytes,
     origin: Origin,
     authority: bytes,
+    *,
+    http2: bool,
 ) -> PreparedRequest:
     """A request built at run time (a journey's step): `prepare` without h11, checked
-    by hand, since it runs once per request rather than once per run.
+    by hand, since it runs once per request rather than once per run. Only the
+    encoding of the run's protocol is made (`http2`), the other is left empty.
 
     ValueError (in the journey's code: counted, never sent) for a method, target or
     header that would put something other than the request on the wire.
     """
-    if not _TOKEN_BYTES(method):
-        raise ValueError(f"invalid HTTP method {method!r}")
+    if method not in _METHODS_SEEN:
+        if not _TOKEN_BYTES(method):
+            raise ValueError(f"invalid HTTP method {method!r}")
+        if len(_METHODS_SEEN) < 64:
+            _METHODS_SEEN.add(method)
     if not target.startswith(b"/") or _BAD_TARGET(target):
         raise ValueError(f"invalid request target {target!r}")
+    if not headers and not http2:
+        # The common step: no header of its own. Host, User-Agent and Accept are
+        # encoded once per authority.
+        defaults = _DEFAULT_HEADS.get(authority)
+        if defaults is None:
+            defaults = (
+                b"host: " + authority + b"\r\nuser-agent: " + _USER_AGENT + b"\r\naccept: */*\r\n"
+            )
+            if len(_DEFAULT_HEADS) < 16:
+                _DEFAULT_HEADS[authority] = defaults
+        if body or method in _BODY_METHODS:
+            head = b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n" % (
+                method,
+                target,
+                defaults,
+                len(body),
+            )
+        else:
+            head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, defaults)
+        size = len(head) + len(body)
+        return PreparedRequest(
+            index,
+            method,
+            target,
+            body,
+            (head, body) if body else (head,),
+            head + body if size <= H1_WHOLE_MAX else None,
+            True,
+            method == b"HEAD",
+            (),
+            0,
+            spec,
+        )
     given: set[bytes] = set()
     keep_alive = True
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-    h2_headers: list[tuple[bytes, bytes]] = [
-        (b":method", method),
-        (b":scheme", b"https" if origin.tls else b"http"),
-        (b":authority", authority),
-        (b":path", target),
-    ]
+    h2_headers: list[tuple[bytes, bytes]] = (
+        [
+            (b":method", method),
+            (b":scheme", b"https" if origin.tls else b"http"),
+            (b":authority", authority),
+            (b":path", target),
+        ]
+        if http2
+        else []
+    )
     own: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         if not _TOKEN_BYTES(name):
@@ -607,6 +657,8 @@ def prepare_dynamic(
         own.append((name, value))
         if lower == b"connection" and b"close" in value.lower():
             keep_alive = False
+        if not http2:
+            continue
         if lower == b"host":
             h2_headers[2] = (b":authority", value)
         elif lower not in _HOP_BY_HOP:
@@ -618,14 +670,31 @@ def prepare_dynamic(
     ):
         if name not in given:
             lines += (name, b": ", value, b"\r\n")
-            if name != b"host":
+            if http2 and name != b"host":
                 h2_headers.append((name, value))
+    if http2:
+        if body or method in _BODY_METHODS:
+            h2_headers.append((b"content-length", str(len(body)).encode()))
+        header_bytes = 0
+        for k, v in h2_headers:
+            header_bytes += len(k) + len(v)
+        return PreparedRequest(
+            index=index,
+            method=method,
+            target=target,
+            body=body,
+            h1_parts=(),
+            h1_bytes=None,
+            h1_keep_alive=keep_alive,
+            head=method == b"HEAD",
+            h2_headers=tuple(h2_headers),
+            h2_header_bytes=header_bytes,
+            spec=spec,
+        )
     for name, value in own:
         lines += (name, b": ", value, b"\r\n")
-    if body or method in (b"POST", b"PUT", b"PATCH"):
-        length = str(len(body)).encode()
-        lines += (b"content-length: ", length, b"\r\n")
-        h2_headers.append((b"content-length", length))
+    if body or method in _BODY_METHODS:
+        lines += (b"content-length: ", str(len(body)).encode(), b"\r\n")
     lines.append(b"\r\n")
     head = b"".join(lines)
     h1_parts = (head, body) if body else (head,)
@@ -639,8 +708,8 @@ def prepare_dynamic(
         h1_bytes=head + body if size <= H1_WHOLE_MAX else None,
         h1_keep_alive=keep_alive,
         head=method == b"HEAD",
-        h2_headers=tuple(h2_headers),
-        h2_header_bytes=sum(len(k) + len(v) for k, v in h2_headers),
+        h2_headers=(),
+        h2_header_bytes=0,
         spec=spec,
     )
 

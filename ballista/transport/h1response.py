@@ -214,17 +214,35 @@ class CapturingReader(FastReader):
         super().__init__()
         self.capture: Captured | None = None
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
+    def on_message_begin(self) -> None:
+        # FastReader's, inlined (a super() call per response costs), and a fresh start
+        # of what is kept: an informational response's headers are not the answer's.
+        if self.done:
+            raise _Surplus
+        self._framed = False
+        self._close = False
+        self._retry_after = None
         capture = self.capture
-        if capture is not None:
-            capture.headers.append((name.lower(), value))
+        if capture is not None and capture.headers:
+            capture.reset()
 
-    def on_headers_complete(self) -> None:
+    def on_header(self, name: bytes, value: bytes) -> None:
         capture = self.capture
-        if capture is not None and self._parser.get_status_code() < 200:
-            capture.reset()  # an informational response: the real one follows
-        super().on_headers_complete()
+        lower = name.lower()
+        if capture is not None:
+            capture.headers.append((lower, value))
+        # FastReader's checks, on the name already lowered.
+        if lower == b"content-length":
+            self._framed = True
+        elif lower == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise ProtocolViolation("only Transfer-Encoding: chunked is supported")
+            self._framed = True
+        elif lower == b"retry-after":
+            self._retry_after = value.strip(b" \t")
+        elif lower == b"connection":
+            tokens = [token.strip() for token in value.lower().split(b",")]
+            self._close = self._close or b"close" in tokens
 
     def on_body(self, body: bytes) -> None:
         capture = self.capture
