@@ -167,6 +167,9 @@ async def test_a_python_journeys_run_end_to_end(
         "p999",
         "max",
     }
+    # Each flow's durations as a histogram that merges exactly.
+    browse = flows["browse"]
+    assert doc["histograms"]["flows"]["browse"]["count"] == browse["completed"] + browse["failed"]
     steps = doc["requests_by_name"]
     assert steps["login"]["requests"] == 4
     assert (

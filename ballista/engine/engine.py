@@ -556,6 +556,11 @@ class Engine:
                     pause=self._pause,
                     report=self.journey_report,
                     seed=self._rng.getrandbits(64),
+                    segment=(
+                        (config.segment.index, config.segment.count)
+                        if config.segment is not None
+                        else (0, 1)
+                    ),
                 )
             self.recorder = recorder
             for _ in range(self._failed_probes):

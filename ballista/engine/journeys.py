@@ -293,7 +293,10 @@ class JourneyRunner:
         pause: Callable[[float], Awaitable[None]] | None = None,
         report: Callable[[str], None] | None = None,
         seed: int | None = None,
+        segment: tuple[int, int] = (0, 1),
     ) -> None:
+        """`segment`: (index, count) of this process's segment of the test: its users
+        are numbered local * count + index, unique across the segments."""
         self.journeys = journeys
         self._origin = origin
         self._authority = origin.authority.encode("ascii")
@@ -305,6 +308,7 @@ class JourneyRunner:
         self._pause = pause
         self._report = report or _to_stderr
         self._rng = random.Random(seed)
+        self._segment, self._segments = segment
         names = [f.name for f in journeys.flows]
         self._setup_flow = -1
         if journeys.setup is not None:
@@ -353,15 +357,15 @@ class JourneyRunner:
 
     # -- users ------------------------------------------------------------------
 
-    def user(self, vu: int, conn: StepConnection | None) -> VirtualUser:
-        return VirtualUser(self, vu, conn)
+    def user(self, local: int, conn: StepConnection | None) -> VirtualUser:
+        return VirtualUser(self, local * self._segments + self._segment, conn)
 
     def take_user(self) -> VirtualUser:
         """Open model: an idle user, or a new one (their number is bounded by the cap)."""
         if self._idle:
             return self._idle.pop()
         self._users += 1
-        return VirtualUser(self, self._users - 1, None)
+        return self.user(self._users - 1, None)
 
     def give_back(self, user: VirtualUser) -> None:
         self._idle.append(user)

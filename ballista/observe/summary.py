@@ -31,6 +31,9 @@ def histograms_dict(snap: Snapshot) -> dict[str, Any]:
     if snap.service_histogram is not None:
         doc["service_time"] = snap.service_histogram.to_dict()
     doc["by_name"] = {stats.name: stats.histogram.to_dict() for stats in snap.by_request}
+    if snap.flows:
+        # journeys: each flow's iteration durations
+        doc["flows"] = {f.name: f.histogram.to_dict() for f in snap.flows}
     return doc
 
 
