@@ -118,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=10.0, help="seconds per case (10)")
     p.add_argument("--runs", type=int, default=3, help="runs of each case; the median is kept")
+    p.add_argument("--no-cpu", action="store_true", help="skip the CPU cases (soak only)")
     p.add_argument("--soak", type=float, default=0.0, help="seconds of the memory run (off)")
     p.add_argument("-c", "--concurrency", type=int, default=50)
     p.add_argument("--server-core", type=int, default=0)
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "steps": ballista("-f", str(work / "steps.py"), url, *load, core=ns.client_core),
             }
             results: dict[str, list[dict[str, float | str]]] = {k: [] for k in cases}
-            for run in range(ns.runs):
+            for run in range(0 if ns.no_cpu else ns.runs):
                 for name, case in cases.items():  # interleaved: drift hits every case alike
                     results[name].append(measure(f"{name}-{run}", case, work, ns.duration))
             print(
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"  {'case':<6} {'requests':>10} {'CPU µs/request (runs)':>34}  peak RSS")
             medians: dict[str, float] = {}
-            for name, rows in results.items():
+            for name, rows in results.items() if not ns.no_cpu else ():
                 per = [float(r["cpu_us_per_request"]) for r in rows]
                 medians[name] = statistics.median(per)
                 runs = ", ".join(f"{v:.1f}" for v in per)
@@ -156,8 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f" {medians[name]:>10.1f} ({runs})".ljust(52)
                     + f" {statistics.median(float(r['peak_rss_mb']) for r in rows):.1f} MB"
                 )
-            print(f"  step / plain  x{medians['step'] / medians['plain']:.2f} CPU per request")
-            print(f"  steps / plain x{medians['steps'] / medians['plain']:.2f} CPU per request")
+            if medians:
+                print(f"  step / plain  x{medians['step'] / medians['plain']:.2f} CPU per request")
+                print(f"  steps / plain x{medians['steps'] / medians['plain']:.2f} CPU per request")
             if ns.soak > 0:
                 argv_soak = ballista(
                     "-f", str(work / "soak.py"), url, "-c", str(ns.concurrency),
@@ -165,11 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )  # fmt: skip
                 samples = soak(argv_soak, work, ns.soak)
                 marks = [s for s in samples if s[0] >= 5]
-                first, last = marks[0], marks[-1]
-                print(
-                    f"  soak {ns.soak:g}s: RSS {first[1]:.1f} MB at {first[0]:.0f}s, "
-                    f"{last[1]:.1f} MB at {last[0]:.0f}s, max {max(s[1] for s in marks):.1f} MB"
-                )
+                every = max(1, len(marks) // 8)
+                shown = ", ".join(f"{t:.0f}s {mb:.1f}" for t, mb in marks[::every])
+                print(f"  soak {ns.soak:g}s, RSS in MB: {shown}; last {marks[-1][1]:.1f}")
         finally:
             nginx.stop()
     return 0

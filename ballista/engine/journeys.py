@@ -524,7 +524,22 @@ class JourneyRunner:
                 path = "/" + path
         if params:
             path += ("&" if "?" in path else "?") + urlencode(params)
-        target = encode_target(path).encode("ascii")
+        target = (path if path.isascii() else encode_target(path)).encode("ascii")
+        http2 = self.http2
+        if not headers and json is None and data is None:
+            # The common step: nothing but a path (and this user's cookies).
+            cookie = user.cookies.header()
+            return prepare_dynamic(
+                index,
+                spec,
+                method.encode("ascii"),
+                target,
+                () if cookie is None else ((b"cookie", cookie),),
+                b"",
+                self._origin,
+                self._authority,
+                http2=http2,
+            )
         out: list[tuple[bytes, bytes]] = []
         names: set[str] = set()
         if headers:
@@ -553,13 +568,13 @@ class JourneyRunner:
         return prepare_dynamic(
             index,
             spec,
-            method.upper().encode("ascii"),
+            method.encode("ascii"),
             target,
             out,
             body,
             self._origin,
             self._authority,
-            http2=self.http2,
+            http2=http2,
         )
 
     async def step(
@@ -577,9 +592,10 @@ class JourneyRunner:
     ) -> StepResponse:
         if self._stopping():
             raise RunStopped
+        method = method.upper()
         if name is None:
             name = path.partition("?")[0]
-        index, spec = self._step(name, method.upper())
+        index, spec = self._step(name, method)
         req = self.build(user, method, path, headers, json, data, params, index, spec)
         recorder = self._recorder
         capture = Captured()
@@ -595,10 +611,12 @@ class JourneyRunner:
             if conn is None:
                 assert self.acquire is not None, "an unbound user needs runner.acquire"
                 taken = conn = await self.acquire(deadline)
+                sent_at = now()
+            else:
+                sent_at = t0
             if conn is None:
                 status, error, sent, received = 0, int(ErrorKind.POOL_TIMEOUT), 0, 0
             else:
-                sent_at = now()
                 status, error, sent, received = await conn.request(req, deadline, capture)
         except trio.Cancelled:
             end = now()
@@ -608,10 +626,6 @@ class JourneyRunner:
         finally:
             if taken is not None and self.release is not None:
                 self.release(taken)
-        if status == 0:
-            # Some failures return without ever blocking (no file descriptor left):
-            # yield, or a journey retrying in a loop would never let a stop be heard.
-            await trio.lowlevel.checkpoint()
         t1 = now()
         kind = ErrorKind(error).label if status == 0 else None
         response = StepResponse(status, kind, t1 - t0, capture)
@@ -641,6 +655,10 @@ class JourneyRunner:
             pause = self._feed(conn, sample)
             if pause > 0 and self._pause is not None:
                 await self._pause(pause)
+        if status == 0:
+            # Some failures return without ever blocking (no file descriptor left):
+            # yield, or a journey retrying in a loop would never let a stop be heard.
+            await trio.lowlevel.checkpoint()
         if failure is not None:
             raise failure
         if reason is not None:
