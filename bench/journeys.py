@@ -161,15 +161,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  step / plain  x{medians['step'] / medians['plain']:.2f} CPU per request")
                 print(f"  steps / plain x{medians['steps'] / medians['plain']:.2f} CPU per request")
             if ns.soak > 0:
-                argv_soak = ballista(
-                    "-f", str(work / "soak.py"), url, "-c", str(ns.concurrency),
-                    "-d", f"{ns.soak}s", core=ns.client_core,
-                )  # fmt: skip
-                samples = soak(argv_soak, work, ns.soak)
-                marks = [s for s in samples if s[0] >= 5]
-                every = max(1, len(marks) // 8)
-                shown = ", ".join(f"{t:.0f}s {mb:.1f}" for t, mb in marks[::every])
-                print(f"  soak {ns.soak:g}s, RSS in MB: {shown}; last {marks[-1][1]:.1f}")
+                # The plain run first: what a run's own bounded state (the timeline
+                # fills up to its 720 points) adds over time, without journeys.
+                for name, extra in (("plain", []), ("journey", ["-f", str(work / "soak.py")])):
+                    argv_soak = ballista(
+                        *extra, url, "-c", str(ns.concurrency), "-d", f"{ns.soak}s",
+                        core=ns.client_core,
+                    )  # fmt: skip
+                    samples = soak(argv_soak, work, ns.soak)
+                    marks = [s for s in samples if s[0] >= 5]
+                    every = max(1, len(marks) // 8)
+                    shown = ", ".join(f"{t:.0f}s {mb:.1f}" for t, mb in marks[::every])
+                    print(
+                        f"  soak {name:<7} {ns.soak:g}s, RSS in MB: {shown}; last {marks[-1][1]:.1f}"
+                    )
         finally:
             nginx.stop()
     return 0

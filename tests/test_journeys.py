@@ -492,3 +492,20 @@ async def test_users_sharing_http1_connections(journey_service: JourneyService) 
     assert flows_of(final)["flow"].completed == 30
     assert final.connections_opened == 2
     assert journey_service.hits == {"login": 30, "me": 30}
+
+
+async def test_a_named_requests_statuses_are_its_steps(journey_service: JourneyService) -> None:
+    # TOML flows declare each step as a named request with the statuses it expects.
+    async def flow(s: Session) -> None:
+        await s.get("/status/404", name="gone")
+        await s.get("/status/404", name="other")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),), step_names=("gone",))
+    config = dataclasses.replace(
+        config_for(journey_service.url, journeys, "-c", "1", "-n", "3"),
+        requests=(RequestSpec("gone", "GET", "/status/404", expected=frozenset({404})),),
+    )
+    _, final = await run(config)
+    steps = by_name(final)
+    assert steps["gone"].failed == 0 and steps["other"].failed == 3
+    assert flows_of(final)["flow"].failures_by_reason == {"status 404": 3}

@@ -561,6 +561,7 @@ class Engine:
                         if config.segment is not None
                         else (0, 1)
                     ),
+                    requests=config.requests,
                 )
             self.recorder = recorder
             for _ in range(self._failed_probes):

@@ -294,9 +294,12 @@ class JourneyRunner:
         report: Callable[[str], None] | None = None,
         seed: int | None = None,
         segment: tuple[int, int] = (0, 1),
+        requests: Sequence[RequestSpec] = (),
     ) -> None:
         """`segment`: (index, count) of this process's segment of the test: its users
-        are numbered local * count + index, unique across the segments."""
+        are numbered local * count + index, unique across the segments. `requests`:
+        the run's named requests; a step of the same name (a TOML flow's) expects the
+        statuses its spec names, when the step itself does not say."""
         self.journeys = journeys
         self._origin = origin
         self._authority = origin.authority.encode("ascii")
@@ -316,8 +319,14 @@ class JourneyRunner:
             names.append(SETUP_FLOW if SETUP_FLOW not in names else f"({SETUP_FLOW})")
         self.flows = FlowRecorder(names)
         recorder.flows = self.flows
-        #: step name -> (recorder index, its spec)
-        self._steps: dict[str, tuple[int, RequestSpec]] = {}
+        #: statuses a step counts as success unless it says (`expect=`), by step name
+        self._expected: dict[str, Collection[int]] = {
+            spec.name: spec.expected
+            for spec in requests
+            if spec.expected is not None and spec.name in journeys.step_names
+        }
+        #: step name -> (recorder index, its spec, the statuses it expects)
+        self._steps: dict[str, tuple[int, RequestSpec, Collection[int]]] = {}
         for step in journeys.step_names:
             self._step(step, "GET")
         weights = [f.weight for f in journeys.flows]
@@ -341,7 +350,7 @@ class JourneyRunner:
 
     # -- step names -----------------------------------------------------------
 
-    def _step(self, name: str, method: str) -> tuple[int, RequestSpec]:
+    def _step(self, name: str, method: str) -> tuple[int, RequestSpec, Collection[int]]:
         known = self._steps.get(name)
         if known is not None:
             return known
@@ -351,7 +360,11 @@ class JourneyRunner:
                 return self._steps[OTHER_STEP]
             name = OTHER_STEP
         spec = RequestSpec(name=name, method=method, target="/", expected=ANY_STATUS)
-        entry = (self._recorder.add_request(spec), spec)
+        entry = (
+            self._recorder.add_request(spec),
+            spec,
+            self._expected.get(name, DEFAULT_EXPECTED),
+        )
         self._steps[name] = entry
         return entry
 
@@ -595,7 +608,7 @@ class JourneyRunner:
         method = method.upper()
         if name is None:
             name = path.partition("?")[0]
-        index, spec = self._step(name, method)
+        index, spec, expected = self._step(name, method)
         req = self.build(user, method, path, headers, json, data, params, index, spec)
         recorder = self._recorder
         capture = Captured()
@@ -637,7 +650,7 @@ class JourneyRunner:
         failure: Exception | None = None
         if status == 0:
             reason = kind
-        elif status not in (DEFAULT_EXPECTED if expect is None else expect):
+        elif status not in (expected if expect is None else expect):
             reason = f"status {status}"
         else:
             try:
