@@ -509,3 +509,45 @@ async def test_a_named_requests_statuses_are_its_steps(journey_service: JourneyS
     steps = by_name(final)
     assert steps["gone"].failed == 0 and steps["other"].failed == 3
     assert flows_of(final)["flow"].failures_by_reason == {"status 404": 3}
+
+
+async def test_memory_does_not_grow_with_iterations(journey_service: JourneyService) -> None:
+    """Cookie jars, variables and step names are bounded: after warm-up, hundreds
+    more iterations leave Ballista's own allocations flat."""
+    import tracemalloc
+
+    from test_daemon import prune_trio_deadlines
+
+    async def flow(s: Session) -> None:
+        s.cookies.set(f"c{s.iteration}", "x" * 40)  # type: ignore[attr-defined]
+        r = await s.post("/login", json={"user": f"u{s.vu}"}, name="login")  # Set-Cookie
+        s.vars["token"] = r.json()["token"]
+        s.vars["count"] = s.vars.get("count", 0) + 1
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    config = dataclasses.replace(
+        config_for(journey_service.url, journeys, "-c", "4", "-n", "1100"), interval=0.1
+    )
+    counts: list[int] = []
+    sizes: list[int] = []
+    filters = [tracemalloc.Filter(True, "*/ballista/*")]
+
+    def measure(snap: Snapshot) -> None:
+        # Warm once every jar is full (64 cookies a user), then at the end.
+        iterations = sum(f.iterations for f in snap.flows)
+        if (iterations >= 4 * 70 and not sizes) or snap.final:
+            prune_trio_deadlines()
+            current = tracemalloc.take_snapshot().filter_traces(filters)
+            sizes.append(sum(s.size for s in current.statistics("filename")))
+            counts.append(iterations)
+
+    tracemalloc.start()
+    try:
+        engine = Engine(config, sinks=[measure], grace=2.0)
+        with trio.fail_after(100):
+            await engine.run()
+    finally:
+        tracemalloc.stop()
+    assert len(sizes) == 2 and counts[1] - counts[0] >= 700, counts
+    # A leak of one small object per iteration would be > 50 KiB here.
+    assert sizes[1] - sizes[0] < 16 * 1024, (sizes, counts)
