@@ -68,6 +68,9 @@ async def test_failures_by_reason_and_user_errors(journey_service: JourneyServic
     def not_empty(r: Response) -> str | None:
         return None if r.content else "empty body"
 
+    def broken(r: Response) -> str | None:
+        return str(r.json()["missing"])  # a bug in the check: KeyError
+
     async def shop(s: Session) -> None:
         k = s.iteration % 4
         if k == 0:
@@ -77,9 +80,11 @@ async def test_failures_by_reason_and_user_errors(journey_service: JourneyServic
         elif k == 2:
             await s.get("/status/404", name="expected404", expect={404})
             raise JourneyFailure("gave up")
-        else:
+        elif s.iteration < 4:
             await s.get("/echo", name="echo")
             _ = 1 / 0  # the journey's own bug
+        else:
+            await s.get("/echo", name="checked", checks=[broken])
 
     journeys = Journeys(flows=(JourneyDef("shop", shop),))
     engine = Engine(config_for(journey_service.url, journeys, "-c", "1", "-n", "8"), grace=2.0)
@@ -99,13 +104,16 @@ async def test_failures_by_reason_and_user_errors(journey_service: JourneyServic
     assert steps["logout"].failed == 2  # a 200 that failed its check counts as failed
     assert steps["expected404"].failed == 0
     assert steps["echo"].failed == 0
-    assert final.requests == 8 and final.failed == 4
-    # The exception is shown once, with its traceback, and counted in a note.
-    assert len(reports) == 1
+    assert steps["checked"].failed == 1  # its check raised: the step failed too
+    assert final.requests == 8 and final.failed == 5
+    # Each exception is shown once, with its traceback, and counted in a note.
+    assert len(reports) == 2
     assert "ZeroDivisionError" in reports[0] and "test_journeys.py" in reports[0]
     assert "_ = 1 / 0" in reports[0]
+    assert "KeyError" in reports[1] and "broken" in reports[1]
     notes = " ".join(engine.notes())
-    assert "2 iterations ended with an exception" in notes and "ZeroDivisionError" in notes
+    assert "2 iterations ended with an exception" in notes
+    assert "ZeroDivisionError" in notes and "KeyError" in notes
 
 
 async def test_h2c_cookies_and_bodies(journey_service: JourneyService) -> None:
@@ -133,7 +141,10 @@ async def test_h2c_cookies_and_bodies(journey_service: JourneyService) -> None:
     assert journey_service.hits == {"login": 8, "echo": 8, "logout": 8, "me": 8}
 
 
-async def test_open_model_iterations_on_pooled_users(journey_service: JourneyService) -> None:
+@pytest.mark.parametrize("protocol", ["--http1", "--http2"])
+async def test_open_model_iterations_on_pooled_users(
+    journey_service: JourneyService, protocol: str
+) -> None:
     users: set[int] = set()
 
     async def setup(s: Session) -> None:
@@ -145,7 +156,9 @@ async def test_open_model_iterations_on_pooled_users(journey_service: JourneySer
         await s.get("/me", name="me")
 
     journeys = Journeys(flows=(JourneyDef("flow", flow),), setup=setup)
-    _, final = await run(config_for(journey_service.url, journeys, "-r", "100", "-d", "1s"))
+    _, final = await run(
+        config_for(journey_service.url, journeys, "-r", "100", "-d", "1s", protocol)
+    )
     flow_stats = flows_of(final)["flow"]
     assert flow_stats.iterations == 100 and final.dropped == 0
     # The last arrivals were still running at the end of -d: interrupted, not failed.

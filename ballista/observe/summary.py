@@ -170,6 +170,8 @@ def format_summary(snap: Snapshot, meta: RunMeta) -> str:
     elif meta.model == "open":
         cap = f"at most {meta.concurrency} in flight, " if meta.concurrency else ""
         conc, conns = cap, f"up to {meta.connections} connection{plural}"
+    elif snap.flows:
+        conc = f"{meta.concurrency} virtual users, " if meta.concurrency else ""
     else:
         conc = f"{meta.concurrency} concurrent, " if meta.concurrency else ""
         conns = f"{meta.connections} connection{plural}"
