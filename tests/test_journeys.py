@@ -564,3 +564,18 @@ async def test_memory_does_not_grow_with_iterations(journey_service: JourneyServ
     assert len(sizes) == 2 and counts[1] - counts[0] >= 700, counts
     # A leak of one small object per iteration would be > 50 KiB here.
     assert sizes[1] - sizes[0] < 16 * 1024, (sizes, counts)
+
+
+def test_failure_reasons_are_bounded() -> None:
+    from ballista.core.flowstats import MAX_REASON_LENGTH, MAX_REASONS, FlowRecorder
+
+    flows = FlowRecorder(["f"])
+    flows.failed(0, 404, 0.1)  # type: ignore[arg-type]
+    flows.failed(0, "x" * 10_000, 0.1)
+    for i in range(MAX_REASONS + 5):
+        flows.failed(0, f"r{i}", 0.1)
+    (stats,) = flows.snapshot()
+    reasons = stats.failures_by_reason
+    assert len(reasons) == MAX_REASONS + 1 and reasons["other"] == 7
+    assert reasons["404"] == 1 and "x" * MAX_REASON_LENGTH in reasons
+    assert list(stats.as_dict()["failures_by_reason"]) == sorted(reasons)  # type: ignore[call-overload]

@@ -17,6 +17,8 @@ from ballista.core.snapshot import LatencySummary
 #: names (configuration), but a Python journey may make up its own.
 MAX_REASONS = 32
 OTHER_REASON = "other"
+#: Longer reasons are cut to this many characters (they become metric labels).
+MAX_REASON_LENGTH = 120
 #: The reason an iteration failed when the journey's own code raised an exception.
 JOURNEY_ERROR = "journey_error"
 #: The flow name under which `setup` runs are counted.
@@ -93,6 +95,9 @@ class FlowRecorder:
         tally.histogram.record(seconds)
 
     def failed(self, flow: int, reason: str, seconds: float) -> None:
+        if not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH:
+            # A Python journey may give any object, or a whole response body.
+            reason = str(reason)[:MAX_REASON_LENGTH]
         tally = self._tallies[flow]
         tally.failed += 1
         tally.histogram.record(seconds)
