@@ -170,10 +170,9 @@ def format_summary(snap: Snapshot, meta: RunMeta) -> str:
     elif meta.model == "open":
         cap = f"at most {meta.concurrency} in flight, " if meta.concurrency else ""
         conc, conns = cap, f"up to {meta.connections} connection{plural}"
-    elif snap.flows:
-        conc = f"{meta.concurrency} virtual users, " if meta.concurrency else ""
     else:
-        conc = f"{meta.concurrency} concurrent, " if meta.concurrency else ""
+        who = "virtual users" if snap.flows else "concurrent"
+        conc = f"{meta.concurrency} {who}, " if meta.concurrency else ""
         conns = f"{meta.connections} connection{plural}"
     lines.append(
         f"ballista {__version__} · {meta.target} · {meta.model} model · {meta.protocol} · "
