@@ -579,3 +579,57 @@ def test_failure_reasons_are_bounded() -> None:
     assert len(reasons) == MAX_REASONS + 1 and reasons["other"] == 7
     assert reasons["404"] == 1 and "x" * MAX_REASON_LENGTH in reasons
     assert list(stats.as_dict()["failures_by_reason"]) == sorted(reasons)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("protocol", ["--http1", "--http2"])
+async def test_a_step_timeout_fails_the_iteration_and_the_user_goes_on(
+    journey_service: JourneyService, protocol: str
+) -> None:
+    # Alone on its HTTP/1.1 connection a user's steps share one moving deadline; on
+    # HTTP/2 each step has its own. Either way a timeout is a failed step and iteration.
+    async def flow(s: Session) -> None:
+        await s.get("/echo", name="before")
+        await s.get(f"/slow/{400 if s.iteration % 2 else 0}", name="slow")
+        await s.sleep(0.3)  # longer than --timeout: think time is not bounded by it
+        await s.get("/echo", name="after")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    _, final = await run(
+        config_for(
+            journey_service.url,
+            journeys,
+            "-c",
+            "2",
+            "-n",
+            "8",
+            "--timeout",
+            "200ms",
+            protocol,
+        )
+    )
+    flow_stats = flows_of(final)["flow"]
+    assert flow_stats.iterations == 8
+    assert flow_stats.completed == 4 and flow_stats.failed == 4
+    assert flow_stats.failures_by_reason == {"read_timeout": 4}
+    steps = by_name(final)
+    assert steps["slow"].requests == 8 and steps["slow"].errors_by_kind["read_timeout"] == 4
+    assert steps["before"].requests == 8 and steps["after"].requests == 4
+    assert journey_service.hits["echo"] == 12
+
+
+async def test_a_setup_step_timeout_fails_the_iteration(journey_service: JourneyService) -> None:
+    async def setup(s: Session) -> None:
+        await s.get("/slow/400", name="login")
+
+    async def flow(s: Session) -> None:
+        await s.get("/echo", name="echo")
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),), setup=setup)
+    _, final = await run(
+        config_for(journey_service.url, journeys, "-c", "1", "-n", "3", "--timeout", "100ms")
+    )
+    flows = flows_of(final)
+    assert flows["flow"].failures_by_reason == {"setup": 3} and flows["flow"].interrupted == 0
+    assert flows["setup"].failures_by_reason == {"read_timeout": 3}
+    assert by_name(final)["login"].errors_by_kind["read_timeout"] == 3
+    assert "echo" not in journey_service.hits

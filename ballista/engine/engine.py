@@ -945,20 +945,32 @@ class Engine:
             conn: StepConnection = self._connection_for(index)  # type: ignore[assignment]
             user = self._users[index] = runner.user(index, conn)
         checkpoint = trio.lowlevel.checkpoint
+        # A user on an HTTP/1.1 connection of its own bounds its steps with one cancel
+        # scope whose deadline moves from step to step (as a closed worker does), not
+        # a scope per step. Only a step's timeout cancels it: then a fresh one.
+        own = user.conn if isinstance(user.conn, H1Connection) and not user.conn.shared else None
         try:
-            while not self._stop_sending and index < self._limit and self._take_budget():
-                if trio.current_time() >= self._end_at:
-                    self.stop()
+            while True:
+                user.timed_out = None
+                with trio.CancelScope() as scope:
+                    user.scope = scope if own is not None else None
+                    user.own = own
+                    while not self._stop_sending and index < self._limit and self._take_budget():
+                        if trio.current_time() >= self._end_at:
+                            self.stop()
+                            return
+                        sent = runner.sent
+                        await runner.iteration(user)
+                        if runner.sent == sent:
+                            # A journey that sent nothing may not have waited: yield, or
+                            # it would starve the run (a stop would never be heard).
+                            await checkpoint()
                     return
-                sent = runner.sent
-                await runner.iteration(user)
-                if runner.sent == sent:
-                    # A journey that sent nothing may not have waited: yield, or it
-                    # would starve the run (a stop would never be heard).
-                    await checkpoint()
+                # Only a step's own deadline ends up here: its iteration is counted.
         except DataExhausted:
             self.stop()
         finally:
+            user.scope = user.own = None
             self._running_workers.discard(index)
 
     def _feed(self, conn: StepConnection, sample: Sample) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json as jsonlib
+import math
 import random
 import sys
 import traceback
@@ -40,7 +41,7 @@ from ballista.core.journey import (
 from ballista.core.outcome import ErrorKind, Sample
 from ballista.core.recorder import Recorder
 from ballista.transport.connect import Captured, PreparedRequest, prepare_dynamic
-from ballista.transport.http1 import Result
+from ballista.transport.http1 import H1Connection, Result
 
 #: A journey step's status counts as whatever its checks say: the recorder judges none.
 ANY_STATUS = frozenset(range(100, 1000))
@@ -202,7 +203,18 @@ class CookieJar:
 class VirtualUser:
     """One virtual user: the Session its journeys are given. State lives across iterations."""
 
-    __slots__ = ("_runner", "conn", "cookies", "iteration", "set_up", "vars", "vu")
+    __slots__ = (
+        "_runner",
+        "conn",
+        "cookies",
+        "iteration",
+        "own",
+        "scope",
+        "set_up",
+        "timed_out",
+        "vars",
+        "vu",
+    )
 
     def __init__(self, runner: JourneyRunner, vu: int, conn: StepConnection | None) -> None:
         self._runner = runner
@@ -214,6 +226,13 @@ class VirtualUser:
         self.conn = conn
         #: `setup` ran and completed for this user
         self.set_up = False
+        #: a user alone on its HTTP/1.1 connection: the scope around its iterations,
+        #: whose deadline each step moves (None: each step has a scope of its own)
+        self.scope: trio.CancelScope | None = None
+        #: that connection, when `scope` is set
+        self.own: H1Connection | None = None
+        #: the error kind of the step whose deadline cancelled `scope`
+        self.timed_out: str | None = None
 
     def __repr__(self) -> str:
         return f"<VirtualUser {self.vu} iteration {self.iteration}>"
@@ -408,8 +427,11 @@ class JourneyRunner:
             flows.started(self._setup_flow)
             try:
                 ended = await self._run(self._setup_flow, setup, user, None)
-            except BaseException:  # cancelled, or a data file ran out: this one never ran
-                flows.interrupted(index)
+            except BaseException:
+                if user.timed_out is not None:  # a step of setup timed out
+                    flows.failed(index, SETUP_FLOW, trio.current_time() - t0)
+                else:  # cancelled, or a data file ran out: this one never ran
+                    flows.interrupted(index)
                 raise
             if ended is not None:
                 if ended == _INTERRUPTED:
@@ -447,7 +469,12 @@ class JourneyRunner:
                 self.exhausted = str(exc) or "a data file ran out of rows"
             raise
         except trio.Cancelled:
-            flows.interrupted(index)
+            if user.timed_out is not None:
+                # A step timed out (the user's scope): the iteration failed, it was
+                # not cut by the end of the run.
+                flows.failed(index, user.timed_out, trio.current_time() - t0)
+            else:
+                flows.interrupted(index)
             raise
         except Exception as exc:
             flows.failed(index, JOURNEY_ERROR, trio.current_time() - t0)
@@ -605,6 +632,9 @@ class JourneyRunner:
     ) -> StepResponse:
         if self._stopping():
             raise RunStopped
+        if user.timed_out is not None:
+            # The user's scope is cancelled: this raises Cancelled, nothing is sent.
+            await trio.lowlevel.checkpoint()
         method = method.upper()
         if name is None:
             name = path.partition("?")[0]
@@ -627,11 +657,29 @@ class JourneyRunner:
                 sent_at = now()
             else:
                 sent_at = t0
+            scope = user.scope
             if conn is None:
                 status, error, sent, received = 0, int(ErrorKind.POOL_TIMEOUT), 0, 0
+            elif scope is not None and user.own is not None:
+                scope.deadline = deadline
+                status, error, sent, received = await user.own.request(req, None, capture)
+                if scope.cancel_called:
+                    # The deadline passed as the response came: the response counts,
+                    # but the scope is spent, and with it the iteration.
+                    user.timed_out = ErrorKind.READ_TIMEOUT.label
+                scope.deadline = math.inf
             else:
                 status, error, sent, received = await conn.request(req, deadline, capture)
         except trio.Cancelled:
+            scope = user.scope
+            if scope is not None and scope.cancel_called and user.own is not None:
+                # This step's deadline, not the run's end: a timeout like any other.
+                status, error, sent, received = user.own.timed_out()
+                label = ErrorKind(error).label
+                user.timed_out = label
+                t1 = now()
+                recorder.record(Sample(index, 0, error, t1 - t0, t1 - t0, sent, received))
+                raise
             end = now()
             service = 0.0 if sent_at is None else end - sent_at
             recorder.record(Sample(index, 0, ErrorKind.UNFINISHED, end - t0, service, 0, 0))
