@@ -184,3 +184,26 @@ async def test_a_python_journeys_run_end_to_end(
     }
     # The text summary (on stderr with --json -) has the flows.
     assert "flows" in err and "browse" in err and "status 503" in err
+
+
+async def test_journeys_with_workers_merge_their_flows(
+    journey_service: JourneyService, tmp_path: Path
+) -> None:
+    path = write(tmp_path, JOURNEYS)
+    result = await trio.run_process(
+        [*BALLISTA, "run", "-f", path, journey_service.url, "-c", "4", "-n", "40",
+         "--workers", "2", "-q", "--json", "-"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    doc = json.loads(result.stdout)
+    flows = doc["flows"]
+    # Two segments of 2 users and 20 iterations each: one summary of the whole test.
+    assert flows["setup"]["completed"] == 4
+    assert flows["browse"]["iterations"] + flows["account"]["iterations"] == 40
+    steps = doc["requests_by_name"]
+    assert steps["login"]["requests"] == journey_service.hits["login"] == 4
+    assert steps["echo"]["requests"] == journey_service.hits["echo"]
+    assert doc["histograms"]["flows"]["browse"]["count"] == flows["browse"]["completed"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ballista.core.errors import ConfigError
+from ballista.core.flowstats import FlowStats
 from ballista.core.histogram import Histogram
 from ballista.core.runmeta import RunMeta
 from ballista.core.snapshot import RequestStats, Snapshot
@@ -39,6 +40,33 @@ def _merged(hists: Iterable[Histogram | None]) -> Histogram:
         if hist is not None:
             out.merge(hist)
     return out
+
+
+def _flows(parts: Sequence[Snapshot]) -> tuple[FlowStats, ...]:
+    """Journeys' flows per name (in the order first seen): counts add, histograms merge."""
+    groups: dict[str, list[FlowStats]] = {}
+    for snap in parts:
+        for flow in snap.flows:
+            groups.setdefault(flow.name, []).append(flow)
+    out: list[FlowStats] = []
+    for name, group in groups.items():
+        reasons: dict[str, int] = {}
+        for flow in group:
+            _add_into(reasons, flow.failures_by_reason)
+        hist = _merged(f.histogram for f in group)
+        out.append(
+            FlowStats(
+                name=name,
+                iterations=sum(f.iterations for f in group),
+                completed=sum(f.completed for f in group),
+                failed=sum(f.failed for f in group),
+                interrupted=sum(f.interrupted for f in group),
+                failures_by_reason=reasons,
+                duration=hist.summary(),
+                histogram=hist,
+            )
+        )
+    return tuple(out)
 
 
 def _requests(parts: Sequence[Snapshot]) -> tuple[RequestStats, ...]:
@@ -143,6 +171,7 @@ def merge_snapshots(
         interval_loop_lag=max(s.interval_loop_lag for s in parts),
         loop_lag=max(s.loop_lag for s in parts),
         max_loop_lag=max(s.max_loop_lag for s in parts),
+        flows=_flows(parts),
     )
 
 
