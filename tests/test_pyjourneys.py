@@ -207,3 +207,39 @@ async def test_journeys_with_workers_merge_their_flows(
     assert steps["login"]["requests"] == journey_service.hits["login"] == 4
     assert steps["echo"]["requests"] == journey_service.hits["echo"]
     assert doc["histograms"]["flows"]["browse"]["count"] == flows["browse"]["completed"]
+
+
+async def test_segments_of_journeys_merge_exactly(
+    journey_service: JourneyService, tmp_path: Path
+) -> None:
+    path = write(tmp_path, JOURNEYS)
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"seg{i}.json"
+        result = await trio.run_process(
+            [*BALLISTA, "run", "-f", path, journey_service.url, "-c", "4", "-n", "20",
+             "--segment", f"{i}/2", "-q", "--json", str(out)],
+            capture_stderr=True,
+            check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        outs.append(json.loads(out.read_text()))
+    merged = await trio.run_process(
+        [*BALLISTA, "merge", str(tmp_path / "seg0.json"), str(tmp_path / "seg1.json"),
+         "-q", "--json", "-", "--threshold", "flow:browse.p95<5s"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )  # fmt: skip
+    assert merged.returncode == 0, merged.stderr.decode()[-2000:]
+    doc = json.loads(merged.stdout)
+    browse = doc["flows"]["browse"]
+    parts = [o["flows"]["browse"] for o in outs]
+    assert browse["iterations"] == sum(p["iterations"] for p in parts)
+    assert doc["flows"]["setup"]["completed"] == 4
+    # The parts' histograms merged: exact percentiles, not nulls.
+    assert browse["duration_s"]["p95"] is not None
+    assert doc["histograms"]["flows"]["browse"]["count"] == sum(
+        o["histograms"]["flows"]["browse"]["count"] for o in outs
+    )
+    assert [(t["expr"], t["ok"]) for t in doc["thresholds"]] == [("flow:browse.p95<5s", True)]
