@@ -17,7 +17,14 @@ import servers
 import trio
 from helpers import free_port
 from prom import Prometheus, prometheus_processes
-from servers import FaultServer, RunningTarget, TargetFactory, TlsFiles
+from servers import (
+    FaultServer,
+    JourneyService,
+    RunningTarget,
+    TargetFactory,
+    TlsFiles,
+    start_journey_service,
+)
 
 #: The delay of `fixed_delay_target`.
 FIXED_DELAY = 0.02
@@ -137,3 +144,9 @@ async def prometheus_factory(
     those targets every second (tests/prom.py), stopped at the end of the test."""
     async for start in prometheus_processes(tmp_path):
         yield start
+
+
+@pytest.fixture
+async def journey_service(nursery: trio.Nursery) -> JourneyService:
+    """A small stateful service (login, cookies, echo) for journeys; see servers.py."""
+    return await start_journey_service(nursery)

@@ -679,3 +679,111 @@ FAULT_SERVERS: dict[str, Callable[[trio.Nursery], Awaitable[FaultServer]]] = {
     "h2_settings_flood_server": start_h2_settings_flood_server,
     "h2_empty_data_flood_server": start_h2_empty_data_flood_server,
 }
+
+
+# --- a service for journeys --------------------------------------------------------
+
+
+@dataclass
+class JourneyService:
+    """A small stateful ASGI service for journey tests (HTTP/1.1 and h2c on one port):
+
+    - `POST /login` JSON {"user"} -> {"token": "t-<user>"}, and cookie `sid=<user>`
+    - `GET /me` -> 200 {"user"} with cookie sid, else 401; `Authorization: Bearer
+      t-<user>` must match it when given (else 403)
+    - `GET /logout` -> deletes the cookie (Max-Age=0)
+    - `GET /echo?...` -> JSON {"method", "path", "query", "headers", "body"}
+    - `GET /status/<code>` -> that status; `GET /slow/<ms>` -> 200 after that long
+    `hits` counts requests per first path segment, as the server saw them.
+    """
+
+    port: int = 0
+    hits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].rpartition(".")[2]
+                await send({"type": f"{message['type']}.complete"})
+                if kind == "shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        path: str = scope["path"]
+        head = path.split("/")[1] if path != "/" else ""
+        self.hits[head] = self.hits.get(head, 0) + 1
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        cookies = dict(
+            c.strip().partition("=")[::2] for c in headers.get("cookie", "").split(";") if c.strip()
+        )
+        status, out, extra = 200, b"", []
+        if path == "/login":
+            import json
+
+            user = json.loads(body)["user"]
+            out = json.dumps({"token": f"t-{user}"}).encode()
+            extra.append((b"set-cookie", f"sid={user}; Path=/; HttpOnly".encode()))
+        elif path == "/me":
+            user = cookies.get("sid")
+            auth = headers.get("authorization")
+            if user is None:
+                status = 401
+            elif auth is not None and auth != f"Bearer t-{user}":
+                status = 403
+            else:
+                out = b'{"user": "%s"}' % user.encode()
+        elif path == "/logout":
+            extra.append((b"set-cookie", b"sid=; Max-Age=0"))
+        elif path == "/echo":
+            import json
+
+            out = json.dumps(
+                {
+                    "method": scope["method"],
+                    "path": path,
+                    "query": scope["query_string"].decode(),
+                    "headers": headers,
+                    "body": body.decode("latin-1"),
+                }
+            ).encode()
+        elif head == "status":
+            status = int(path.split("/")[2])
+        elif head == "slow":
+            await trio.sleep(int(path.split("/")[2]) / 1000)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(out)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": out})
+
+
+async def start_journey_service(nursery: trio.Nursery) -> JourneyService:
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve
+
+    service = JourneyService()
+    hc = HypercornConfig()
+    hc.bind = [f"{HOST}:0"]
+    hc.loglevel = "WARNING"
+    hc.keep_alive_max_requests = 1_000_000
+    binds: list[str] = await nursery.start(functools.partial(serve, service, hc))
+    service.port = int(binds[0].rsplit(":", 1)[1])
+    return service

@@ -222,3 +222,45 @@ def test_bytes_after_a_response_are_not_read_as_the_next_one() -> None:
     connection (h11 kept it, and charged the junk to the next request)."""
     data = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nxx"
     assert outcome(FastReader(), data, [], head=False) == ("response", 200, None, False, True)
+
+
+def test_capturing_reader_keeps_the_final_head_and_the_body() -> None:
+    from ballista.transport.connect import Captured
+    from ballista.transport.h1response import CapturingReader
+
+    reader = CapturingReader()
+    capture = Captured()
+    reader.start(False)
+    reader.capture = capture
+    wire = (
+        b"HTTP/1.1 100 Continue\r\nX-Early: 1\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    # Byte by byte: callbacks split anywhere must give the same result.
+    done = False
+    for i in range(len(wire)):
+        done = reader.feed(wire[i : i + 1])
+    assert done and reader.status == 200 and reader.reusable
+    assert capture.headers == [
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+        (b"transfer-encoding", b"chunked"),
+    ]
+    assert capture.body == b"hello world"
+    # The next response on the connection starts afresh; a HEAD's has no body.
+    capture = Captured()
+    reader.start(True)
+    reader.capture = capture
+    assert reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
+    assert capture.headers == [(b"content-length", b"99")] and capture.body == b""
+
+
+def test_capture_keeps_at_most_its_limit() -> None:
+    from ballista.transport.connect import MAX_CAPTURE, Captured
+
+    capture = Captured()
+    chunk = b"x" * (1024 * 1024)
+    for _ in range(MAX_CAPTURE // len(chunk) + 3):
+        capture.add_body(chunk)
+    assert capture.truncated and len(capture.body) == MAX_CAPTURE

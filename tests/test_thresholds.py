@@ -317,3 +317,58 @@ async def test_abort_on_fail_stops_early(
     assert doc["duration_s"] < 5  # stopped at the first snapshot, not after 30 s
     assert doc["thresholds"][0]["ok"] is False
     assert doc["thresholds"][0]["value"] >= 0.02
+
+
+# -- journeys: steps named at run time, flows -------------------------------------------
+
+
+def test_flow_thresholds_parse_and_judge_the_flow() -> None:
+    from ballista.core.flowstats import FlowRecorder
+
+    flows = FlowRecorder(["buy", "browse"])
+    for i in range(100):
+        flows.started(0)
+        if i < 3:
+            flows.failed(0, "status 503", 0.5)
+        else:
+            flows.completed(0, 0.1 if i < 90 else 1.5)
+    recorder = Recorder((), start=0.0, dynamic=True)
+    recorder.flows = flows
+    snap = recorder.snapshot(10.0, final=True)
+    t = parse_threshold("flow:buy.p95<2s", None, flow_names=["buy", "browse"])
+    assert (t.flow, t.request, t.metric, t.bound) == (True, "buy", "p95", 2.0)
+    verdicts = checks_of_flows(
+        ["flow:buy.p95<2s", "flow:buy.p50<200ms", "flow:buy.failure_rate<1%", "flow:browse.p99<1s"],
+        snap,
+    )
+    assert [(v["ok"], v["display"]) for v in verdicts] == [
+        (True, "1.50s"),
+        (True, "100.00ms"),
+        (False, "3.00%"),
+        (False, "no data"),  # no iteration of browse ended: nothing passes
+    ]
+
+
+def checks_of_flows(exprs: list[str], snap: Snapshot) -> list[dict[str, object]]:
+    parsed = [parse_threshold(e, None, flow_names=["buy", "browse"]) for e in exprs]
+    return ThresholdSet(parsed).evaluate(snap)
+
+
+@pytest.mark.parametrize(
+    ("expr", "needle"),
+    [
+        ("flow:nope.p95<1s", "no flow named 'nope' (flows: buy)"),
+        ("flow:buy.rps>1", "unknown flow metric 'rps'"),
+        ("flow:buy.failure_rate<2", "more than 100%"),
+    ],
+)
+def test_flow_threshold_errors(expr: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=None) as caught:
+        parse_threshold(expr, None, flow_names=["buy"])
+    assert needle in str(caught.value)
+
+
+def test_step_names_are_unchecked_when_journeys_name_them_at_run_time() -> None:
+    assert parse_threshold("login.p99<300ms", None).request == "login"
+    with pytest.raises(ConfigError):
+        parse_threshold("login.p99<300ms", ["default"])

@@ -15,6 +15,7 @@ import trio
 
 from ballista.core.config import LoadSpec, Origin, RequestSpec, RunConfig
 from ballista.core.errors import BallistaError
+from ballista.core.journey import Journeys
 from ballista.engine.run import Run
 from ballista.observe.outputs import Outputs, run_with_outputs
 
@@ -41,13 +42,24 @@ async def _start_target() -> tuple[trio.Process, int]:
     raise BallistaError("demo: the embedded target did not start")
 
 
-async def _demo(duration: float, concurrency: int, http2: bool, json_path: str | None) -> int:
+def demo_journeys() -> Journeys:
+    """The shopping journey of `demo --journey` (cli/demojourney.py)."""
+    from ballista.cli import demojourney
+    from ballista.core.pyjourneys import journeys_of
+
+    return journeys_of(demojourney, "demojourney.py")
+
+
+async def _demo(
+    duration: float, concurrency: int, http2: bool, json_path: str | None, journey: bool
+) -> int:
     proc, port = await _start_target()
     try:
+        what = "virtual users (shopping journey: login, items, cart)" if journey else "workers"
         print(
             f"ballista demo: target on http://127.0.0.1:{port}/ (its latency: log-normal, "
             "median 5 ms, p99 40 ms; 1% of answers 500/503)\n"
-            f"ballista demo: {concurrency} workers over "
+            f"ballista demo: {concurrency} {what} over "
             f"{'h2c (HTTP/2)' if http2 else 'HTTP/1.1'} for {duration:g}s",
             file=sys.stderr,
         )
@@ -57,6 +69,7 @@ async def _demo(duration: float, concurrency: int, http2: bool, json_path: str |
             load=LoadSpec(model="closed", concurrency=concurrency, duration=duration),
             protocol="http2" if http2 else "http1",
             timeout=10.0,
+            journeys=demo_journeys() if journey else None,
         )
         _, code = await run_with_outputs(
             Run(config), Outputs(json_path=json_path), stdout=sys.stdout, stderr=sys.stderr
@@ -70,6 +83,8 @@ async def _demo(duration: float, concurrency: int, http2: bool, json_path: str |
             proc.kill()
 
 
-def run_demo(*, duration: float, concurrency: int, http2: bool, json_path: str | None) -> int:
+def run_demo(
+    *, duration: float, concurrency: int, http2: bool, json_path: str | None, journey: bool = False
+) -> int:
     """Run the demo to the end; returns the exit code."""
-    return trio.run(_demo, duration, concurrency, http2, json_path)
+    return trio.run(_demo, duration, concurrency, http2, json_path, journey)

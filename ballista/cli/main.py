@@ -63,6 +63,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     demo.add_argument("-c", "--concurrency", type=positive_int, default=5)
     demo.add_argument("--http1", action="store_true", help="use HTTP/1.1 instead of h2c")
     demo.add_argument("--json", default=None, metavar="PATH")
+    demo.add_argument(
+        "--journey",
+        action="store_true",
+        help="run the shopping journey (login, items, cart) instead of single requests",
+    )
 
     target = sub.add_parser("target", help="serve the demo target on its own")
     args = sys.argv[1:] if argv is None else list(argv)
@@ -96,6 +101,7 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
         concurrency=ns.concurrency,
         http2=not ns.http1,
         json_path=ns.json,
+        journey=ns.journey,
     )
 
 

@@ -52,7 +52,10 @@ def main(ns: argparse.Namespace) -> int:
                 exprs.setdefault(expr, f"{part.where}: thresholds")
     for expr in ns.threshold:
         exprs.setdefault(expr, "--threshold")
-    thresholds = ThresholdSet([parse_threshold(e, names, what=w) for e, w in exprs.items()])
+    flow_names = list(merged.flows or {})
+    thresholds = ThresholdSet(
+        [parse_threshold(e, names, what=w, flow_names=flow_names) for e, w in exprs.items()]
+    )
     verdicts = thresholds.evaluate(snap)
     meta = dataclasses.replace(merged.meta, thresholds=verdicts)
     doc = summary_dict(snap, meta, merged.timeline)

@@ -18,6 +18,7 @@ from ballista.core.config import RequestSpec, RunConfig, parse_header, parse_met
 from ballista.core.controller import parse_statuses
 from ballista.core.durations import parse_duration, parse_share
 from ballista.core.errors import ConfigError
+from ballista.core.pyjourneys import is_python_journeys, load_journeys
 from ballista.core.scenario import read_scenario_file, scenario_from_table
 from ballista.core.segment import parse_segment, parse_start_at
 from ballista.engine.engine import check_fd_limit
@@ -440,7 +441,10 @@ def body_from_args(ns: argparse.Namespace) -> bytes | None:
 def scenario_from_args(ns: argparse.Namespace) -> Scenario:
     """What to send: the -f file (with -H added and the URL's origin), or the URL and -m/-H/-b."""
     headers = tuple(parse_header(h) for h in ns.header)
-    if getattr(ns, "scenario", None):
+    path = getattr(ns, "scenario", None)
+    if path and is_python_journeys(path):
+        return _python_journeys(ns, path, headers)
+    if path:
         scenario = read_scenario_file(ns.scenario)
         origin = scenario.origin
         if ns.url:
@@ -475,6 +479,32 @@ def scenario_from_args(ns: argparse.Namespace) -> Scenario:
         body=body_from_args(ns) or b"",
     )
     return Scenario(origin=origin, requests=(spec,))
+
+
+def _python_journeys(
+    ns: argparse.Namespace, path: str, headers: tuple[tuple[str, str], ...]
+) -> Scenario:
+    """`-f journeys.py URL`: the journeys, sent to the URL's origin."""
+    if ns.url is None:
+        raise ConfigError(
+            f"-f {path}: Python journeys need the target's URL (ballista run -f {path} URL)"
+        )
+    origin, target = parse_url(ns.url)
+    if target != "/":
+        raise ConfigError(
+            f"URL {ns.url!r}: with -f {path} give only the origin (scheme://host:port); "
+            "the journeys name their paths"
+        )
+    for given, flag in (
+        (ns.body is not None or ns.body_file is not None, "-b/--body-file"),
+        (ns.method.upper() != "GET", "-m/--method"),
+        (bool(headers), "-H/--header"),
+    ):
+        if given:
+            raise ConfigError(f"{flag}: the journeys in {path} define each request")
+    journeys = load_journeys(path)
+    spec = RequestSpec(name="default", method="GET", target="/")
+    return Scenario(origin=origin, requests=(spec,), journeys=journeys, name="default")
 
 
 def config_from_args(ns: argparse.Namespace, *, sequential: bool | None = None) -> RunConfig:

@@ -32,6 +32,7 @@ from ballista.core.config import (
     check_request,
 )
 from ballista.core.errors import ConfigError
+from ballista.core.journey import Journeys
 from ballista.core.segment import Segment, split_config
 from ballista.core.thresholds import Threshold, parse_threshold
 
@@ -121,6 +122,9 @@ class Scenario:
     settings: Layer = field(default_factory=Layer)
     #: (expression, where it was written)
     thresholds: tuple[tuple[str, str], ...] = ()
+    #: user journeys (Python `-f journeys.py`, TOML `[[flows]]`): virtual users run
+    #: these instead of `requests`
+    journeys: Journeys | None = None
 
 
 def build_config(
@@ -152,10 +156,18 @@ def build_config(
         raise values.error("connections", "the sequential model uses one connection")
     for spec in scenario.requests:
         check_request(spec, http2=protocol == "http2")
-    names = [r.name for r in scenario.requests]
+    journeys = scenario.journeys
+    names: list[str] | None = [r.name for r in scenario.requests]
+    flow_names: list[str] = []
+    if journeys is not None:
+        # Steps of Python journeys are named as they run: any name may come.
+        names = list(journeys.step_names) or None
+        flow_names = [f.name for f in journeys.flows]
+        if journeys.setup is not None:
+            flow_names.append("setup")
     parsed: list[Threshold] = []
     for expr, where in (*scenario.thresholds, *thresholds):
-        parsed.append(parse_threshold(expr, names, what=where))
+        parsed.append(parse_threshold(expr, names, what=where, flow_names=flow_names))
     config = RunConfig(
         origin=scenario.origin,
         requests=scenario.requests,
@@ -169,6 +181,7 @@ def build_config(
         thresholds=tuple(parsed),
         ca_file=values.get("ca_file"),
         start_at=values.get("start_at"),
+        journeys=journeys,
     )
     segment: Segment | None = values.get("segment")
     if segment is not None:

@@ -9,7 +9,7 @@ inside its load models and supplies the Session; nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, overload
 
@@ -40,12 +40,15 @@ class Response(Protocol):
 
     #: HTTP status; 0 when there was no response (an error of kind `error`)
     status: int
-    #: the response headers, names in lower case (last value wins)
-    headers: Mapping[str, str]
     #: error kind (`read_timeout`, ...) when status is 0, else None
     error: str | None
     #: seconds from sending to the end of the response
     elapsed: float
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response headers, names in lower case (last value wins)."""
+        ...
 
     @property
     def content(self) -> bytes: ...
@@ -81,11 +84,14 @@ class Session(Protocol):
         data: bytes | str | Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         checks: Sequence[Check] = (),
+        expect: Collection[int] | None = None,
     ) -> Response:
-        """Send one request, recorded under `name` (the path if None).
+        """Send one request, recorded under `name` (the path without its query if None).
 
-        A failed check (or an unexpected status) counts the request as failed and
-        raises JourneyFailure with the check's reason, ending the iteration.
+        `expect`: the statuses that count as success (200-399 if None); another
+        status fails the request with reason `status <code>`. Then `checks`, in
+        order: the first to return a reason fails it with that reason. A failed
+        request counts as failed and raises JourneyFailure, ending the iteration.
         """
         ...
 

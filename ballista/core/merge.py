@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ballista.core.errors import ConfigError
+from ballista.core.flowstats import FlowStats
 from ballista.core.histogram import Histogram
 from ballista.core.runmeta import RunMeta
 from ballista.core.snapshot import RequestStats, Snapshot
@@ -39,6 +40,33 @@ def _merged(hists: Iterable[Histogram | None]) -> Histogram:
         if hist is not None:
             out.merge(hist)
     return out
+
+
+def _flows(parts: Sequence[Snapshot]) -> tuple[FlowStats, ...]:
+    """Journeys' flows per name (in the order first seen): counts add, histograms merge."""
+    groups: dict[str, list[FlowStats]] = {}
+    for snap in parts:
+        for flow in snap.flows:
+            groups.setdefault(flow.name, []).append(flow)
+    return tuple(_flow(name, group) for name, group in groups.items())
+
+
+def _flow(name: str, group: Sequence[FlowStats]) -> FlowStats:
+    """One flow's figures from several processes': counts add, histograms merge."""
+    reasons: dict[str, int] = {}
+    for flow in group:
+        _add_into(reasons, flow.failures_by_reason)
+    hist = _merged(f.histogram for f in group)
+    return FlowStats(
+        name=name,
+        iterations=sum(f.iterations for f in group),
+        completed=sum(f.completed for f in group),
+        failed=sum(f.failed for f in group),
+        interrupted=sum(f.interrupted for f in group),
+        failures_by_reason=reasons,
+        duration=hist.summary(),
+        histogram=hist,
+    )
 
 
 def _requests(parts: Sequence[Snapshot]) -> tuple[RequestStats, ...]:
@@ -143,6 +171,7 @@ def merge_snapshots(
         interval_loop_lag=max(s.interval_loop_lag for s in parts),
         loop_lag=max(s.loop_lag for s in parts),
         max_loop_lag=max(s.max_loop_lag for s in parts),
+        flows=_flows(parts),
     )
 
 
@@ -494,6 +523,43 @@ def merge_timelines(
     return out
 
 
+def flow_stats_of(parts: Sequence[SummaryPart]) -> tuple[FlowStats, ...]:
+    """The flows whose duration histogram (`histograms.flows`) every part that ran
+    them carried, merged exactly: counts added, histograms merged."""
+    groups: dict[str, list[FlowStats]] = {}
+    missing: set[str] = set()
+    for part in parts:
+        raw = part.doc.get("flows")
+        if not isinstance(raw, Mapping):
+            continue
+        hists = (part.doc.get("histograms") or {}).get("flows") or {}
+        for name, flow in raw.items():
+            doc = hists.get(name) if isinstance(hists, Mapping) else None
+            if not isinstance(flow, Mapping) or not isinstance(doc, Mapping):
+                missing.add(name)
+                continue
+            where = f"{part.where}: flows.{name}"
+            try:
+                hist = Histogram.from_dict(doc)
+            except ValueError as exc:
+                raise ConfigError(f"{part.where}: histograms.flows.{name}: {exc}") from None
+            groups.setdefault(name, []).append(
+                FlowStats(
+                    name=name,
+                    iterations=_int(flow, "iterations", where, 0),
+                    completed=_int(flow, "completed", where, 0),
+                    failed=_int(flow, "failed", where, 0),
+                    interrupted=_int(flow, "interrupted", where, 0),
+                    failures_by_reason=_counts(
+                        flow.get("failures_by_reason", {}), where, "failures_by_reason"
+                    ),
+                    duration=hist.summary(),
+                    histogram=hist,
+                )
+            )
+    return tuple(_flow(name, g) for name, g in groups.items() if name not in missing)
+
+
 def merge_flows(parts: Sequence[SummaryPart]) -> tuple[dict[str, Any] | None, list[str]]:
     """The parts' `flows`: counts add. A summary's flow durations are figures
     without a histogram behind them: min and max merge exactly, the mean is
@@ -523,8 +589,16 @@ def merge_flows(parts: Sequence[SummaryPart]) -> tuple[dict[str, Any] | None, li
                 durations.setdefault(name, []).append((_int(flow, "completed", where, 0), d))
     if not flows:
         return None, []
+    exact = {f.name: f for f in flow_stats_of(parts)}
     merged_percentiles = False
     for name, into in flows.items():
+        stats = exact.get(name)
+        if stats is not None:
+            # Every part carried this flow's histogram: its durations merge exactly.
+            into.update(
+                {k: v for k, v in stats.as_dict().items() if k not in ("failures_by_reason",)}
+            )
+            continue
         seen = durations.get(name, [])
         if not seen:
             continue
@@ -602,6 +676,10 @@ def merge_summaries(parts: Sequence[SummaryPart], *, partial: bool = False) -> M
         notes.append("not every summary has a timeline: the merged one has none")
     flows, flow_notes = merge_flows(parts)
     notes.extend(flow_notes)
+    exact_flows = flow_stats_of(parts)
+    if exact_flows:
+        # Flow thresholds and the summary's histograms read them from the snapshot.
+        snapshot = replace(snapshot, flows=exact_flows)
 
     concurrency = [(p.doc.get("concurrency") or {}) for p in parts]
     configured = _sum_opt(c.get("configured") for c in concurrency)

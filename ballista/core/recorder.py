@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from operator import add
 
 from ballista.core.config import RequestSpec
+from ballista.core.flowstats import FlowRecorder
 from ballista.core.histogram import Histogram
 from ballista.core.outcome import ERROR_KINDS, ERROR_LABELS, ErrorKind, Sample
 from ballista.core.snapshot import LatencySummary, RequestStats, Snapshot
@@ -29,7 +30,15 @@ if ERROR_KINDS[-1] is not ErrorKind.OTHER:  # pragma: no cover
 class _Tally:
     """What one named request produced over some span of time."""
 
-    __slots__ = ("bytes_received", "bytes_sent", "errors", "failed", "latency", "statuses")
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "errors",
+        "failed",
+        "judged_failed",
+        "latency",
+        "statuses",
+    )
 
     def __init__(self) -> None:
         self.latency = Histogram()
@@ -41,6 +50,8 @@ class _Tally:
         self.bytes_received = 0
         #: kept by the cumulative tallies only: the hot path does not judge statuses
         self.failed = 0
+        #: responses the caller judged failed (a journey's check), this interval
+        self.judged_failed = 0
 
     @property
     def responses(self) -> int:
@@ -79,8 +90,11 @@ class Recorder:
         *,
         track_service_time: bool = False,
         start: float,
+        dynamic: bool = False,
     ) -> None:
-        self._specs = tuple(requests)
+        """`dynamic`: requests may be added during the run (`add_request`: journeys'
+        steps, named as they first appear)."""
+        self._specs = list(requests)
         self._start = start
         self._last = start
         self._seq = 0
@@ -88,7 +102,7 @@ class Recorder:
         self._interval = [_Tally() for _ in self._specs]
         self._totals = [_Tally() for _ in self._specs]
         # the whole run, all requests together (with one request, that request's)
-        self._single = len(self._specs) == 1
+        self._single = len(self._specs) == 1 and not dynamic
         self._latency = self._totals[0].latency if self._single else Histogram()
         self._window = Histogram()
         self._service: Histogram | None = Histogram() if track_service_time else None
@@ -115,6 +129,16 @@ class Recorder:
         self.concurrency_limit: int | None = None
         #: the current target rate in requests per second (open model), for snapshots
         self.target_rate: float | None = None
+        #: journeys: the flows' own figures, handed out in each snapshot
+        self.flows: FlowRecorder | None = None
+
+    def add_request(self, spec: RequestSpec) -> int:
+        """A named request first seen during the run (a dynamic recorder only): its index."""
+        assert not self._single, "add_request needs Recorder(dynamic=True)"
+        self._specs.append(spec)
+        self._interval.append(_Tally())
+        self._totals.append(_Tally())
+        return len(self._specs) - 1
 
     # -- hot path ----------------------------------------------------------
 
@@ -139,6 +163,11 @@ class Recorder:
             tally.errors[error] += 1
         tally.bytes_sent += sent
         tally.bytes_received += received
+
+    def judged_failed(self, request: int) -> None:
+        """A response just recorded for `request` failed a check of its caller's
+        (a journey's): it counts as failed whatever its status."""
+        self._interval[request].judged_failed += 1
 
     def record_dropped(self, n: int = 1) -> None:
         """Open model: `n` scheduled requests could not start (max in flight reached)."""
@@ -182,9 +211,12 @@ class Recorder:
         window_failed = 0
         by_request: list[RequestStats] = []
         for spec, tally, total in zip(self._specs, self._interval, self._totals, strict=True):
-            failed = sum(tally.errors) + sum(
-                n for status, n in tally.statuses.items() if not spec.is_expected(status)
+            failed = (
+                sum(tally.errors)
+                + sum(n for status, n in tally.statuses.items() if not spec.is_expected(status))
+                + tally.judged_failed
             )
+            tally.judged_failed = 0
             window_failed += failed
             total.failed += failed
             _add_counts(window_statuses, tally.statuses)
@@ -297,4 +329,5 @@ class Recorder:
             interval_loop_lag=loop_lag,
             loop_lag=loop_lag_run,
             max_loop_lag=total_lag.max,
+            flows=self.flows.snapshot() if self.flows is not None else (),
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ballista.core.flowstats import FlowStats
     from ballista.core.histogram import Histogram
 
 #: The percentiles every summary reports, as (key, quantile in percent).
@@ -126,6 +127,8 @@ class Snapshot:
     #: ...and the run so far (p95, and the largest)
     loop_lag: float = 0.0
     max_loop_lag: float = 0.0
+    #: journeys: each flow's figures, cumulative (configuration order)
+    flows: tuple[FlowStats, ...] = ()
 
     @property
     def rps(self) -> float:

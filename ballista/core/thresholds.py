@@ -1,4 +1,5 @@
-"""Thresholds: pass/fail rules on a run's figures (`p99<250ms`, `checkout.error_rate<1%`).
+"""Thresholds: pass/fail rules on a run's figures (`p99<250ms`, `checkout.error_rate<1%`,
+`flow:purchase.p95<2s`).
 
 Sans-IO: parsed once, then fed Snapshots. Nothing here reads a clock.
 """
@@ -31,6 +32,13 @@ METRICS: dict[str, Kind] = {
     "rps": "rate",
     "dropped": "count",
 }
+#: what a journey's flow can be judged on (`flow:NAME.metric`): its iterations' durations
+#: and the share of its ended iterations that failed
+FLOW_METRICS: dict[str, Kind] = {
+    **{k: v for k, v in METRICS.items() if v == "duration"},
+    "failure_rate": "fraction",
+}
+FLOW_PREFIX = "flow:"
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -61,26 +69,34 @@ def _number(text: str) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    """One parsed rule: `request.metric op bound` (request None: the whole run)."""
+    """One parsed rule: `request.metric op bound` (request None: the whole run), or
+    `flow:name.metric op bound` (`flow` True, `request` the flow's name)."""
 
     expr: str
     request: str | None
     metric: str
     op: str
     bound: float
+    flow: bool = False
 
     @property
     def kind(self) -> Kind:
-        return METRICS[self.metric]
+        return FLOW_METRICS[self.metric] if self.flow else METRICS[self.metric]
 
     def holds(self, value: float) -> bool:
         return _OPS[self.op](value, self.bound)
 
 
 def parse_threshold(
-    expr: str, request_names: Sequence[str] = (), *, what: str = "--threshold"
+    expr: str,
+    request_names: Sequence[str] | None = (),
+    *,
+    what: str = "--threshold",
+    flow_names: Sequence[str] = (),
 ) -> Threshold:
-    """`[name.]metric op value` -> Threshold. ConfigError names `what` and the expression."""
+    """`[name.]metric op value` or `flow:name.metric op value` -> Threshold. ConfigError
+    names `what` and the expression. `request_names` None: any name may come (a Python
+    journey names its steps as it runs)."""
 
     def bad(why: str) -> ConfigError:
         return ConfigError(f"{what}: {expr!r}: {why}")
@@ -89,14 +105,25 @@ def parse_threshold(
     if m is None:
         raise bad("expected [request.]metric<value, e.g. p99<250ms or error_rate<1%")
     name, metric, op, text = m.group("name", "metric", "op", "value")
-    kind = METRICS.get(metric.lower())
-    if kind is None:
-        raise bad(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})")
+    flow = name is not None and name.startswith(FLOW_PREFIX)
+    if flow:
+        assert name is not None
+        name = name.removeprefix(FLOW_PREFIX)
+        kind = FLOW_METRICS.get(metric.lower())
+        if kind is None:
+            raise bad(f"unknown flow metric {metric!r} (use one of {', '.join(FLOW_METRICS)})")
+        if name not in flow_names:
+            known = ", ".join(flow_names) or "none: flows come from journeys (-f)"
+            raise bad(f"no flow named {name!r} (flows: {known})")
+    else:
+        kind = METRICS.get(metric.lower())
+        if kind is None:
+            raise bad(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})")
     metric = metric.lower()
-    if name is not None:
+    if name is not None and not flow:
         if metric == "dropped":
             raise bad("dropped counts the whole run: drop the request name")
-        if name not in request_names:
+        if request_names is not None and name not in request_names:
             known = ", ".join(request_names) or "none"
             raise bad(f"no request named {name!r} (requests: {known})")
     if kind == "duration":
@@ -123,7 +150,7 @@ def parse_threshold(
         if value is None or value != int(value):
             raise bad(f"{text!r} is not a whole number")
         bound = value
-    return Threshold(expr=expr.strip(), request=name, metric=metric, op=op, bound=bound)
+    return Threshold(expr=expr.strip(), request=name, metric=metric, op=op, bound=bound, flow=flow)
 
 
 def _display(kind: Kind, value: float | None) -> str:
@@ -156,6 +183,14 @@ class ThresholdSet:
         if t.metric == "dropped":
             return float(snap.dropped), snap.requests
         latency: LatencySummary
+        if t.flow:
+            flow = next((f for f in snap.flows if f.name == t.request), None)
+            ended = 0 if flow is None else flow.completed + flow.failed
+            if flow is None or ended == 0:
+                return None, 0
+            if t.metric == "failure_rate":
+                return flow.failure_rate, ended
+            return float(getattr(flow.duration, t.metric)), ended
         if t.request is None:
             requests, failed, latency = snap.requests, snap.failed, snap.latency
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ballista.core.flowstats import FlowStats
 from ballista.core.histogram import Histogram
 from ballista.core.snapshot import RequestStats, Snapshot
 
@@ -81,6 +82,19 @@ def snapshot_to_wire(snap: Snapshot) -> dict[str, Any]:
         "interval_loop_lag": snap.interval_loop_lag,
         "loop_lag": snap.loop_lag,
         "max_loop_lag": snap.max_loop_lag,
+        # journeys: each flow's counts and duration histogram
+        "flows": [
+            {
+                "name": f.name,
+                "iterations": f.iterations,
+                "completed": f.completed,
+                "failed": f.failed,
+                "interrupted": f.interrupted,
+                "failures_by_reason": dict(f.failures_by_reason),
+                "histogram": f.histogram.to_dict(),
+            }
+            for f in snap.flows
+        ],
     }
 
 
@@ -166,4 +180,19 @@ def snapshot_from_wire(doc: Mapping[str, Any]) -> Snapshot:
         interval_loop_lag=float(doc["interval_loop_lag"]),
         loop_lag=float(doc["loop_lag"]),
         max_loop_lag=float(doc["max_loop_lag"]),
+        flows=tuple(_read_flow(f) for f in doc.get("flows", ())),
+    )
+
+
+def _read_flow(f: Mapping[str, Any]) -> FlowStats:
+    hist = Histogram.from_dict(f["histogram"])
+    return FlowStats(
+        name=str(f["name"]),
+        iterations=int(f["iterations"]),
+        completed=int(f["completed"]),
+        failed=int(f["failed"]),
+        interrupted=int(f["interrupted"]),
+        failures_by_reason={str(k): int(n) for k, n in f["failures_by_reason"].items()},
+        duration=hist.summary(),
+        histogram=hist,
     )

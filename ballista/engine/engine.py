@@ -24,12 +24,14 @@ import trio
 
 from ballista.core.config import DEFAULT_GRACE, DEFAULT_MAX_IN_FLIGHT, RunConfig, check_bounds
 from ballista.core.errors import ConfigError
+from ballista.core.journey import DataExhausted
 from ballista.core.outcome import ErrorKind, Sample
 from ballista.core.recorder import Recorder
 from ballista.core.runmeta import LAG_WARNING, RunMeta
 from ballista.core.schedule import Arrivals, Ramp, constant
 from ballista.core.segment import arrival_seed, closed_workers, fingerprint, zero_share
 from ballista.core.snapshot import Snapshot
+from ballista.engine.journeys import JourneyRunner, StepConnection, VirtualUser
 from ballista.transport.connect import (
     TARGET_FAILURES,
     Connected,
@@ -301,6 +303,12 @@ class Engine:
         #: set by stop(): wakes workers pausing after a rejection, and an open-model
         #: scheduler waiting for the next due time
         self._stopped = trio.Event()
+        #: journeys: what runs their iterations (made with the recorder), and the
+        #: closed models' virtual users by worker index (kept while they retire)
+        self.runner: JourneyRunner | None = None
+        self._users: dict[int, VirtualUser] = {}
+        #: journeys: where an exception from a journey's code is shown (stderr if None)
+        self.journey_report: Callable[[str], None] | None = None
 
     def _initial_limit(self) -> int:
         if self._controller is not None:
@@ -392,7 +400,14 @@ class Engine:
                 "with PING, SETTINGS or empty DATA frames: Ballista dropped them (as servers "
                 "drop such clients) and counted their requests as protocol errors"
             )
-        if final.dropped:
+        if final.dropped and self.runner is not None:
+            iterations = sum(f.iterations for f in final.flows)
+            notes.append(
+                f"{final.dropped:,} of {iterations + final.dropped:,} scheduled iterations were "
+                f"dropped, never started: {self.concurrency:,} iterations were running "
+                "(--max-in-flight) or Ballista fell behind until too late"
+            )
+        elif final.dropped:
             scheduled = final.requests + final.dropped
             at_cap = self._dropped_at_cap
             causes = []
@@ -428,6 +443,8 @@ class Engine:
                     else "connecting beyond it fails (errors of kind 'other')"
                 )
             )
+        if self.runner is not None:
+            notes.extend(self.runner.notes())
         if self._controller is not None:
             notes.append(self._controller.capacity_note(final))
         if self.late_start > LATE_START_NOTE:
@@ -520,9 +537,32 @@ class Engine:
                 n_conn = self._fit_fd_limit(n_conn)
             start = trio.current_time()
             self._started_at = start
-            recorder = Recorder(
-                config.requests, track_service_time=self.model == "open", start=start
-            )
+            journeys = config.journeys
+            if journeys is None:
+                recorder = Recorder(
+                    config.requests, track_service_time=self.model == "open", start=start
+                )
+            else:
+                # Steps are recorded from their actual send, in every model.
+                recorder = Recorder((), start=start, dynamic=True)
+                self.runner = JourneyRunner(
+                    journeys,
+                    origin=config.origin,
+                    recorder=recorder,
+                    timeout=config.timeout,
+                    stopping=lambda: self._stop_sending,
+                    stopped=self._stopped,
+                    feed=self._feed if self._controller is not None else None,
+                    pause=self._pause,
+                    report=self.journey_report,
+                    seed=self._rng.getrandbits(64),
+                    segment=(
+                        (config.segment.index, config.segment.count)
+                        if config.segment is not None
+                        else (0, 1)
+                    ),
+                    requests=config.requests,
+                )
             self.recorder = recorder
             for _ in range(self._failed_probes):
                 recorder.connection_attempted()
@@ -530,6 +570,8 @@ class Engine:
                 recorder.target_rate = self._rate_at(0.0)
             else:
                 recorder.concurrency_limit = self._limit
+            if self.runner is not None:
+                self.runner.http2 = http2
             self.info = RunInfo(
                 protocol=protocol_label(http2),
                 connections=n_conn,
@@ -725,7 +767,9 @@ class Engine:
                         await close_quietly(probe.stream)
                 pool.append(h2c)
             else:
-                h1c = H1Connection(origin, ssl_context, recorder)
+                h1c = H1Connection(
+                    origin, ssl_context, recorder, capture=self.config.journeys is not None
+                )
                 if i == 0 and probe is not None:
                     h1c.adopt(probe)
                 h1c.shared = self.model != "open" and self.concurrency > n
@@ -788,7 +832,10 @@ class Engine:
         for i in range(self._limit):
             if i not in self._running_workers:
                 self._running_workers.add(i)
-                nursery.start_soon(self._closed_worker, i)
+                if self.runner is not None:
+                    nursery.start_soon(self._user_worker, i)
+                else:
+                    nursery.start_soon(self._closed_worker, i)
 
     async def _follow_ramp(self, start: float) -> None:
         ramp = self._ramp
@@ -889,6 +936,56 @@ class Engine:
         finally:
             self._running_workers.discard(index)
 
+    async def _user_worker(self, index: int) -> None:
+        """Closed models with journeys: a virtual user runs one iteration after another."""
+        runner = self.runner
+        assert runner is not None
+        user = self._users.get(index)
+        if user is None:
+            conn: StepConnection = self._connection_for(index)  # type: ignore[assignment]
+            user = self._users[index] = runner.user(index, conn)
+        checkpoint = trio.lowlevel.checkpoint
+        # A user on an HTTP/1.1 connection of its own bounds its steps with one cancel
+        # scope whose deadline moves from step to step (as a closed worker does), not
+        # a scope per step. Only a step's timeout cancels it: then a fresh one.
+        own = user.conn if isinstance(user.conn, H1Connection) and not user.conn.shared else None
+        try:
+            while True:
+                user.timed_out = None
+                with trio.CancelScope() as scope:
+                    user.scope = scope if own is not None else None
+                    user.own = own
+                    while not self._stop_sending and index < self._limit and self._take_budget():
+                        if trio.current_time() >= self._end_at:
+                            self.stop()
+                            return
+                        sent = runner.sent
+                        await runner.iteration(user)
+                        if runner.sent == sent:
+                            # A journey that sent nothing may not have waited: yield, or
+                            # it would starve the run (a stop would never be heard).
+                            await checkpoint()
+                    return
+                # Only a step's own deadline ends up here: its iteration is counted.
+        except DataExhausted:
+            self.stop()
+        finally:
+            user.scope = user.own = None
+            self._running_workers.discard(index)
+
+    def _feed(self, conn: StepConnection, sample: Sample) -> float:
+        """A journey step's sample for the adaptive controller; the pause it asks for."""
+        controller = self._controller
+        assert controller is not None
+        now = trio.current_time()
+        if conn.retry_after is not None:
+            controller.on_retry_after(now, conn.retry_after)
+            conn.retry_after = None
+        limit = controller.on_sample(now, sample)
+        if limit != self._limit:
+            self.set_limit(limit)
+        return controller.pause_after(sample)
+
     async def _after_request(self, status: int, pause: float) -> None:
         if status == 0:
             # Some failures (no file descriptor left, say) return without ever
@@ -946,6 +1043,21 @@ class Engine:
             else _IdlePool([c for c in connections if isinstance(c, H1Connection)])
         )
         rr = itertools.cycle(connections) if multiplexed else None
+        runner = self.runner
+        #: what the cap counts: requests in flight, or (journeys) iterations running
+        gauge: Recorder | JourneyRunner = recorder if runner is None else runner
+        if runner is not None:
+            if idle is not None:
+                runner.acquire = idle.acquire
+                runner.release = idle.release  # type: ignore[assignment]
+            else:
+                assert rr is not None
+                cycle = rr
+
+                async def next_connection(deadline: float) -> StepConnection:
+                    return next(cycle)  # type: ignore[return-value]
+
+                runner.acquire = next_connection
         end = load.effective_duration
         horizon = math.inf if end is None else end
         checkpoint = trio.lowlevel.checkpoint
@@ -981,9 +1093,9 @@ class Engine:
             elif now >= due + timeout:  # the same sum as the deadlines below: no float gap
                 self._drop_late(arrivals, start, now - timeout, recorder)
                 continue
-            if recorder.in_flight >= cap:
+            if gauge.in_flight >= cap:
                 batch = 0
-                while recorder.in_flight >= cap and now < due + timeout:
+                while gauge.in_flight >= cap and now < due + timeout:
                     with trio.move_on_at(due + timeout):
                         await self._slot_freed.wait()
                     now = trio.current_time()
@@ -992,13 +1104,13 @@ class Engine:
                             arrivals, start, end, recorder, pending=offset, at_cap=True
                         )
                         return
-                if recorder.in_flight >= cap:
+                if gauge.in_flight >= cap:
                     # Out of time, and so is every request that falls due before a
                     # slot frees: wait for one, then drop them all in one step
                     # rather than waking for each of their deadlines.
                     recorder.record_dropped()
                     self._dropped_at_cap += 1
-                    while recorder.in_flight >= cap:
+                    while gauge.in_flight >= cap:
                         await self._slot_freed.wait()
                         if self._stop_sending:
                             self._drop_backlog(
@@ -1014,6 +1126,10 @@ class Engine:
                 slot_at = now
             # Late with a free slot: Ballista itself could not keep up.
             recorder.record_lag(max(0.0, now - max(due, slot_at)))
+            if runner is not None:
+                runner.in_flight += 1
+                nursery.start_soon(self._open_iteration, runner, due)
+                continue
             recorder.request_started()
             conn = next(rr) if rr is not None else None
             nursery.start_soon(self._open_request, due, conn, idle, recorder)
@@ -1061,6 +1177,19 @@ class Engine:
             recorder.record_dropped(dropped)
             if at_cap:
                 self._dropped_at_cap += dropped
+
+    async def _open_iteration(self, runner: JourneyRunner, due: float) -> None:
+        """Open model with journeys: one arrival, one iteration, on an idle virtual user."""
+        user = runner.take_user()
+        try:
+            await runner.iteration(user, began=due)
+        except DataExhausted:
+            self.stop()
+        finally:
+            runner.in_flight -= 1
+            runner.give_back(user)
+            self._slot_freed.set()
+            self._slot_freed = trio.Event()
 
     async def _open_request(
         self,

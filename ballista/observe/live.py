@@ -68,6 +68,14 @@ def _finite(value: float | None) -> float | None:
 
 def snapshot_message(snap: Snapshot) -> dict[str, Any]:
     """The `snapshot` message for one Snapshot (docs/live.md lists every field)."""
+    message = _snapshot_fields(snap)
+    if snap.flows:
+        # journeys: each flow's cumulative figures, the shape of the summary's "flows"
+        message["flows"] = {f.name: f.as_dict() for f in snap.flows}
+    return message
+
+
+def _snapshot_fields(snap: Snapshot) -> dict[str, Any]:
     return {
         "type": "snapshot",
         "seq": snap.seq,

@@ -89,6 +89,14 @@ class _Names:
     response_bytes = "ballista_response_bytes"
     run_info = "ballista_run_info"
     build_info = "ballista_build_info"
+    flow_started = "ballista_flow_iterations_started"
+    flow_iterations = "ballista_flow_iterations"
+    flow_failures = "ballista_flow_failures"
+    flow_duration = "ballista_flow_duration_seconds"
+
+
+#: How an iteration ended, the `outcome` label of ballista_flow_iterations_total.
+FLOW_OUTCOMES = ("completed", "failed", "interrupted")
 
 
 class MetricsExporter(Collector):
@@ -148,7 +156,14 @@ class MetricsExporter(Collector):
         stats: dict[str, RequestStats] = (
             {r.name: r for r in snap.by_request} if snap is not None else {}
         )
-        specs = [(r.name, r.method) for r in self.config.requests]
+        journeys = self.config.journeys
+        if journeys is None:
+            specs = [(r.name, r.method) for r in self.config.requests]
+        else:
+            # Steps are named as journeys run (bounded by MAX_STEP_NAMES): those seen so
+            # far, and from the start those a TOML flow names.
+            specs = [(r.name, r.method) for r in stats.values()]
+            specs += [(n, "GET") for n in journeys.step_names if n not in stats]
 
         requests = CounterMetricFamily(
             _Names.requests,
@@ -198,6 +213,8 @@ class MetricsExporter(Collector):
         yield duration
         yield sent
         yield received
+        if journeys is not None:
+            yield from self._flow_families(snap)
 
         in_flight = GaugeMetricFamily(
             _Names.in_flight, "Requests sent and not yet finished.", labels=["scenario"]
@@ -263,6 +280,57 @@ class MetricsExporter(Collector):
         )
         build.add_metric([__version__], 1)
         yield build
+
+    def _flow_families(self, snap: Snapshot | None) -> Iterator[Metric]:
+        """Journeys' flows: iterations by outcome, failures by reason, durations. Labels
+        are flow names (configuration) and reasons (bounded per flow by MAX_REASONS)."""
+        journeys = self.config.journeys
+        assert journeys is not None
+        scenario = self.scenario
+        started = CounterMetricFamily(
+            _Names.flow_started, "Journey iterations started, by flow.", labels=["scenario", "flow"]
+        )
+        ended = CounterMetricFamily(
+            _Names.flow_iterations,
+            "Journey iterations ended, by flow and outcome (completed, failed, or "
+            "interrupted by the end of the run).",
+            labels=["scenario", "flow", "outcome"],
+        )
+        failures = CounterMetricFamily(
+            _Names.flow_failures,
+            "Failed journey iterations, by flow and reason (a check, a status, journey_error).",
+            labels=["scenario", "flow", "reason"],
+        )
+        duration = HistogramMetricFamily(
+            _Names.flow_duration,
+            "Duration of journey iterations that ended (completed or failed), in seconds.",
+            labels=["scenario", "flow"],
+        )
+        seen = {f.name: f for f in snap.flows} if snap is not None else {}
+        names = [f.name for f in journeys.flows]
+        if journeys.setup is not None:
+            names.append(next((n for n in seen if n not in names), "setup"))
+        for name in names:
+            labels = [scenario, name]
+            fs = seen.get(name)
+            if fs is None:
+                started.add_metric(labels, 0)
+                for outcome in FLOW_OUTCOMES:
+                    ended.add_metric([*labels, outcome], 0)
+                duration.add_metric(labels, _zero_buckets(), 0.0)
+                continue
+            started.add_metric(labels, fs.iterations)
+            for outcome, n in zip(
+                FLOW_OUTCOMES, (fs.completed, fs.failed, fs.interrupted), strict=True
+            ):
+                ended.add_metric([*labels, outcome], n)
+            for reason, n in sorted(fs.failures_by_reason.items()):
+                failures.add_metric([*labels, reason], n)
+            duration.add_metric(labels, _buckets(fs.histogram), fs.histogram.total)
+        yield started
+        yield ended
+        yield failures
+        yield duration
 
 
 def _configured_protocol(config: RunConfig) -> str:

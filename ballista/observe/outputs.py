@@ -84,7 +84,12 @@ async def run_with_outputs(
     text_out = stderr if outputs.json_path == "-" else stdout
     if not outputs.quiet and text_out.isatty():
         run.add_sink(
-            LiveLine(text_out, duration=config.load.effective_duration, total=config.load.requests)
+            LiveLine(
+                text_out,
+                duration=config.load.effective_duration,
+                # with journeys, -n counts iterations: no progress by requests
+                total=config.load.requests if config.journeys is None else None,
+            )
         )
     exit_code = EXIT_OK
     async with trio.open_nursery() as services:

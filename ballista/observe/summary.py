@@ -31,6 +31,9 @@ def histograms_dict(snap: Snapshot) -> dict[str, Any]:
     if snap.service_histogram is not None:
         doc["service_time"] = snap.service_histogram.to_dict()
     doc["by_name"] = {stats.name: stats.histogram.to_dict() for stats in snap.by_request}
+    if snap.flows:
+        # journeys: each flow's iteration durations
+        doc["flows"] = {f.name: f.histogram.to_dict() for f in snap.flows}
     return doc
 
 
@@ -93,6 +96,8 @@ def summary_dict(snap: Snapshot, meta: RunMeta, timeline: Timeline | None = None
             "thresholds": [dict(t) for t in meta.thresholds],
         }
     )
+    if snap.flows:
+        doc["flows"] = {f.name: f.as_dict() for f in snap.flows}
     if snap.service_time is not None:
         doc["scheduler_lag_max_s"] = round(snap.max_scheduler_lag, 6)
     # Ballista's own delay, part of every latency above: large, and the generator was
@@ -166,7 +171,8 @@ def format_summary(snap: Snapshot, meta: RunMeta) -> str:
         cap = f"at most {meta.concurrency} in flight, " if meta.concurrency else ""
         conc, conns = cap, f"up to {meta.connections} connection{plural}"
     else:
-        conc = f"{meta.concurrency} concurrent, " if meta.concurrency else ""
+        who = "virtual users" if snap.flows else "concurrent"
+        conc = f"{meta.concurrency} {who}, " if meta.concurrency else ""
         conns = f"{meta.connections} connection{plural}"
     lines.append(
         f"ballista {__version__} · {meta.target} · {meta.model} model · {meta.protocol} · "
@@ -215,6 +221,25 @@ def format_summary(snap: Snapshot, meta: RunMeta) -> str:
                 f"    {s.name:<{width}}  {_count(s.requests):>9} req  {_count(s.failed):>7} failed"
                 f"  p50 {format_duration(s.latency.p50):>9}  p99 {format_duration(s.latency.p99):>9}"
             )
+    if snap.flows:
+        lines.append("")
+        lines.append("  flows")
+        width = max(len(f.name) for f in snap.flows)
+        for f in snap.flows:
+            ended = f.completed + f.failed
+            rate = f"{f.failure_rate * 100:.2f}%" if ended else "-"
+            cut = f"  {_count(f.interrupted)} cut by the end" if f.interrupted else ""
+            lines.append(
+                f"    {f.name:<{width}}  {_count(f.iterations):>9} it  "
+                f"{_count(f.completed):>9} ok  {_count(f.failed):>7} failed ({rate})"
+                f"  p50 {format_duration(f.duration.p50):>9}  p95 {format_duration(f.duration.p95):>9}"
+                f"  max {format_duration(f.duration.max):>9}{cut}"
+            )
+            if f.failures_by_reason:
+                reasons = sorted(f.failures_by_reason.items(), key=lambda kv: -kv[1])
+                shown = ", ".join(f"{reason} {_count(n)}" for reason, n in reasons[:6])
+                more = f", {len(reasons) - 6} more" if len(reasons) > 6 else ""
+                lines.append(f"    {'':<{width}}  failures: {shown}{more}")
     if meta.thresholds:
         lines.append("")
         lines.append("  thresholds")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import enum
 import errno
 import ipaddress
+import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -427,11 +428,13 @@ async def close_quietly(stream: httpcore.AsyncNetworkStream | None) -> None:
 H1_WHOLE_MAX = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedRequest:
     """Everything about one named request that can be computed before the run.
 
     Built once per RequestSpec: the hot path never validates or encodes headers.
+    Never changed once built (not frozen only because a journey builds one per
+    step, and a frozen dataclass's __init__ costs three times as much).
     """
 
     index: int
@@ -505,3 +508,210 @@ def prepare(index: int, spec: RequestSpec, origin: Origin) -> PreparedRequest:
         h2_header_bytes=sum(len(k) + len(v) for k, v in h2_headers),
         spec=spec,
     )
+
+
+#: Response body bytes a journey step keeps for its code to read (`text`, `json()`);
+#: beyond it the body is counted but not kept, so a huge answer cannot take memory
+#: per virtual user.
+MAX_CAPTURE = 8 * 1024 * 1024
+
+
+class Captured:
+    """What a journey step keeps of its response: the final head's headers and the body.
+
+    Filled by the connection as the response is read (HTTP/1.1's reader, HTTP/2's
+    reader task); plain requests never carry one and keep nothing.
+    """
+
+    __slots__ = ("chunks", "headers", "size", "truncated")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        #: the body went past MAX_CAPTURE: what is kept is its beginning
+        self.truncated = False
+
+    def reset(self) -> None:
+        """A new response begins (a retry, or an informational response was skipped)."""
+        self.headers = []
+        self.chunks = []
+        self.size = 0
+        self.truncated = False
+
+    def add_body(self, data: bytes) -> None:
+        size = self.size + len(data)
+        if size <= MAX_CAPTURE:
+            self.chunks.append(bytes(data))
+            self.size = size
+        elif not self.truncated:
+            self.truncated = True
+            keep = MAX_CAPTURE - self.size
+            if keep > 0:
+                self.chunks.append(bytes(data[:keep]))
+                self.size = MAX_CAPTURE
+
+    @property
+    def body(self) -> bytes:
+        chunks = self.chunks
+        if len(chunks) == 1:
+            return chunks[0]
+        joined = b"".join(chunks)
+        self.chunks = [joined]
+        return joined
+
+
+_TOKEN_BYTES = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$").match
+_BAD_VALUE = re.compile(rb"[\x00\r\n]").search
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]").search
+_HOP_BY_HOP = frozenset({b"host", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"})
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+#: methods already found valid (bounded: a journey could make up any)
+_METHODS_SEEN: set[bytes] = set()
+#: the default header lines of a request to an authority
+_DEFAULT_HEADS: dict[bytes, bytes] = {}
+
+
+def prepare_dynamic(
+    index: int,
+    spec: RequestSpec,
+    method: bytes,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    body: bytes,
+    origin: Origin,
+    authority: bytes,
+    *,
+    http2: bool,
+) -> PreparedRequest:
+    """A request built at run time (a journey's step): `prepare` without h11, checked
+    by hand, since it runs once per request rather than once per run. Only the
+    encoding of the run's protocol is made (`http2`), the other is left empty.
+
+    ValueError (in the journey's code: counted, never sent) for a method, target or
+    header that would put something other than the request on the wire.
+    """
+    if method not in _METHODS_SEEN:
+        if not _TOKEN_BYTES(method):
+            raise ValueError(f"invalid HTTP method {method!r}")
+        if len(_METHODS_SEEN) < 64:
+            _METHODS_SEEN.add(method)
+    if not target.startswith(b"/") or _BAD_TARGET(target):
+        raise ValueError(f"invalid request target {target!r}")
+    if not headers and not http2:
+        # The common step: no header of its own. Host, User-Agent and Accept are
+        # encoded once per authority.
+        defaults = _DEFAULT_HEADS.get(authority)
+        if defaults is None:
+            defaults = (
+                b"host: " + authority + b"\r\nuser-agent: " + _USER_AGENT + b"\r\naccept: */*\r\n"
+            )
+            if len(_DEFAULT_HEADS) < 16:
+                _DEFAULT_HEADS[authority] = defaults
+        if body or method in _BODY_METHODS:
+            head = b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n" % (
+                method,
+                target,
+                defaults,
+                len(body),
+            )
+        else:
+            head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, defaults)
+        size = len(head) + len(body)
+        return PreparedRequest(
+            index,
+            method,
+            target,
+            body,
+            (head, body) if body else (head,),
+            head + body if size <= H1_WHOLE_MAX else None,
+            True,
+            method == b"HEAD",
+            (),
+            0,
+            spec,
+        )
+    given: set[bytes] = set()
+    keep_alive = True
+    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+    h2_headers: list[tuple[bytes, bytes]] = (
+        [
+            (b":method", method),
+            (b":scheme", b"https" if origin.tls else b"http"),
+            (b":authority", authority),
+            (b":path", target),
+        ]
+        if http2
+        else []
+    )
+    own: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if not _TOKEN_BYTES(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if _BAD_VALUE(value):
+            raise ValueError(f"header {name.decode()!r}: a control character in its value")
+        lower = name.lower()
+        given.add(lower)
+        if lower in (b"content-length", b"transfer-encoding"):
+            raise ValueError(f"header {name.decode()!r}: Ballista frames the body itself")
+        own.append((name, value))
+        if lower == b"connection" and b"close" in value.lower():
+            keep_alive = False
+        if not http2:
+            continue
+        if lower == b"host":
+            h2_headers[2] = (b":authority", value)
+        elif lower not in _HOP_BY_HOP:
+            h2_headers.append((lower, value))
+    for name, value in (
+        (b"host", authority),
+        (b"user-agent", _USER_AGENT),
+        (b"accept", b"*/*"),
+    ):
+        if name not in given:
+            lines += (name, b": ", value, b"\r\n")
+            if http2 and name != b"host":
+                h2_headers.append((name, value))
+    if http2:
+        if body or method in _BODY_METHODS:
+            h2_headers.append((b"content-length", str(len(body)).encode()))
+        header_bytes = 0
+        for k, v in h2_headers:
+            header_bytes += len(k) + len(v)
+        return PreparedRequest(
+            index=index,
+            method=method,
+            target=target,
+            body=body,
+            h1_parts=(),
+            h1_bytes=None,
+            h1_keep_alive=keep_alive,
+            head=method == b"HEAD",
+            h2_headers=tuple(h2_headers),
+            h2_header_bytes=header_bytes,
+            spec=spec,
+        )
+    for name, value in own:
+        lines += (name, b": ", value, b"\r\n")
+    if body or method in _BODY_METHODS:
+        lines += (b"content-length: ", str(len(body)).encode(), b"\r\n")
+    lines.append(b"\r\n")
+    head = b"".join(lines)
+    h1_parts = (head, body) if body else (head,)
+    size = len(head) + len(body)
+    return PreparedRequest(
+        index=index,
+        method=method,
+        target=target,
+        body=body,
+        h1_parts=h1_parts,
+        h1_bytes=head + body if size <= H1_WHOLE_MAX else None,
+        h1_keep_alive=keep_alive,
+        head=method == b"HEAD",
+        h2_headers=(),
+        h2_header_bytes=0,
+        spec=spec,
+    )
+
+
+_USER_AGENT = USER_AGENT.encode("ascii")

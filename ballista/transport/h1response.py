@@ -16,7 +16,7 @@ from typing import Protocol
 import h11
 import httptools
 
-from ballista.transport.connect import PeerClosed, ProtocolViolation
+from ballista.transport.connect import Captured, PeerClosed, ProtocolViolation
 
 #: A response head longer than this is refused, as h11 refuses it by default.
 MAX_HEAD = 16 * 1024
@@ -201,6 +201,53 @@ class FastReader:
             self._parser = self._new_parser()
             return
         raise PeerClosed("connection closed before the response ended")
+
+
+class CapturingReader(FastReader):
+    """FastReader that also keeps the final response's headers and body in `capture`
+    (journeys read them). Plain requests use FastReader: llhttp then never calls
+    back per body chunk."""
+
+    __slots__ = ("capture",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capture: Captured | None = None
+
+    def on_message_begin(self) -> None:
+        # FastReader's, inlined (a super() call per response costs), and a fresh start
+        # of what is kept: an informational response's headers are not the answer's.
+        if self.done:
+            raise _Surplus
+        self._framed = False
+        self._close = False
+        self._retry_after = None
+        capture = self.capture
+        if capture is not None and capture.headers:
+            capture.reset()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        capture = self.capture
+        lower = name.lower()
+        if capture is not None:
+            capture.headers.append((lower, value))
+        # FastReader's checks, on the name already lowered.
+        if lower == b"content-length":
+            self._framed = True
+        elif lower == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise ProtocolViolation("only Transfer-Encoding: chunked is supported")
+            self._framed = True
+        elif lower == b"retry-after":
+            self._retry_after = value.strip(b" \t")
+        elif lower == b"connection":
+            tokens = [token.strip() for token in value.lower().split(b",")]
+            self._close = self._close or b"close" in tokens
+
+    def on_body(self, body: bytes) -> None:
+        capture = self.capture
+        if capture is not None:
+            capture.add_body(body)
 
 
 class H11Reader:

@@ -15,6 +15,7 @@ from ballista.transport.connect import (
     READ_SIZE,
     TARGET_FAILURES,
     ByteStream,
+    Captured,
     Connected,
     PeerClosed,
     Phase,
@@ -25,7 +26,7 @@ from ballista.transport.connect import (
     connect,
     parse_retry_after,
 )
-from ballista.transport.h1response import FastReader
+from ballista.transport.h1response import CapturingReader, FastReader
 
 #: (status, error kind or NO_ERROR, bytes sent, bytes received)
 Result = tuple[int, int, int, int]
@@ -53,13 +54,20 @@ class H1Connection:
     multiplexed = False
 
     def __init__(
-        self, origin: Origin, ssl_context: ssl.SSLContext | None, events: ConnectionEvents
+        self,
+        origin: Origin,
+        ssl_context: ssl.SSLContext | None,
+        events: ConnectionEvents,
+        *,
+        capture: bool = False,
     ) -> None:
         self._origin = origin
         self._ssl_context = ssl_context
         self._events = events
         self._conn: Connected | None = None
-        self._reader = FastReader()
+        #: journeys read responses: a reader that keeps them (see `request(capture=)`)
+        self._reader_class: type[FastReader] = CapturingReader if capture else FastReader
+        self._reader = self._reader_class()
         #: where the last exchange stood when it was cancelled: (phase, sent, received)
         self._cut: tuple[Phase, int, int] = (Phase.CONNECT, 0, 0)
         # Made only for a shared connection: 1,000 unshared ones would carry 1,000 idle locks.
@@ -76,7 +84,7 @@ class H1Connection:
     def adopt(self, connected: Connected) -> None:
         """Take over a connection opened elsewhere (the engine's ALPN probe)."""
         self._conn = connected
-        self._reader = FastReader()
+        self._reader = self._reader_class()
         self._events.connection_attempted()
         self._events.connection_opened()
 
@@ -87,7 +95,7 @@ class H1Connection:
             await close_quietly(connected.stream)
             raise PeerClosed(f"ALPN chose {connected.alpn!r} on an HTTP/1.1 connection")
         self._conn = connected
-        self._reader = FastReader()
+        self._reader = self._reader_class()
         self._events.connection_opened()
         return connected
 
@@ -100,7 +108,9 @@ class H1Connection:
     async def aclose(self) -> None:
         await self._drop()
 
-    async def request(self, req: PreparedRequest, deadline: float | None) -> Result:
+    async def request(
+        self, req: PreparedRequest, deadline: float | None, capture: Captured | None = None
+    ) -> Result:
         """Send `req` and read the whole response before `deadline`. Never raises for
         the target's failures: they come back as an error kind.
 
@@ -108,11 +118,14 @@ class H1Connection:
         bounds the exchange instead of one of its own, so that a worker moving
         one scope's deadline from request to request spares trio a scope per
         request. When that scope cancels the exchange, Cancelled propagates and
-        `timed_out()` gives its result."""
+        `timed_out()` gives its result.
+
+        `capture` (a connection made with capture=True): where the response's
+        headers and body are kept."""
         if not self.shared:
             if deadline is None:
-                return await self._exchange_in_scope(req)
-            return await self._exchange(req, deadline)
+                return await self._exchange_in_scope(req, capture)
+            return await self._exchange(req, deadline, capture)
         assert deadline is not None, "a shared connection bounds its own lock wait"
         lock = self._lock
         if lock is None:
@@ -122,13 +135,15 @@ class H1Connection:
         if scope.cancelled_caught:
             return 0, ErrorKind.POOL_TIMEOUT, 0, 0
         try:
-            return await self._exchange(req, deadline)
+            return await self._exchange(req, deadline, capture)
         finally:
             lock.release()
 
-    async def _exchange(self, req: PreparedRequest, deadline: float) -> Result:
+    async def _exchange(
+        self, req: PreparedRequest, deadline: float, capture: Captured | None = None
+    ) -> Result:
         with trio.CancelScope(deadline=deadline):
-            return await self._exchange_in_scope(req)
+            return await self._exchange_in_scope(req, capture)
         # Only reached when the deadline cancelled the exchange.
         return self.timed_out()
 
@@ -137,7 +152,9 @@ class H1Connection:
         phase, sent, received = self._cut
         return 0, phase.timeout, sent, received
 
-    async def _exchange_in_scope(self, req: PreparedRequest) -> Result:
+    async def _exchange_in_scope(
+        self, req: PreparedRequest, capture: Captured | None = None
+    ) -> Result:
         retried = False
         while True:
             phase = Phase.CONNECT
@@ -152,6 +169,10 @@ class H1Connection:
                 io = conn.io
                 reader = self._reader
                 reader.start(req.head)
+                if isinstance(reader, CapturingReader):
+                    reader.capture = capture
+                    if capture is not None:
+                        capture.reset()
                 phase = Phase.WRITE
                 data = req.h1_bytes
                 if data is not None:

@@ -30,6 +30,7 @@ from ballista.transport.budget import MAX_UNSENT_ACKS, ControlBudget
 from ballista.transport.connect import (
     READ_SIZE,
     TARGET_FAILURES,
+    Captured,
     Connected,
     PeerClosed,
     Phase,
@@ -138,9 +139,11 @@ class _ClientH2(h2.connection.H2Connection):
 
 
 class _Stream:
-    __slots__ = ("done", "error", "received", "sending", "status", "unprocessed")
+    __slots__ = ("capture", "done", "error", "received", "sending", "status", "unprocessed")
 
-    def __init__(self) -> None:
+    def __init__(self, capture: Captured | None = None) -> None:
+        #: a journey's step keeps its response here (plain requests: None)
+        self.capture = capture
         self.done = trio.Event()
         self.status = 0
         self.error = NO_ERROR
@@ -339,6 +342,8 @@ class H2Connection:
                         st = streams.get(event.stream_id)  # type: ignore[attr-defined]
                         if st is not None:
                             st.received += len(event.data)  # type: ignore[attr-defined]
+                            if st.capture is not None:
+                                st.capture.add_body(event.data)  # type: ignore[attr-defined]
                         if event.flow_controlled_length:  # type: ignore[attr-defined]
                             conn.acknowledge_received_data(
                                 event.flow_controlled_length,  # type: ignore[attr-defined]
@@ -348,6 +353,12 @@ class H2Connection:
                         responses += 1
                         st = streams.get(event.stream_id)  # type: ignore[attr-defined]
                         if st is not None:
+                            if st.capture is not None:
+                                st.capture.headers = [
+                                    (bytes(k), bytes(v))
+                                    for k, v in event.headers  # type: ignore[attr-defined]
+                                    if not k.startswith(b":")
+                                ]
                             for name, value in event.headers:  # type: ignore[attr-defined]
                                 st.received += len(name) + len(value)
                                 if name == b":status":
@@ -481,8 +492,11 @@ class H2Connection:
 
     # -- one request ----------------------------------------------------------
 
-    async def request(self, req: PreparedRequest, deadline: float) -> Result:
-        """Send `req` on a new stream and wait for its end before `deadline`.
+    async def request(
+        self, req: PreparedRequest, deadline: float, capture: Captured | None = None
+    ) -> Result:
+        """Send `req` on a new stream and wait for its end before `deadline`
+        (`capture`: where to keep the response's headers and body, for a journey).
 
         A request the server never processed (above a GOAWAY's last_stream_id)
         is sent again on a fresh connection: it counts once, with its whole wait.
@@ -511,7 +525,9 @@ class H2Connection:
                         if not session.alive or session.draining:
                             continue
                         waiting, phase = ErrorKind.WRITE_TIMEOUT, Phase.WRITE
-                        st = _Stream()
+                        if capture is not None:
+                            capture.reset()
+                        st = _Stream(capture)
                         sid = session.h2.get_next_available_stream_id()
                         session.streams[sid] = st
                         body = req.body

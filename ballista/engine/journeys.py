@@ -1,0 +1,731 @@
+"""Journeys at run time: virtual users running flows over the run's own connections.
+
+A `VirtualUser` is the `Session` a journey's code sees: each of its requests
+is built at run time, sent on one of the run's connections (HTTP/1.1 or
+HTTP/2, the same pools and timeouts as plain requests), recorded under its
+step name like any request, and answered with the response's status, headers
+and body. `JourneyRunner` runs iterations and keeps the flows' accounts: every
+iteration started ends completed, failed (with a reason) or interrupted by the
+end of the run, and an exception in the journey's code is counted, shown once,
+never let loose on the run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json as jsonlib
+import math
+import random
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit
+
+import trio
+
+from ballista.core.config import DEFAULT_EXPECTED, Origin, RequestSpec, encode_target
+from ballista.core.flowstats import JOURNEY_ERROR, SETUP_FLOW, FlowRecorder
+from ballista.core.journey import (
+    MAX_STEP_NAMES,
+    OTHER_STEP,
+    Check,
+    DataExhausted,
+    JourneyFailure,
+    JourneyFn,
+    Journeys,
+)
+from ballista.core.outcome import ErrorKind, Sample
+from ballista.core.recorder import Recorder
+from ballista.transport.connect import Captured, PreparedRequest, prepare_dynamic
+from ballista.transport.http1 import H1Connection, Result
+
+#: A journey step's status counts as whatever its checks say: the recorder judges none.
+ANY_STATUS = frozenset(range(100, 1000))
+#: Cookies one virtual user keeps; a new one past this evicts the oldest.
+MAX_COOKIES = 64
+#: Distinct exceptions (type and place) whose traceback is shown; the rest are counted.
+MAX_SHOWN_ERRORS = 5
+#: how an iteration ended when the run's end cut it short
+_INTERRUPTED = "(interrupted)"
+
+
+class StepConnection(Protocol):
+    """What a step needs of a connection (H1Connection or H2Connection)."""
+
+    multiplexed: bool
+    retry_after: float | None
+
+    async def request(
+        self, req: PreparedRequest, deadline: float, capture: Captured | None = None
+    ) -> Result: ...
+
+
+#: Gets a connection for one step before a deadline (None: none came in time),
+#: and gives it back after.
+Acquire = Callable[[float], Awaitable[StepConnection | None]]
+Release = Callable[[StepConnection], None]
+#: Feeds a step's sample to the adaptive controller; the pause it asks for.
+Feed = Callable[[StepConnection, Sample], float]
+
+
+class RunStopped(BaseException):
+    """The run stopped: the iteration ends as interrupted. A BaseException, so that a
+    journey's `except Exception` does not swallow it and go on sending."""
+
+
+class StepResponse:
+    """One step's response as a journey sees it (core.journey.Response)."""
+
+    __slots__ = ("_capture", "_content", "_headers", "elapsed", "error", "status", "truncated")
+
+    def __init__(
+        self,
+        status: int,
+        error: str | None,
+        elapsed: float,
+        capture: Captured,
+    ) -> None:
+        self.status = status
+        self.error = error
+        self.elapsed = elapsed
+        self._headers: Mapping[str, str] | None = None
+        #: the body went past MAX_CAPTURE: `content` is its beginning
+        self.truncated = capture.truncated
+        self._capture = capture
+        self._content: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status or self.error}>"
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The response's headers, lower-case names, the last value of each."""
+        if self._headers is None:
+            self._headers = {
+                k.decode("latin-1"): v.decode("latin-1") for k, v in self._capture.headers
+            }
+        return self._headers
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            self._content = self._capture.body
+        return self._content
+
+    @property
+    def text(self) -> str:
+        charset = "utf-8"
+        ctype = self.headers.get("content-type", "")
+        for part in ctype.split(";")[1:]:
+            key, _, value = part.strip().partition("=")
+            if key.lower() == "charset" and value:
+                charset = value.strip('"')
+        try:
+            return self.content.decode(charset, errors="replace")
+        except LookupError:
+            return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON (ValueError if it is not JSON)."""
+        return jsonlib.loads(self.content)
+
+
+class CookieJar:
+    """One virtual user's cookies for the run's one origin: name -> value, bounded.
+
+    Domain and path attributes are not needed to pick cookies for one origin;
+    `Max-Age=0` (or a negative one) deletes, as servers log users out.
+    """
+
+    __slots__ = ("_cookies", "_header")
+
+    def __init__(self) -> None:
+        self._cookies: dict[str, str] = {}
+        self._header: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self._cookies)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._cookies
+
+    def get(self, name: str) -> str | None:
+        return self._cookies.get(name)
+
+    def set(self, name: str, value: str) -> None:
+        cookies = self._cookies
+        if name not in cookies and len(cookies) >= MAX_COOKIES:
+            del cookies[next(iter(cookies))]
+        cookies[name] = value
+        self._header = None
+
+    def delete(self, name: str) -> None:
+        if self._cookies.pop(name, None) is not None:
+            self._header = None
+
+    def clear(self) -> None:
+        self._cookies.clear()
+        self._header = None
+
+    def take(self, set_cookie: bytes) -> None:
+        """One Set-Cookie header's value."""
+        first, *attrs = set_cookie.decode("latin-1").split(";")
+        name, eq, value = first.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            return
+        for attr in attrs:
+            key, _, arg = attr.strip().partition("=")
+            if key.lower() == "max-age":
+                try:
+                    if int(arg.strip()) <= 0:
+                        self.delete(name)
+                        return
+                except ValueError:
+                    pass
+        self.set(name, value.strip().strip('"'))
+
+    def header(self) -> bytes | None:
+        """The Cookie header to send, or None with no cookie."""
+        if not self._cookies:
+            return None
+        if self._header is None:
+            self._header = "; ".join(f"{k}={v}" for k, v in self._cookies.items()).encode(
+                "latin-1", errors="replace"
+            )
+        return self._header
+
+
+class VirtualUser:
+    """One virtual user: the Session its journeys are given. State lives across iterations."""
+
+    __slots__ = (
+        "_runner",
+        "conn",
+        "cookies",
+        "iteration",
+        "own",
+        "scope",
+        "set_up",
+        "timed_out",
+        "vars",
+        "vu",
+    )
+
+    def __init__(self, runner: JourneyRunner, vu: int, conn: StepConnection | None) -> None:
+        self._runner = runner
+        self.vu = vu
+        self.iteration = 0
+        self.vars: dict[str, Any] = {}
+        self.cookies = CookieJar()
+        #: the connection this user is bound to (closed models); None: one per step
+        self.conn = conn
+        #: `setup` ran and completed for this user
+        self.set_up = False
+        #: a user alone on its HTTP/1.1 connection: the scope around its iterations,
+        #: whose deadline each step moves (None: each step has a scope of its own)
+        self.scope: trio.CancelScope | None = None
+        #: that connection, when `scope` is set
+        self.own: H1Connection | None = None
+        #: the error kind of the step whose deadline cancelled `scope`
+        self.timed_out: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<VirtualUser {self.vu} iteration {self.iteration}>"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: bytes | str | Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        checks: Sequence[Check] = (),
+        expect: Collection[int] | None = None,
+    ) -> StepResponse:
+        """Send one request, recorded under `name` (the path without its query if None).
+
+        `expect`: the statuses that count as success (200-399 by default); another
+        one fails the step with reason `status <code>`. `checks` run next, in order:
+        the first to return a reason fails the step with it. A failed step is
+        recorded as failed and raises JourneyFailure, ending the iteration.
+        """
+        return await self._runner.step(
+            self, method, path, name, headers, json, data, params, checks, expect
+        )
+
+    async def get(self, path: str, **kw: Any) -> StepResponse:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, **kw: Any) -> StepResponse:
+        return await self.request("POST", path, **kw)
+
+    async def put(self, path: str, **kw: Any) -> StepResponse:
+        return await self.request("PUT", path, **kw)
+
+    async def patch(self, path: str, **kw: Any) -> StepResponse:
+        return await self.request("PATCH", path, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> StepResponse:
+        return await self.request("DELETE", path, **kw)
+
+    async def head(self, path: str, **kw: Any) -> StepResponse:
+        return await self.request("HEAD", path, **kw)
+
+    async def sleep(self, seconds: float) -> None:
+        """Think time; returns early, without error, when the run stops."""
+        await self._runner.think(seconds)
+
+
+@dataclass(slots=True)
+class _ErrorSeen:
+    count: int
+    shown: bool
+    where: str
+
+
+class JourneyRunner:
+    """Runs the iterations of a run's journeys and keeps the flows' accounts.
+
+    The engine owns the load model (who runs when, on which connection); this
+    class owns what one iteration is: setup, the pick of a flow, the steps,
+    and how the iteration ended.
+    """
+
+    def __init__(
+        self,
+        journeys: Journeys,
+        *,
+        origin: Origin,
+        recorder: Recorder,
+        timeout: float,
+        stopping: Callable[[], bool],
+        stopped: trio.Event,
+        feed: Feed | None = None,
+        pause: Callable[[float], Awaitable[None]] | None = None,
+        report: Callable[[str], None] | None = None,
+        seed: int | None = None,
+        segment: tuple[int, int] = (0, 1),
+        requests: Sequence[RequestSpec] = (),
+    ) -> None:
+        """`segment`: (index, count) of this process's segment of the test: its users
+        are numbered local * count + index, unique across the segments. `requests`:
+        the run's named requests; a step of the same name (a TOML flow's) expects the
+        statuses its spec names, when the step itself does not say."""
+        self.journeys = journeys
+        self._origin = origin
+        self._authority = origin.authority.encode("ascii")
+        self._recorder = recorder
+        self._timeout = timeout
+        self._stopping = stopping
+        self._stopped = stopped
+        self._feed = feed
+        self._pause = pause
+        self._report = report or _to_stderr
+        self._rng = random.Random(seed)
+        self._segment, self._segments = segment
+        names = [f.name for f in journeys.flows]
+        self._setup_flow = -1
+        if journeys.setup is not None:
+            self._setup_flow = len(names)
+            names.append(SETUP_FLOW if SETUP_FLOW not in names else f"({SETUP_FLOW})")
+        self.flows = FlowRecorder(names)
+        recorder.flows = self.flows
+        #: statuses a step counts as success unless it says (`expect=`), by step name
+        self._expected: dict[str, Collection[int]] = {
+            spec.name: spec.expected
+            for spec in requests
+            if spec.expected is not None and spec.name in journeys.step_names
+        }
+        #: step name -> (recorder index, its spec, the statuses it expects)
+        self._steps: dict[str, tuple[int, RequestSpec, Collection[int]]] = {}
+        for step in journeys.step_names:
+            self._step(step, "GET")
+        weights = [f.weight for f in journeys.flows]
+        self._cumulative = list(itertools.accumulate(weights))
+        #: exceptions from journeys' code, by (flow, type, place)
+        self._errors: dict[tuple[str, str, str], _ErrorSeen] = {}
+        #: set when a data file ran out and stopped the run
+        self.exhausted: str | None = None
+        #: iterations running now (the open model's cap counts these)
+        self.in_flight = 0
+        #: open model: users not running an iteration, most recently used first
+        self._idle: list[VirtualUser] = []
+        self._users = 0
+        #: requests sent so far (a worker yields after an iteration that sent none)
+        self.sent = 0
+        #: the run's protocol, once known: steps are encoded for it alone
+        self.http2 = False
+        #: users bound to no connection (open model) take one per step with these
+        self.acquire: Acquire | None = None
+        self.release: Release | None = None
+
+    # -- step names -----------------------------------------------------------
+
+    def _step(self, name: str, method: str) -> tuple[int, RequestSpec, Collection[int]]:
+        known = self._steps.get(name)
+        if known is not None:
+            return known
+        if len(self._steps) >= MAX_STEP_NAMES:
+            # Past the bound every new name shares one: memory and labels stay bounded.
+            if OTHER_STEP in self._steps:
+                return self._steps[OTHER_STEP]
+            name = OTHER_STEP
+        spec = RequestSpec(name=name, method=method, target="/", expected=ANY_STATUS)
+        entry = (
+            self._recorder.add_request(spec),
+            spec,
+            self._expected.get(name, DEFAULT_EXPECTED),
+        )
+        self._steps[name] = entry
+        return entry
+
+    # -- users ------------------------------------------------------------------
+
+    def user(self, local: int, conn: StepConnection | None) -> VirtualUser:
+        return VirtualUser(self, local * self._segments + self._segment, conn)
+
+    def take_user(self) -> VirtualUser:
+        """Open model: an idle user, or a new one (their number is bounded by the cap)."""
+        if self._idle:
+            return self._idle.pop()
+        self._users += 1
+        return self.user(self._users - 1, None)
+
+    def give_back(self, user: VirtualUser) -> None:
+        self._idle.append(user)
+
+    # -- iterations ---------------------------------------------------------------
+
+    def pick(self) -> int:
+        cumulative = self._cumulative
+        if len(cumulative) == 1:
+            return 0
+        x = self._rng.random() * cumulative[-1]
+        return min(bisect.bisect_right(cumulative, x), len(cumulative) - 1)
+
+    async def iteration(self, user: VirtualUser, began: float | None = None) -> None:
+        """One iteration of a flow picked by weight, after `setup` if this user still
+        needs it. `began`: when the iteration was due (open model), for its duration.
+
+        Every iteration started is accounted for: completed, failed (a setup that
+        failed fails it, with reason `setup`), or interrupted by the end of the run.
+        """
+        flows = self.flows
+        index = self.pick()
+        flows.started(index)
+        t0 = trio.current_time() if began is None else began
+        setup = self.journeys.setup
+        if setup is not None and not user.set_up:
+            flows.started(self._setup_flow)
+            try:
+                ended = await self._run(self._setup_flow, setup, user, None)
+            except BaseException:
+                if user.timed_out is not None:  # a step of setup timed out
+                    flows.failed(index, SETUP_FLOW, trio.current_time() - t0)
+                else:  # cancelled, or a data file ran out: this one never ran
+                    flows.interrupted(index)
+                raise
+            if ended is not None:
+                if ended == _INTERRUPTED:
+                    flows.interrupted(index)
+                else:
+                    flows.failed(index, SETUP_FLOW, trio.current_time() - t0)
+                return
+            user.set_up = True
+        try:
+            ended = await self._run(index, self.journeys.flows[index].fn, user, t0)
+        finally:
+            user.iteration += 1
+        if ended is None:
+            flows.completed(index, trio.current_time() - t0)
+
+    async def _run(
+        self, index: int, fn: JourneyFn, user: VirtualUser, t0: float | None
+    ) -> str | None:
+        """Run one journey function; None if it completed, else how it ended (its
+        failure, or _INTERRUPTED), already counted. Completion is the caller's to count."""
+        flows = self.flows
+        if t0 is None:
+            t0 = trio.current_time()
+        try:
+            await fn(user)
+        except JourneyFailure as exc:
+            flows.failed(index, exc.reason, trio.current_time() - t0)
+            return exc.reason
+        except RunStopped:
+            flows.interrupted(index)
+            return _INTERRUPTED
+        except DataExhausted as exc:
+            flows.interrupted(index)
+            if self.exhausted is None:
+                self.exhausted = str(exc) or "a data file ran out of rows"
+            raise
+        except trio.Cancelled:
+            if user.timed_out is not None:
+                # A step timed out (the user's scope): the iteration failed, it was
+                # not cut by the end of the run.
+                flows.failed(index, user.timed_out, trio.current_time() - t0)
+            else:
+                flows.interrupted(index)
+            raise
+        except Exception as exc:
+            flows.failed(index, JOURNEY_ERROR, trio.current_time() - t0)
+            self._user_error(flows.names[index], exc)
+            return JOURNEY_ERROR
+        if index == self._setup_flow:
+            flows.completed(index, trio.current_time() - t0)
+        return None
+
+    def _user_error(self, flow: str, exc: Exception) -> None:
+        tb = exc.__traceback__
+        # The runner's own frame is not the journey's business.
+        if tb is not None and tb.tb_frame.f_code is JourneyRunner._run.__code__:
+            tb = tb.tb_next
+        frames = traceback.extract_tb(tb)
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+        key = (flow, type(exc).__name__, where)
+        seen = self._errors.get(key)
+        if seen is None:
+            if len(self._errors) >= 100:
+                key = (flow, "other exceptions", "")
+                seen = self._errors.get(key)
+            if seen is None:
+                seen = self._errors[key] = _ErrorSeen(0, False, where)
+        seen.count += 1
+        if not seen.shown and sum(e.shown for e in self._errors.values()) < MAX_SHOWN_ERRORS:
+            seen.shown = True
+            text = "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
+            self._report(
+                f"ballista: journey {flow!r} raised {type(exc).__name__} at {where} "
+                f"(counted as {JOURNEY_ERROR}; shown once):\n{text}"
+            )
+
+    def notes(self) -> list[str]:
+        """What the summary says about the journeys' own code and data."""
+        notes: list[str] = []
+        if self._errors:
+            total = sum(e.count for e in self._errors.values())
+            parts = ", ".join(
+                f"{n:,} {kind} in {flow!r}" + (f" at {e.where}" if e.where else "")
+                for (flow, kind, _), e in sorted(self._errors.items(), key=lambda kv: -kv[1].count)
+                for n in (e.count,)
+            )
+            notes.append(
+                f"{total:,} iterations ended with an exception in the journey's code, "
+                f"counted as failed ({JOURNEY_ERROR}): {parts}"
+            )
+        if self.exhausted is not None:
+            notes.append(f"the run stopped early: {self.exhausted}")
+        return notes
+
+    # -- steps ----------------------------------------------------------------
+
+    async def think(self, seconds: float) -> None:
+        if seconds > 0 and not self._stopping():
+            with trio.move_on_after(seconds):
+                await self._stopped.wait()
+
+    def build(
+        self,
+        user: VirtualUser,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        json: Any,
+        data: bytes | str | Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        index: int,
+        spec: RequestSpec,
+    ) -> PreparedRequest:
+        """The request as it goes on the wire (ValueError for what cannot be sent)."""
+        if not path.startswith("/"):
+            if path.startswith(("http://", "https://")):
+                parts = urlsplit(path)
+                origin = self._origin
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                if (parts.scheme, parts.hostname, port) != (
+                    origin.scheme,
+                    origin.host,
+                    origin.port,
+                ):
+                    raise ValueError(
+                        f"{path!r}: a journey sends to the run's target only ({origin.url('')})"
+                    )
+                path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            else:
+                path = "/" + path
+        if params:
+            path += ("&" if "?" in path else "?") + urlencode(params)
+        target = (path if path.isascii() else encode_target(path)).encode("ascii")
+        http2 = self.http2
+        if not headers and json is None and data is None:
+            # The common step: nothing but a path (and this user's cookies).
+            cookie = user.cookies.header()
+            return prepare_dynamic(
+                index,
+                spec,
+                method.encode("ascii"),
+                target,
+                () if cookie is None else ((b"cookie", cookie),),
+                b"",
+                self._origin,
+                self._authority,
+                http2=http2,
+            )
+        out: list[tuple[bytes, bytes]] = []
+        names: set[str] = set()
+        if headers:
+            for k, v in headers.items():
+                names.add(k.lower())
+                out.append((k.encode("ascii"), str(v).encode("latin-1")))
+        body = b""
+        if json is not None:
+            if data is not None:
+                raise ValueError("give json= or data=, not both")
+            body = jsonlib.dumps(json, separators=(",", ":")).encode("utf-8")
+            if "content-type" not in names:
+                out.append((b"content-type", b"application/json"))
+        elif isinstance(data, bytes):
+            body = data
+        elif isinstance(data, str):
+            body = data.encode("utf-8")
+        elif data is not None:
+            body = urlencode(data).encode("ascii")
+            if "content-type" not in names:
+                out.append((b"content-type", b"application/x-www-form-urlencoded"))
+        if "cookie" not in names:
+            cookie = user.cookies.header()
+            if cookie is not None:
+                out.append((b"cookie", cookie))
+        return prepare_dynamic(
+            index,
+            spec,
+            method.encode("ascii"),
+            target,
+            out,
+            body,
+            self._origin,
+            self._authority,
+            http2=http2,
+        )
+
+    async def step(
+        self,
+        user: VirtualUser,
+        method: str,
+        path: str,
+        name: str | None,
+        headers: Mapping[str, str] | None,
+        json: Any,
+        data: bytes | str | Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        checks: Sequence[Check],
+        expect: Collection[int] | None,
+    ) -> StepResponse:
+        if self._stopping():
+            raise RunStopped
+        if user.timed_out is not None:
+            # The user's scope is cancelled: this raises Cancelled, nothing is sent.
+            await trio.lowlevel.checkpoint()
+        method = method.upper()
+        if name is None:
+            name = path.partition("?")[0]
+        index, spec, expected = self._step(name, method)
+        req = self.build(user, method, path, headers, json, data, params, index, spec)
+        recorder = self._recorder
+        capture = Captured()
+        now = trio.current_time
+        t0 = now()
+        deadline = t0 + self._timeout
+        conn = user.conn
+        recorder.request_started()
+        self.sent += 1
+        sent_at: float | None = None
+        taken: StepConnection | None = None
+        try:
+            if conn is None:
+                assert self.acquire is not None, "an unbound user needs runner.acquire"
+                taken = conn = await self.acquire(deadline)
+                sent_at = now()
+            else:
+                sent_at = t0
+            scope = user.scope
+            if conn is None:
+                status, error, sent, received = 0, int(ErrorKind.POOL_TIMEOUT), 0, 0
+            elif scope is not None and user.own is not None:
+                scope.deadline = deadline
+                status, error, sent, received = await user.own.request(req, None, capture)
+                if scope.cancel_called:
+                    # The deadline passed as the response came: the response counts,
+                    # but the scope is spent, and with it the iteration.
+                    user.timed_out = ErrorKind.READ_TIMEOUT.label
+                scope.deadline = math.inf
+            else:
+                status, error, sent, received = await conn.request(req, deadline, capture)
+        except trio.Cancelled:
+            scope = user.scope
+            if scope is not None and scope.cancel_called and user.own is not None:
+                # This step's deadline, not the run's end: a timeout like any other.
+                status, error, sent, received = user.own.timed_out()
+                label = ErrorKind(error).label
+                user.timed_out = label
+                t1 = now()
+                recorder.record(Sample(index, 0, error, t1 - t0, t1 - t0, sent, received))
+                raise
+            end = now()
+            service = 0.0 if sent_at is None else end - sent_at
+            recorder.record(Sample(index, 0, ErrorKind.UNFINISHED, end - t0, service, 0, 0))
+            raise
+        finally:
+            if taken is not None and self.release is not None:
+                self.release(taken)
+        t1 = now()
+        kind = ErrorKind(error).label if status == 0 else None
+        response = StepResponse(status, kind, t1 - t0, capture)
+        if status:
+            for k, v in capture.headers:
+                if k == b"set-cookie":
+                    user.cookies.take(v)
+        reason: str | None = None
+        failure: Exception | None = None
+        if status == 0:
+            reason = kind
+        elif status not in (expected if expect is None else expect):
+            reason = f"status {status}"
+        else:
+            try:
+                for check in checks:
+                    reason = check(response)
+                    if reason is not None:
+                        break
+            except Exception as exc:
+                failure = exc
+        sample = Sample(index, status, error, t1 - t0, t1 - t0, sent, received)
+        recorder.record(sample)
+        if status and (reason is not None or failure is not None):
+            recorder.judged_failed(index)
+        if self._feed is not None and conn is not None:
+            pause = self._feed(conn, sample)
+            if pause > 0 and self._pause is not None:
+                await self._pause(pause)
+        if status == 0:
+            # Some failures return without ever blocking (no file descriptor left):
+            # yield, or a journey retrying in a loop would never let a stop be heard.
+            await trio.lowlevel.checkpoint()
+        if failure is not None:
+            raise failure
+        if reason is not None:
+            raise JourneyFailure(reason)
+        return response
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
