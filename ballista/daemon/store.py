@@ -247,8 +247,9 @@ class Point:
     def as_dict(self, *, histogram: bool = False) -> dict[str, Any]:
         width = self.t_end - self.t_start
         out = {
-            "t_start": round(self.t_start, 3),
-            "t_end": round(self.t_end, 3),
+            # microseconds: two intervals a late tick left close together keep distinct times
+            "t_start": round(self.t_start, 6),
+            "t_end": round(self.t_end, 6),
             "segment": self.seg,
             "seq": self.seq,
             "requests": self.requests,

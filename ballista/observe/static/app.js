@@ -262,6 +262,10 @@
   // `row`: {x, width, statusCodes, noResponse, latency {p50,p90,p99,max}|null,
   //         inFlight, limit, rps, targetRate, errorsByKind}
   function plotRow(row, draw = true) {
+    // uPlot wants x strictly increasing: a late tick can leave two intervals
+    // ending within a rounding of each other.
+    const prev = state.plotted.length ? state.plotted[state.plotted.length - 1].x : null;
+    if (prev !== null && row.x <= prev) row.x = prev + 1e-6;
     const per = row.width > 0 ? 1 / row.width : 0;
     const cls = classCounts(row.statusCodes).map((n) => n * per);
     push("chart-status", row.x, cls.concat([row.noResponse * per]), draw);
