@@ -24,6 +24,7 @@ from ballista.core.durations import format_duration
 from ballista.core.errors import ConfigError
 from ballista.core.histogram import HISTOGRAM_LAYOUT, Histogram
 from ballista.core.redact import redact_target
+from ballista.core.snapshot import PERCENTILES
 
 #: Display bins per power of two in the distribution chart (the histogram has 128:
 #: too fine to read; 16 still shows every mode).
@@ -172,18 +173,17 @@ def percentile_curve(hist: Histogram) -> tuple[list[float], list[float], list[fl
     q in %, latency in ms). The last point is the max (x = the count)."""
     if not hist.count:
         return [], [], []
-    qs: list[float] = []
-    step = 0
-    while True:
-        tail = 10 ** (-step / 20)  # 1 - q, twenty points per decade
-        if tail * hist.count < 1:
-            break
-        qs.append(100.0 * (1.0 - tail))
+    # the summary's own percentiles exactly, so the curve passes through its figures
+    wanted = {0.0, 100.0, *(q for _, q in PERCENTILES)}
+    step = 1
+    while (tail := 10 ** (-step / 20)) * hist.count >= 1:  # 1 - q, twenty per decade
+        wanted.add(round(100.0 * (1.0 - tail), 6))
         step += 1
-    qs.append(100.0)
+    qs = sorted(wanted)
     values = hist.percentiles(qs)
-    xs = [1.0 / (1.0 - q / 100.0) if q < 100.0 else float(hist.count) for q in qs]
-    xs[-1] = max(xs[-1], xs[-2] if len(xs) > 1 else 1.0)
+    xs = [1.0 / (1.0 - q / 100.0) for q in qs[:-1]]
+    # the max sits one step to the right of the last percentile before it
+    xs.append(max(float(hist.count), xs[-1] * 10 ** (1 / 20)))
     return (
         [round(x, 6) for x in xs],
         [round(q, 6) for q in qs],
