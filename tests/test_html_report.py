@@ -6,6 +6,7 @@ off: nothing requested, the charts drawn, the numbers equal to the JSON, printab
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import re
@@ -75,7 +76,7 @@ def page_data(html: str) -> dict[str, Any]:
 
 
 def chart(data: dict[str, Any], chart_id: str) -> dict[str, Any]:
-    found = [c for c in data["charts"] if c["id"] == chart_id]
+    found: list[dict[str, Any]] = [c for c in data["charts"] if c["id"] == chart_id]
     assert found, [c["id"] for c in data["charts"]]
     return found[0]
 
@@ -107,9 +108,9 @@ async def test_run_report_is_one_offline_file_with_the_runs_numbers(
     throughput = chart(data, "chart-throughput")
     assert throughput["x"] == [round(p["t"], 3) for p in points]
     by_label = {s["label"]: s["values"] for s in throughput["series"]}
-    assert sum(
-        round(v * p["span"]) for v, p in zip(by_label["5xx"], points, strict=True)
-    ) == sum(n for code, n in doc["status_codes"].items() if code.startswith("5"))
+    assert sum(round(v * p["span"]) for v, p in zip(by_label["5xx"], points, strict=True)) == sum(
+        n for code, n in doc["status_codes"].items() if code.startswith("5")
+    )
     latency = {s["label"]: s["values"] for s in chart(data, "chart-latency")["series"]}
     assert latency["p99"] == [
         round(p["latency_s"]["p99"] * 1e3, 6) if p["requests"] else None for p in points
@@ -142,7 +143,7 @@ def test_the_percentile_curve_and_the_distribution_come_from_the_histogram() -> 
     bx, by = distribution(hist.to_dict())
     assert bx == sorted(bx)
     levels = [y for x, y in zip(bx, by, strict=True) if 1.0 <= x < 9.0 and y]
-    assert all(b >= a * 0.95 for a, b in zip(levels, levels[1:], strict=False))
+    assert all(b >= a * 0.95 for a, b in itertools.pairwise(levels))
 
 
 def test_a_summary_without_timeline_or_histograms_renders_without_those_charts() -> None:
@@ -202,7 +203,9 @@ async def test_report_command_compares_runs_and_names_bad_input(
 ) -> None:
     a = await ballista_run(target.url, tmp_path / "a", "-c", "1", "-n", "40")
     b = await ballista_run(target.url, tmp_path / "b", "-c", "4", "-n", "80")
-    assert main(["report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--label", "one"]) == 0
+    assert (
+        main(["report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--label", "one"]) == 0
+    )
     html = (tmp_path / "a.html").read_text(encoding="utf-8")  # beside the first input
     assert "one" in html and "b.json" in html
     data = page_data(html)
@@ -250,8 +253,18 @@ async def test_report_is_written_when_a_signal_stops_the_run(
 ) -> None:
     out = tmp_path / "stopped.html"
     proc = await trio.lowlevel.open_process(
-        [*BALLISTA, "run", target.url_for("/?delay=0.05"), "-d", "60s", "-c", "2", "-q"]
-        + ["--report", str(out)],
+        [
+            *BALLISTA,
+            "run",
+            target.url_for("/?delay=0.05"),
+            "-d",
+            "60s",
+            "-c",
+            "2",
+            "-q",
+            "--report",
+            str(out),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -300,8 +313,17 @@ async def test_compare_writes_the_baseline_against_the_concurrent_run(
 ) -> None:
     out = tmp_path / "compare.html"
     result = await trio.run_process(
-        [*BALLISTA, "compare", target.url_for("/?delay=0.005"), "-n", "40", "-c", "4"]
-        + ["--report", str(out)],
+        [
+            *BALLISTA,
+            "compare",
+            target.url_for("/?delay=0.005"),
+            "-n",
+            "40",
+            "-c",
+            "4",
+            "--report",
+            str(out),
+        ],
         capture_stdout=True,
         capture_stderr=True,
     )
@@ -355,7 +377,7 @@ async def test_daemon_serves_a_report_per_run_under_the_token(
     run_id = (await trio.to_thread.run_sync(post))["id"]
 
     async def finished() -> Any:
-        status, _, body = await trio.to_thread.run_sync(fetch, port, f"/api/runs/{run_id}", token)
+        _status, _, body = await trio.to_thread.run_sync(fetch, port, f"/api/runs/{run_id}", token)
         doc = json.loads(body)
         return doc if doc["status"] == "finished" else None
 
@@ -436,6 +458,8 @@ return n;
 def _open_in_browser(html_path: Path, profile: Path) -> dict[str, Any]:
     driver = offline_driver(profile)
     try:
+        driver.get("about:blank")
+        driver.get_log("performance")  # drained: what the browser did before the report
         driver.get(html_path.as_uri())  # returns after the load event: the charts are drawn
         charts = driver.execute_script("return Object.keys(window.ballista.charts)")
         out: dict[str, Any] = {

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ballista.core.errors import ConfigError
-from ballista.core.summaryfile import read_summary
+from ballista.core.summaryfile import histogram_of, read_summary, timeline_of
 from ballista.observe.report import ReportRun, default_report_path, render_report, write_report
 from ballista.observe.summary import check_output_path
 
@@ -58,10 +58,14 @@ def main(ns: argparse.Namespace) -> int:
         raise ConfigError(f"-o/--output: {output!r} is one of the inputs")
     check_output_path(output, "-o/--output")
     labels = labels_for(ns.inputs, ns.label)
-    runs = [
-        ReportRun(label=label, summary=read_summary(path))
-        for path, label in zip(ns.inputs, labels, strict=True)
-    ]
+    runs = []
+    for path, label in zip(ns.inputs, labels, strict=True):
+        doc = read_summary(path)
+        # what the page is drawn from, checked here: a damaged file is one line, not a traceback
+        timeline_of(doc, where=path)
+        if "histograms" in doc:
+            histogram_of(doc, where=path)
+        runs.append(ReportRun(label=label, summary=doc))
     text = render_report(runs, title=ns.title)
     try:
         write_report(text, output)

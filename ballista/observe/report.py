@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -390,7 +390,7 @@ def single_charts(run: ReportRun, series: dict[str, Any]) -> list[dict[str, Any]
         )
     )
     if _any(series["scheduler_lag"]) or _any(series["loop_lag"]):
-        lags = [_line("event loop lag", "#7f7f7f", series["loop_lag"])]
+        lags = [_line("event loop lag", "#9467bd", series["loop_lag"])]
         if _any(series["scheduler_lag"]):
             lags.insert(0, _line("scheduler lag", "#ff7f0e", series["scheduler_lag"]))
         charts.append(
@@ -426,13 +426,14 @@ def compare_charts(
     if not present:
         return []
     charts = []
-    for chart_id, title, pick, y_label, log_y in (
+    picks: list[tuple[str, str, Callable[[dict[str, Any]], list[Any]], str, bool]] = [
         ("chart-throughput", "throughput (requests/s)", lambda s: s["rps"], "per second", False),
         ("chart-p50", "latency p50 (ms, log scale)", lambda s: s["latency"]["p50"], "ms", True),
         ("chart-p99", "latency p99 (ms, log scale)", lambda s: s["latency"]["p99"], "ms", True),
         ("chart-failed", "failed (per second)", lambda s: s["failed"], "per second", False),
         ("chart-in-flight", "in flight", lambda s: s["in_flight"], "requests", False),
-    ):
+    ]
+    for chart_id, title, pick, y_label, log_y in picks:
         x, columns = _aligned([(s["t"], pick(s)) for _, s in present])
         charts.append(
             _chart(

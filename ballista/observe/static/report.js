@@ -68,7 +68,7 @@
         stroke: s.colour,
         width: 1.5,
         spanGaps: false,
-        points: { show: spec.x.length < 60 },
+        points: { show: spec.x.length < 60 && !s.stepped },
         value: (u, v) => yFmt(v),
       };
       if (s.dash) one.dash = [6, 4];
