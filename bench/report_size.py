@@ -12,8 +12,8 @@ Run: python bench/report_size.py [--days 7] [--points 720] [--out DIR]
 from __future__ import annotations
 
 import argparse
-import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any
 
 from ballista.core.histogram import HISTOGRAM_LAYOUT, Histogram
 from ballista.observe.report import ReportRun, render_report, write_report
+from ballista.observe.summary import write_json
 
 RPS = 2000.0
 
@@ -154,7 +155,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     doc = synthetic_summary(args.days, args.points)
     json_path = out / "days.json"
-    json_path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    write_json(doc, str(json_path), sys.stdout)  # as `ballista run --json` writes it
     began = time.perf_counter()
     text = render_report([ReportRun(label="days.json", summary=doc)])
     took = time.perf_counter() - began
