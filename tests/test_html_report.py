@@ -97,9 +97,14 @@ async def test_run_report_is_one_offline_file_with_the_runs_numbers(
     target_factory: TargetFactory, tmp_path: Path
 ) -> None:
     target = await target_factory(error_rate=0.05, fixed_delay=0.002)
-    doc = await ballista_run(target.url, tmp_path / "run", "-c", "4", "-d", "1.5s")
+    doc = await ballista_run(
+        target.url_for("/?api_key=k-987"), tmp_path / "run", "-c", "4", "-d", "1.5s"
+    )
     html = (tmp_path / "run.html").read_text(encoding="utf-8")
     assert doc["requests"] == target.stats.requests > 0
+    # the configuration, secrets hidden
+    assert "<dt>timeout</dt><dd>30.00s</dd>" in html
+    assert "k-987" not in html and "api_key=[redacted]" in html
     assert f'content="{REPORT_CSP}"'.replace("'", "&#x27;") in html
     assert requests_in(html) == []
     data = page_data(html)
@@ -135,9 +140,13 @@ def test_the_percentile_curve_and_the_distribution_come_from_the_histogram() -> 
         hist.record(i / 1e6)  # 1 µs .. 10 ms, evenly
     xs, qs, values = percentile_curve(hist)
     assert qs[0] == 0.0 and qs[-1] == 100.0
-    assert values[0] == round(hist.min * 1e3, 6) and values[-1] == round(hist.max * 1e3, 6)
+
+    def ms(seconds: float) -> float:
+        return round(round(seconds, 9) * 1e3, 6)  # as the summary rounds, in ms
+
+    assert values[0] == ms(hist.min) and values[-1] == ms(hist.max)
     for q in (50.0, 90.0, 99.0, 99.9):
-        assert values[qs.index(q)] == round(hist.percentile(q) * 1e3, 6)
+        assert values[qs.index(q)] == ms(hist.percentile(q))
     assert xs == sorted(xs)
     # as a density on a log scale: evenly spread values rise with the value (no saw-tooth)
     bx, by = distribution(hist.to_dict())
@@ -154,9 +163,22 @@ def test_a_summary_without_timeline_or_histograms_renders_without_those_charts()
         "failed": 0,
         "latency_s": {"p50": 0.001, "p99": 0.002, "max": 0.003},
         "status_codes": {"200": 10},
+        "flows": {
+            "purchase": {
+                "iterations": 5,
+                "completed": 4,
+                "failed": 1,
+                "failures_by_reason": {"status 500": 1},
+                "duration_s": {"p50": 0.25, "p99": 0.5, "max": 0.5},
+            }
+        },
     }
     html = render_report([ReportRun(label="old.json", summary=summary)])
     assert "no timeline" in html and "no latency histogram" in html
+    row = re.search(r'<tr data-flow="purchase">(.*?)</tr>', html)
+    assert row is not None
+    assert re.findall(r'data-value="([^"]*)"', row.group(1))[:3] == ["5", "4", "1"]
+    assert "250.00ms" in row.group(1) and "status 500: 1" in row.group(1)
     assert page_data(html)["charts"] == []
     assert "token=abc" not in html and "token=[redacted]" in html
 
@@ -230,6 +252,9 @@ async def test_report_command_compares_runs_and_names_bad_input(
         ("not json {", "not"),
         (json.dumps({"hello": 1}), "not a Ballista summary"),
         (json.dumps({**a, "schema": "ballista.summary/9"}), "ballista.summary/9"),
+        (json.dumps({**a, "requests": "many"}), "'requests' must be a whole number"),
+        (json.dumps({**a, "latency_s": {"p99": "slow"}}), "'latency_s' must be an object of"),
+        (json.dumps({**a, "timeline": {"points": [{"t": 1}]}}), "timeline"),
     ]
     for text, needle in cases:
         bad.write_text(text)

@@ -7,7 +7,13 @@ import os
 
 from ballista.core.errors import ConfigError
 from ballista.core.summaryfile import histogram_of, read_summary, timeline_of
-from ballista.observe.report import ReportRun, default_report_path, render_report, write_report
+from ballista.observe.report import (
+    ReportRun,
+    check_figures,
+    default_report_path,
+    render_report,
+    write_report,
+)
 from ballista.observe.summary import check_output_path
 
 
@@ -61,6 +67,7 @@ def main(ns: argparse.Namespace) -> int:
     runs = []
     for path, label in zip(ns.inputs, labels, strict=True):
         doc = read_summary(path)
+        check_figures(doc, path)
         # what the page is drawn from, checked here: a damaged file is one line, not a traceback
         timeline_of(doc, where=path)
         if "histograms" in doc:

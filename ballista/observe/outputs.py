@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 import trio
 
+from ballista.core.config import RunConfig
 from ballista.core.durations import format_duration
 from ballista.core.errors import EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE
 from ballista.core.segment import iso_instant
@@ -77,13 +78,16 @@ async def _announce_start(at: float, started: trio.Event, out: TextIO, live: boo
         out.flush()
 
 
-def write_run_report(doc: dict[str, Any], path: str, *, interrupted: bool, stderr: TextIO) -> bool:
+def write_run_report(
+    doc: dict[str, Any], path: str, *, config: RunConfig, interrupted: bool, stderr: TextIO
+) -> bool:
     """The HTML report of a run that just ended (even early): False, said in one
     line, when it could not be written."""
-    from ballista.observe.report import ReportRun, render_report, write_report
+    from ballista.observe.report import ReportRun, config_facts, render_report, write_report
 
     label = f"{doc.get('target', 'run')} at {doc.get('started_at', '')}"
-    text = render_report([ReportRun(label=label, summary=doc, interrupted=interrupted)])
+    run = ReportRun(label=label, summary=doc, interrupted=interrupted, config=config_facts(config))
+    text = render_report([run])
     try:
         write_report(text, path)
     except OSError as exc:
@@ -182,6 +186,7 @@ async def run_with_outputs(
         if outputs.report_path is not None and not write_run_report(
             doc,
             outputs.report_path,
+            config=config,
             interrupted=run.interrupted or failure is not None,
             stderr=stderr,
         ):

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ballista import __version__
+from ballista.core.config import RunConfig
 from ballista.core.durations import format_duration
 from ballista.core.errors import ConfigError
 from ballista.core.histogram import HISTOGRAM_LAYOUT, Histogram
-from ballista.core.redact import redact_target
+from ballista.core.redact import redact_header, redact_target
 from ballista.core.snapshot import PERCENTILES
 
 #: Display bins per power of two in the distribution chart (the histogram has 128:
@@ -91,6 +92,106 @@ class ReportRun:
             return None
         points = timeline.get("points")
         return list(points) if isinstance(points, list) else None
+
+
+def config_facts(config: RunConfig) -> dict[str, str]:
+    """What a run was asked to do, as its report's configuration shows it (secrets
+    hidden: header values named like secrets, secret-looking query parameters)."""
+    load = config.load
+    facts: dict[str, str] = {}
+    if load.rate is not None:
+        facts["rate"] = f"{load.rate:g}/s ({load.arrival})"
+    if load.stages:
+        facts["stages"] = ", ".join(
+            f"{format_duration(st.duration)}:{st.target:g}" for st in load.stages
+        )
+    if load.duration is not None:
+        facts["duration limit"] = format_duration(load.duration)
+    if load.requests is not None:
+        facts["request limit"] = f"{load.requests:,}"
+    if load.max_in_flight is not None:
+        facts["max in flight"] = f"{load.max_in_flight:,}"
+    if load.adaptive is not None and load.model == "adaptive":
+        a = load.adaptive
+        facts["adaptive"] = (
+            f"p{a.percentile:g} under {format_duration(a.latency_target)}, "
+            f"{a.minimum}..{a.maximum} workers"
+        )
+    facts["connections"] = "auto" if config.connections is None else str(config.connections)
+    facts["timeout"] = format_duration(config.timeout)
+    facts["interval"] = format_duration(config.interval)
+    facts["scenario"] = config.scenario
+    for spec in config.requests:
+        headers = ", ".join(f"{k}: {redact_header(k, v)}" for k, v in spec.headers)
+        body = f", body {len(spec.body):,} B" if spec.body else ""
+        weight = f" (weight {spec.weight:g})" if len(config.requests) > 1 else ""
+        facts[f"request {spec.name}"] = (
+            f"{spec.method} {redact_target(spec.target)}{weight}"
+            + (f" [{headers}]" if headers else "")
+            + body
+        )
+    return facts
+
+
+_INT_KEYS = ("requests", "responses", "errors", "failed", "dropped", "unfinished")
+_NUMBER_KEYS = ("rps", "error_rate", "duration_s", "scheduler_lag_max_s")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_figures(doc: Mapping[str, Any], where: str) -> None:
+    """The summary's figures a report shows have the types it shows: a ConfigError
+    naming the key otherwise (a damaged or hand-edited file is one line, no traceback)."""
+
+    def bad(key: str, what: str) -> ConfigError:
+        return ConfigError(f"{where}: {key!r} must be {what}")
+
+    for key in _INT_KEYS:
+        if key in doc and not (isinstance(doc[key], int) and not isinstance(doc[key], bool)):
+            raise bad(key, "a whole number")
+    for key in _NUMBER_KEYS:
+        if key in doc and not _is_number(doc[key]):
+            raise bad(key, "a number")
+    for key in ("latency_s", "service_time_s", "loop_lag_s"):
+        value = doc.get(key)
+        if value is not None and not (
+            isinstance(value, Mapping) and all(_is_number(v) for v in value.values())
+        ):
+            raise bad(key, "an object of numbers")
+    for key in ("status_codes", "errors_by_kind"):
+        value = doc.get(key)
+        if value is not None and not (
+            isinstance(value, Mapping)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
+        ):
+            raise bad(key, "an object of whole numbers")
+    for key in ("requests_by_name", "flows", "concurrency"):
+        value = doc.get(key)
+        if value is not None and not (
+            isinstance(value, Mapping)
+            and (key == "concurrency" or all(isinstance(v, Mapping) for v in value.values()))
+        ):
+            raise bad(key, "an object" if key == "concurrency" else "an object of objects")
+    for name, stats in (doc.get("requests_by_name") or {}).items():
+        lat = stats.get("latency_s")
+        if lat is not None and not (
+            isinstance(lat, Mapping) and all(_is_number(v) for v in lat.values())
+        ):
+            raise bad(f"requests_by_name.{name}.latency_s", "an object of numbers")
+    for name, flow in (doc.get("flows") or {}).items():
+        dur = flow.get("duration_s")
+        if dur is not None and not (
+            isinstance(dur, Mapping) and all(_is_number(v) for v in dur.values())
+        ):
+            raise bad(f"flows.{name}.duration_s", "an object of numbers")
+    for key in ("thresholds", "notes"):
+        value = doc.get(key)
+        if value is not None and not isinstance(value, list):
+            raise bad(key, "a list")
+    if not all(isinstance(t, Mapping) for t in doc.get("thresholds") or ()):
+        raise bad("thresholds", "a list of objects")
 
 
 # -- figures ----------------------------------------------------------------
@@ -187,7 +288,8 @@ def percentile_curve(hist: Histogram) -> tuple[list[float], list[float], list[fl
     return (
         [round(x, 6) for x in xs],
         [round(q, 6) for q in qs],
-        [round(v * 1e3, 6) for v in values],
+        # rounded as the summary rounds its seconds, then to ms: the same numbers
+        [round(round(v, 9) * 1e3, 6) for v in values],
     )
 
 
