@@ -6,6 +6,8 @@ off: nothing requested, the charts drawn, the numbers equal to the JSON, printab
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -13,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,11 +24,13 @@ from typing import Any
 import pytest
 import trio
 from helpers import wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servers import RunningTarget, TargetFactory
 
 from ballista.cli.main import main
 from ballista.core.durations import format_duration
-from ballista.core.histogram import Histogram
+from ballista.core.histogram import HISTOGRAM_LAYOUT, Histogram
 from ballista.daemon.service import Daemon, ServeOptions
 from ballista.observe.report import (
     REPORT_CSP,
@@ -506,7 +511,16 @@ def _open_in_browser(html_path: Path, profile: Path) -> dict[str, Any]:
         }
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / f"{html_path.stem}.png"))
-        out["pdf"] = base64.b64decode(driver.print_page())
+        from selenium.webdriver.common.print_page_options import PrintOptions
+
+        a4 = PrintOptions()
+        a4.page_width, a4.page_height = 21.0, 29.7  # cm
+        out["pdf"] = base64.b64decode(driver.print_page(a4))
+        # what the printed page lays out: every chart within A4's printable width
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+        out["print_widths"] = driver.execute_script(
+            "return [...document.querySelectorAll('.chart canvas')].map(c => c.clientWidth)"
+        )
         return out
     finally:
         driver.quit()
@@ -548,3 +562,115 @@ async def test_report_opens_offline_in_chromium_draws_prints_and_shows_the_json(
     pdf = seen["pdf"]
     assert pdf.startswith(b"%PDF")
     assert len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) >= 1
+    assert seen["print_widths"] and max(seen["print_widths"]) <= 703  # 210 mm - 2 x 12 mm
+
+
+# -- damaged input never crashes -------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+#: Where a damaged file may differ from a good one: every part a report reads.
+PLACES = (
+    ("requests",),
+    ("rps",),
+    ("error_rate",),
+    ("target",),
+    ("latency_s",),
+    ("latency_s", "p99"),
+    ("status_codes",),
+    ("status_codes", "200"),
+    ("errors_by_kind",),
+    ("concurrency",),
+    ("requests_by_name",),
+    ("requests_by_name", "home"),
+    ("requests_by_name", "home", "latency_s"),
+    ("thresholds",),
+    ("notes",),
+    ("flows",),
+    ("flows", "buy"),
+    ("segment",),
+    ("histograms",),
+    ("histograms", "latency"),
+    ("histograms", "latency", "counts"),
+    ("histograms", "layout"),
+    ("timeline",),
+    ("timeline", "points"),
+    ("timeline", "points", 0),
+    ("timeline", "points", 0, "latency_s"),
+    ("timeline", "points", 0, "status_codes"),
+    ("timeline", "points", 0, "latency"),
+)
+
+
+def good_summary() -> dict[str, Any]:
+    hist = Histogram()
+    for ms in (1, 2, 2, 3, 50):
+        hist.record(ms / 1e3)
+    lat = {k: v for k, v in hist.summary().as_dict().items()}
+    point = {
+        "t": 1.0,
+        "span": 1.0,
+        "requests": 5,
+        "responses": 5,
+        "errors": 0,
+        "failed": 0,
+        "dropped": 0,
+        "status_codes": {"200": 5},
+        "errors_by_kind": {},
+        "in_flight": 1,
+        "open_connections": 1,
+        "concurrency_limit": None,
+        "target_rate": None,
+        "scheduler_lag": 0.0,
+        "loop_lag": 0.0,
+        "latency_s": {k: lat[k] for k in ("p50", "p90", "p99", "max")},
+        "latency": hist.to_dict(),
+    }
+    return {
+        "schema": "ballista.summary/1",
+        "target": "http://127.0.0.1:1/",
+        "requests": 5,
+        "rps": 5.0,
+        "error_rate": 0.0,
+        "latency_s": lat,
+        "status_codes": {"200": 5},
+        "errors_by_kind": {},
+        "concurrency": {"configured": 1},
+        "requests_by_name": {"home": {"requests": 5, "latency_s": lat}},
+        "thresholds": [{"expr": "p99<1s", "value": lat["p99"], "ok": True}],
+        "flows": {"buy": {"iterations": 1, "duration_s": lat}},
+        "histograms": {"layout": HISTOGRAM_LAYOUT, "latency": hist.to_dict()},
+        "timeline": {"max_points": 720, "points": [point]},
+    }
+
+
+@settings(max_examples=150, deadline=None)
+@given(place=st.sampled_from(PLACES), value=json_values)
+def test_a_damaged_summary_is_one_line_and_exit_2_never_a_crash(
+    place: tuple[str | int, ...], value: Any
+) -> None:
+    doc = good_summary()
+    parent: Any = doc
+    for key in place[:-1]:
+        parent = parent[key]
+    parent[place[-1]] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "damaged.json"
+        src.write_text(json.dumps(doc))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(["report", str(src), "-o", str(Path(tmp) / "out.html")])
+        assert code in (0, 2), err.getvalue()
+        if code == 2:
+            assert err.getvalue().count("\n") == 1 and "damaged.json" in err.getvalue()
+        else:
+            assert (Path(tmp) / "out.html").stat().st_size > 0

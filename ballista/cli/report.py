@@ -68,11 +68,13 @@ def main(ns: argparse.Namespace) -> int:
     for path, label in zip(ns.inputs, labels, strict=True):
         doc = read_summary(path)
         check_figures(doc, path)
-        # what the page is drawn from, checked here: a damaged file is one line, not a traceback
-        timeline_of(doc, where=path)
+        # what the page is drawn from, checked here: a damaged file is one line, not a
+        # traceback; the timeline as read back (each point's figures from its histogram)
+        timeline = timeline_of(doc, where=path)
         if "histograms" in doc:
             histogram_of(doc, where=path)
-        runs.append(ReportRun(label=label, summary=doc))
+        points = timeline.to_dict()["points"] if timeline is not None else None
+        runs.append(ReportRun(label=label, summary=doc, points=points))
     text = render_report(runs, title=ns.title)
     try:
         write_report(text, output)
