@@ -485,6 +485,37 @@ return n;
 """
 
 
+COLOURED = """
+const [id, r, g, b] = arguments;
+const canvas = document.querySelector('#' + id + ' canvas');
+const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+let n = 0;
+for (let i = 0; i < data.length; i += 4) {
+  if (data[i + 3] > 200 && Math.abs(data[i] - r) < 30 && Math.abs(data[i + 1] - g) < 30
+      && Math.abs(data[i + 2] - b) < 30) n++;
+}
+return n;
+"""
+RUN_COLOURS = ((0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28))  # the first and second run's lines
+
+
+def _open_comparison(html_path: Path, profile: Path) -> dict[str, Any]:
+    driver = offline_driver(profile)
+    try:
+        driver.get(html_path.as_uri())
+        charts = driver.execute_script("return Object.keys(window.ballista.charts)")
+        return {
+            "charts": charts,
+            "by_run": {
+                c: [driver.execute_script(COLOURED, c, *rgb) for rgb in RUN_COLOURS] for c in charts
+            },
+            "deltas": driver.find_element("id", "deltas").text,
+        }
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
 def _open_in_browser(html_path: Path, profile: Path) -> dict[str, Any]:
     driver = offline_driver(profile)
     try:
@@ -674,3 +705,32 @@ def test_a_damaged_summary_is_one_line_and_exit_2_never_a_crash(
             assert err.getvalue().count("\n") == 1 and "damaged.json" in err.getvalue()
         else:
             assert (Path(tmp) / "out.html").stat().st_size > 0
+
+
+async def test_a_comparison_overlays_both_runs_in_chromium(
+    target_factory: TargetFactory, tmp_path: Path
+) -> None:
+    fast = await target_factory(fixed_delay=0.002)
+    slow = await target_factory(fixed_delay=0.02)
+    await ballista_run(fast.url, tmp_path / "fast", "-c", "2", "-d", "1s")
+    await ballista_run(slow.url, tmp_path / "slow", "-c", "2", "-d", "1s")
+    out = tmp_path / "both.html"
+    assert (
+        main(["report", str(tmp_path / "fast.json"), str(tmp_path / "slow.json"), "-o", str(out)])
+        == 0
+    )
+    seen = await trio.to_thread.run_sync(_open_comparison, out, tmp_path / "profile")
+    assert {"chart-throughput", "chart-p99", "chart-histogram", "chart-percentiles"} <= set(
+        seen["charts"]
+    )
+    # each run drew its own line where they differ (2 ms against 20 ms per request)
+    for name in (
+        "chart-throughput",
+        "chart-p50",
+        "chart-p99",
+        "chart-histogram",
+        "chart-percentiles",
+    ):
+        first, second = seen["by_run"][name]
+        assert first > 20 and second > 20, (name, first, second)
+    assert "fast.json (baseline)" in seen["deltas"] and "slow.json" in seen["deltas"]
