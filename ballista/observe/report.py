@@ -356,7 +356,7 @@ def time_series(points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def points_from_store(stored: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The daemon store's points (`t_start`/`t_end` in Unix time, oldest first) as
     timeline points, their time counted from the first one's start. A point's
-    histogram (`latency`) is kept when the store has one."""
+    histogram (`latency`, or the API's `histogram`) is kept when the store has one."""
     if not stored:
         return []
     start = float(stored[0]["t_start"])
@@ -382,8 +382,9 @@ def points_from_store(stored: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
             "loop_lag": p.get("loop_lag"),
             "latency_s": dict(p.get("latency_s") or {}),
         }
-        if isinstance(p.get("latency"), Mapping):
-            point["latency"] = p["latency"]
+        hist = p.get("latency", p.get("histogram"))
+        if isinstance(hist, Mapping):
+            point["latency"] = hist
         out.append(point)
     return out
 
