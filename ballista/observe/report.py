@@ -665,7 +665,7 @@ def _header(run: ReportRun, n: int) -> str:
     ]
     segment = s.get("segment")
     if isinstance(segment, Mapping):
-        facts.append(("segment", f"{segment.get('index')} of {segment.get('count')}"))
+        facts.append(("segment", f"{segment.get('index')}/{segment.get('count')}"))
     dl = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
     conc = s.get("concurrency") or {}
     config: list[tuple[str, Any]] = [
