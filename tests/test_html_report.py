@@ -734,3 +734,33 @@ async def test_a_comparison_overlays_both_runs_in_chromium(
         first, second = seen["by_run"][name]
         assert first > 20 and second > 20, (name, first, second)
     assert "fast.json (baseline)" in seen["deltas"] and "slow.json" in seen["deltas"]
+
+
+async def test_open_model_report_shows_the_target_rate_and_the_service_time(
+    target: RunningTarget, tmp_path: Path
+) -> None:
+    doc = await ballista_run(target.url, tmp_path / "open", "-r", "100", "-d", "1s")
+    data = page_data((tmp_path / "open.html").read_text(encoding="utf-8"))
+    rate = {s["label"]: s["values"] for s in chart(data, "chart-rate")["series"]}
+    assert {v for v in rate["target"] if v is not None} == {100.0}
+    curves = chart(data, "chart-percentiles")
+    assert [s["label"] for s in curves["series"]] == ["latency", "service time"]
+    at = dict(zip(curves["x"], curves["series"][1]["values"], strict=True))
+    assert at[100.0] == round(doc["service_time_s"]["p99"] * 1e3, 6)
+
+
+@pytest.mark.parametrize(
+    ("flag", "needle"),
+    [
+        ("/nonexistent/dir/r.html", "--report: no such directory"),
+        ("-", "--report: a report is a file"),
+        ("/tmp", "--report: '/tmp' is a directory"),
+    ],
+)
+def test_run_report_path_is_checked_before_the_run(
+    flag: str, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # port 9 on 127.0.0.1: nothing listens; the run must not even start
+    assert main(["run", "http://127.0.0.1:9/", "-n", "1", "--report", flag]) == 2
+    _, err = capsys.readouterr()
+    assert err.count("\n") == 1 and needle in err, err

@@ -231,6 +231,14 @@ def latency_histogram(run: ReportRun) -> Histogram | None:
     return None
 
 
+def service_histogram(run: ReportRun) -> Histogram | None:
+    """The open model's service-time histogram (from the actual send), if the summary has it."""
+    histograms = run.summary.get("histograms")
+    if not isinstance(histograms, Mapping) or histograms.get("layout") != HISTOGRAM_LAYOUT:
+        return None
+    return _histogram(histograms.get("service_time"), f"{run.label}: histograms.service_time")
+
+
 def _bin_of(index: int) -> tuple[int, int]:
     """Display bin of a bucket of the "log-linear-ns/7" layout: (lowest ns, width ns)."""
     if index < _EXACT:
@@ -555,45 +563,34 @@ def compare_charts(
 
 
 def distribution_charts(
-    runs: Sequence[ReportRun], hists: Sequence[Histogram | None]
+    curves: Sequence[tuple[str, str, Histogram]], *, fill: bool
 ) -> list[dict[str, Any]]:
-    """The latency histogram and the percentile curve, one line per run."""
-    have = [(i, h) for i, h in enumerate(hists) if h is not None and h.count]
+    """The latency histogram and the percentile curve: one line per (label, colour,
+    histogram) given."""
+    have = [(label, colour, h) for label, colour, h in curves if h.count]
     if not have:
         return []
-    single = len(runs) == 1
-    binned = [distribution(h.to_dict()) for _, h in have]
-    x, columns = _aligned(binned)
+    x, columns = _aligned([distribution(h.to_dict()) for _, _, h in have])
     hist_chart = _chart(
         "chart-histogram",
         "latency distribution: % of requests per sixteenth of a doubling (ms, log scale)",
         x,
         [
-            _line(
-                "requests" if single else runs[i].label,
-                _RUN_COLOURS[i % len(_RUN_COLOURS)],
-                column,
-                stepped=True,
-                fill=single,
-            )
-            for (i, _), column in zip(have, columns, strict=True)
+            _line(label, colour, column, stepped=True, fill=fill and n == 0)
+            for n, ((label, colour, _), column) in enumerate(zip(have, columns, strict=True))
         ],
         y_label="% of requests",
         x_kind="ms",
     )
-    curves = [percentile_curve(h) for _, h in have]
-    x2, columns2 = _aligned([(c[0], c[2]) for c in curves])
+    points = [percentile_curve(h) for _, _, h in have]
+    x2, columns2 = _aligned([(c[0], c[2]) for c in points])
     pct_chart = _chart(
         "chart-percentiles",
         "latency by percentile (ms, log scales)",
         x2,
         [
-            _line(
-                "latency" if single else runs[i].label,
-                _RUN_COLOURS[i % len(_RUN_COLOURS)],
-                column,
-            )
-            for (i, _), column in zip(have, columns2, strict=True)
+            _line(label, colour, column)
+            for (label, colour, _), column in zip(have, columns2, strict=True)
         ],
         y_label="ms",
         x_kind="percentile",
@@ -856,7 +853,9 @@ def run_notes(run: ReportRun, *, has_timeline: bool, has_histogram: bool) -> lis
     notes.extend(str(x) for x in s.get("notes") or ())
     if not has_timeline:
         notes.append(
-            "this summary has no timeline (written by an older Ballista): no charts over time"
+            "the run ended before its first interval: no charts over time"
+            if isinstance(s.get("timeline"), Mapping) or run.points is not None
+            else "this summary has no timeline (written by an older Ballista): no charts over time"
         )
     if not has_histogram:
         notes.append(
@@ -968,7 +967,22 @@ def render_report(runs: Sequence[ReportRun], *, title: str | None = None) -> str
         charts = single_charts(runs[0], series[0]) if series[0] is not None else []
     else:
         charts = compare_charts(runs, series)
-    charts += distribution_charts(runs, hists)
+    if single:
+        curves = [("latency", _RUN_COLOURS[0], hists[0])] if hists[0] is not None else []
+        service = service_histogram(runs[0])
+        if curves and service is not None:
+            # the open model: from the actual send, beside latency from the schedule
+            curves.append(("service time", "#ff7f0e", service))
+        charts += distribution_charts(curves, fill=True)
+    else:
+        charts += distribution_charts(
+            [
+                (run.label, _RUN_COLOURS[n % len(_RUN_COLOURS)], h)
+                for n, (run, h) in enumerate(zip(runs, hists, strict=True))
+                if h is not None
+            ],
+            fill=False,
+        )
     body: list[str] = []
     for n, run in enumerate(runs):
         notes = run_notes(
