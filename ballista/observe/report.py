@@ -552,7 +552,8 @@ def compare_charts(
                 title,
                 x,
                 [
-                    _line(runs[i].label, _RUN_COLOURS[i % len(_RUN_COLOURS)], column)
+                    # runs' points fall at different times: join each run's own points
+                    _line(runs[i].label, _RUN_COLOURS[i % len(_RUN_COLOURS)], column, span=True)
                     for (i, _), column in zip(present, columns, strict=True)
                 ],
                 y_label=y_label,
@@ -576,7 +577,7 @@ def distribution_charts(
         "latency distribution: % of requests per sixteenth of a doubling (ms, log scale)",
         x,
         [
-            _line(label, colour, column, stepped=True, fill=fill and n == 0)
+            _line(label, colour, column, stepped=True, fill=fill and n == 0, span=True)
             for n, ((label, colour, _), column) in enumerate(zip(have, columns, strict=True))
         ],
         y_label="% of requests",
@@ -589,7 +590,7 @@ def distribution_charts(
         "latency by percentile (ms, log scales)",
         x2,
         [
-            _line(label, colour, column)
+            _line(label, colour, column, span=True)
             for (label, colour, _), column in zip(have, columns2, strict=True)
         ],
         y_label="ms",

@@ -67,7 +67,9 @@
         label: s.label,
         stroke: s.colour,
         width: 1.5,
-        spanGaps: false,
+        // a gap is an interval without responses, unless the series is one run's
+        // points on an axis shared with other runs (or curves): then they are joined
+        spanGaps: !!s.span,
         points: { show: spec.x.length < 60 && !s.stepped },
         value: (u, v) => yFmt(v),
       };
