@@ -427,8 +427,11 @@ async def test_daemon_serves_a_report_per_run_under_the_token(
     assert "hidden-123" not in html and "[redacted]" in html
     assert requests_in(html) == []
     data = page_data(html)
-    # the stored points, one per interval
+    # the stored points, one per interval; the distribution from the summary's histogram
     assert len(chart(data, "chart-throughput")["x"]) >= 3
+    curve = chart(data, "chart-percentiles")
+    at = dict(zip(curve["x"], curve["series"][0]["values"], strict=True))
+    assert at[100.0] == round(summary["latency_s"]["p99"] * 1e3, 6)
 
 
 # -- in a real browser ---------------------------------------------------------------
