@@ -767,3 +767,24 @@ def test_run_report_path_is_checked_before_the_run(
     assert main(["run", "http://127.0.0.1:9/", "-n", "1", "--report", flag]) == 2
     _, err = capsys.readouterr()
     assert err.count("\n") == 1 and needle in err, err
+
+
+def test_names_from_the_summary_cannot_inject_markup_or_requests() -> None:
+    evil = "</script><img src=http://example.com/x onerror=alert(1)>"
+    summary = {
+        "schema": "ballista.summary/1",
+        "target": "http://127.0.0.1:1/",
+        "requests": 1,
+        "latency_s": {"p50": 0.001},
+        "status_codes": {"200": 1},
+        "requests_by_name": {evil: {"requests": 1, "latency_s": {"p50": 0.001}}},
+        "notes": [evil],
+        "timeline": {
+            "points": [{"t": 1.0, "span": 1.0, "requests": 1, "errors_by_kind": {evil: 1}}]
+        },
+    }
+    html = render_report([ReportRun(label=evil, summary=summary)], title=evil)
+    assert "<img" not in html and evil not in html
+    assert requests_in(html) == []
+    assert html.count("</script>") == 3  # the data, uPlot and the page's script
+    assert page_data(html)["runs"][0]["label"] == evil  # intact, as data
