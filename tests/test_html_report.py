@@ -427,6 +427,23 @@ async def test_daemon_serves_a_report_per_run_under_the_token(
     assert "hidden-123" not in html and "[redacted]" in html
     assert requests_in(html) == []
     data = page_data(html)
+    # `ballista runs report` saves the same report; a wrong token is the daemon's one line
+    from ballista.cli import runs as runs_client
+
+    def client(*argv: str) -> tuple[int, str]:
+        import argparse
+
+        parser = argparse.ArgumentParser()
+        runs_client.add_arguments(parser)
+        ns = parser.parse_args(["report", run_id, "--server", f"http://127.0.0.1:{port}", *argv])
+        out = io.StringIO()
+        return runs_client.main(ns, out=out), out.getvalue()
+
+    saved = tmp_path / "saved.html"
+    code, printed = await trio.to_thread.run_sync(client, "--token", token, "-o", str(saved))
+    assert (code, printed) == (0, f"{saved}\n")
+    assert f'id="run0-requests" data-value="{summary["requests"]}"' in saved.read_text()
+    assert (await trio.to_thread.run_sync(client, "--token", "wrong"))[0] == 1
     # the stored points, one per interval; the distribution from the summary's histogram
     assert len(chart(data, "chart-throughput")["x"]) >= 3
     curve = chart(data, "chart-percentiles")

@@ -174,7 +174,7 @@ def _runs() -> _Command:
 _DELEGATED: dict[str, tuple[str, Callable[[], _Command]]] = {
     "watch": ("live view of a running test in the terminal", _watch),
     "serve": ("daemon: soak tests, API, metrics, live stream", _serve),
-    "runs": ("talk to a daemon: list, start, show, stop runs", _runs),
+    "runs": ("talk to a daemon: list, start, show, stop runs, get their reports", _runs),
     "kube": ("Kubernetes: render a segmented test's manifests, collect its summaries", _kube),
     "merge": ("one summary from the JSON summaries of a test's segments", _merge),
     "report": ("an HTML report of JSON summaries: one run, or several compared", _report),
