@@ -30,11 +30,12 @@ from servers import RunningTarget, TargetFactory
 
 from ballista.cli.main import main
 from ballista.core.durations import format_duration
-from ballista.core.histogram import HISTOGRAM_LAYOUT, Histogram
+from ballista.core.histogram import HISTOGRAM_LAYOUT, Histogram, _bounds
 from ballista.daemon.service import Daemon, ServeOptions
 from ballista.observe.report import (
     REPORT_CSP,
     ReportRun,
+    _bin_of,
     distribution,
     percentile_curve,
     points_from_store,
@@ -153,6 +154,12 @@ def test_the_percentile_curve_and_the_distribution_come_from_the_histogram() -> 
     for q in (50.0, 90.0, 99.0, 99.9):
         assert values[qs.index(q)] == ms(hist.percentile(q))
     assert xs == sorted(xs)
+    # each display bin is whole buckets of the histogram's layout
+    for index in range(256, 48 << 7, 37):
+        low, width = _bounds(index)
+        bin_low, bin_width = _bin_of(index)
+        assert bin_low <= low and low + width <= bin_low + bin_width, index
+        assert bin_width == 8 * width  # sixteen bins per doubling of 128 buckets
     # as a density on a log scale: evenly spread values rise with the value (no saw-tooth)
     bx, by = distribution(hist.to_dict())
     assert bx == sorted(bx)
