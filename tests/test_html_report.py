@@ -10,7 +10,6 @@ import contextlib
 import io
 import itertools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+from browser import ARTIFACTS, CHROMEDRIVER, CHROMIUM, require_chromium
 from helpers import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,9 +43,6 @@ from ballista.observe.report import (
 )
 
 BALLISTA = [sys.executable, "-m", "ballista"]
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 async def ballista_run(url: str, out: Path, *args: str) -> dict[str, Any]:
@@ -485,7 +482,11 @@ def offline_driver(profile: Path) -> Any:
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    executor = driver.command_executor  # a hung browser command fails within the test
+    assert not isinstance(executor, str)
+    executor.client_config.timeout = 60
+    return driver
 
 
 def network_requests(driver: Any) -> list[str]:
@@ -588,8 +589,7 @@ def _open_in_browser(html_path: Path, profile: Path) -> dict[str, Any]:
 async def test_report_opens_offline_in_chromium_draws_prints_and_shows_the_json(
     target_factory: TargetFactory, tmp_path: Path
 ) -> None:
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        pytest.fail("needs Debian's chromium and chromium-driver (scripts/test installs them)")
+    require_chromium()
     target = await target_factory(error_rate=0.05, fixed_delay=0.002)
     doc = await ballista_run(target.url, tmp_path / "report", "-c", "4", "-d", "1.5s")
     seen = await trio.to_thread.run_sync(
@@ -737,6 +737,7 @@ def test_a_damaged_summary_is_one_line_and_exit_2_never_a_crash(
 async def test_a_comparison_overlays_both_runs_in_chromium(
     target_factory: TargetFactory, tmp_path: Path
 ) -> None:
+    require_chromium()
     fast = await target_factory(fixed_delay=0.002)
     slow = await target_factory(fixed_delay=0.02)
     await ballista_run(fast.url, tmp_path / "fast", "-c", "2", "-d", "1s")
