@@ -22,7 +22,16 @@ from typing import Any
 
 import pytest
 import trio
-from browser import ARTIFACTS, CHROMEDRIVER, CHROMIUM, require_chromium
+from browser import (
+    ARTIFACTS,
+    CHROMEDRIVER,
+    CHROMIUM,
+    in_thread,
+    make_driver,
+    press,
+    require_chromium,
+    until,
+)
 from helpers import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -813,3 +822,61 @@ def test_names_from_the_summary_cannot_inject_markup_or_requests() -> None:
     assert requests_in(html) == []
     assert html.count("</script>") == 3  # the data, uPlot and the page's script
     assert page_data(html)["runs"][0]["label"] == evil  # intact, as data
+
+
+async def test_the_daemons_page_opens_a_runs_report_with_the_token(
+    nursery: trio.Nursery, tmp_path: Path, target: RunningTarget
+) -> None:
+    require_chromium()
+    token = "page-report-token"
+    d = Daemon(ServeOptions(port=0, live_port=0, data_dir=tmp_path / "data", token=token))
+    await nursery.start(d.serve)
+    port = d.port
+    assert port is not None
+    doc = {
+        "name": "paged",
+        "base_url": f"http://127.0.0.1:{target.port}",
+        "defaults": {"interval": "100ms"},
+        "requests": [{"name": "home", "path": "/"}],
+        "load": {"concurrency": 2, "duration": "1s"},
+    }
+
+    def post() -> str:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/runs", data=json.dumps(doc).encode(), method="POST"
+        )
+        req.add_header("authorization", f"Bearer {token}")
+        req.add_header("content-type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return str(json.loads(resp.read())["id"])
+
+    run_id = await trio.to_thread.run_sync(post)
+
+    async def finished() -> Any:
+        _, _, body = await trio.to_thread.run_sync(fetch, port, f"/api/runs/{run_id}", token)
+        shown = json.loads(body)
+        return shown if shown["status"] == "finished" else None
+
+    summary = (await wait_until(finished, "the run finished", limit=20, poll=0.1))["summary"]
+    driver = await in_thread(make_driver, tmp_path / "profile")
+    try:
+        await in_thread(driver.get, f"http://127.0.0.1:{port}/#run={run_id}")
+        await until(lambda: driver.find_element("id", "token-form").is_displayed(), "token form")
+        await in_thread(driver.find_element("id", "token-input").send_keys, token)
+        await in_thread(press, driver, "#token-form button")
+        await until(lambda: driver.find_element("id", "report").is_displayed(), "report button")
+        await in_thread(press, driver, "#report")
+        await until(lambda: len(driver.window_handles) == 2, "the report's tab")
+        await in_thread(driver.switch_to.window, driver.window_handles[1])
+        shown = await until(
+            lambda: driver.execute_script(
+                "const e = document.getElementById('run0-requests');"
+                " return e && window.ballista && window.ballista.charts ? e.textContent : null"
+            ),
+            "the report drawn in its tab",
+        )
+        assert shown == f"{summary['requests']:,}"
+        assert driver.execute_script("return Object.keys(window.ballista.charts).length") >= 4
+    finally:
+        await in_thread(driver.quit)
+        shutil.rmtree(tmp_path / "profile", ignore_errors=True)
