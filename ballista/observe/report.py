@@ -808,6 +808,7 @@ def _tables(run: ReportRun, n: int) -> str:
             + _cell(_count(f.get("iterations")), f.get("iterations"))
             + _cell(_count(f.get("completed")), f.get("completed"))
             + _cell(_count(f.get("failed")), f.get("failed"))
+            + _cell(_count(f.get("interrupted", 0)), f.get("interrupted", 0))
             + _latency_cells(f.get("duration_s") or {})
             + _cell(
                 ", ".join(f"{k}: {v:,}" for k, v in (f.get("failures_by_reason") or {}).items())
@@ -820,7 +821,15 @@ def _tables(run: ReportRun, n: int) -> str:
         parts.append(
             _table(
                 "flows (duration of an iteration)",
-                ("flow", "iterations", "completed", "failed", *_LATENCY_KEYS, "failures"),
+                (
+                    "flow",
+                    "iterations",
+                    "completed",
+                    "failed",
+                    "interrupted",
+                    *_LATENCY_KEYS,
+                    "failures",
+                ),
                 flow_rows,
                 f"run{n}-flows",
             )
