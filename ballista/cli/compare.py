@@ -105,7 +105,24 @@ def run_compare(ns: argparse.Namespace) -> int:
         else:
             with open(ns.json, "w", encoding="utf-8") as fh:
                 fh.write(text)
+    if ns.report is not None:
+        write_comparison_report(baseline, concurrent, ns.report)
     return 0
+
+
+def write_comparison_report(baseline: Phase, concurrent: Phase, path: str) -> None:
+    """The HTML report of both phases, the sequential baseline first."""
+    from ballista.observe.report import ReportRun, render_report, write_report
+
+    target = baseline.summary.get("target", "")
+    text = render_report(
+        [ReportRun(label=p.label, summary=p.summary) for p in (baseline, concurrent)],
+        title=f"Ballista compare: {target}, sequential baseline vs concurrent",
+    )
+    try:
+        write_report(text, path)
+    except OSError as exc:
+        raise BallistaError(f"--report: cannot write {path!r}: {exc.strerror}") from None
 
 
 def comparison(baseline: Phase, concurrent: Phase) -> dict[str, Any]:

@@ -89,6 +89,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     compare.add_argument(
         "--json", default=None, metavar="PATH", help="write both summaries and the ratios as JSON"
     )
+    compare.add_argument(
+        "--report",
+        default=None,
+        metavar="OUT.html",
+        help="write an HTML report comparing the two runs",
+    )
     return parser
 
 
@@ -116,6 +122,9 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
 
     config_from_args(ns, sequential=False)  # validate once, before anything starts
     check_output_path(ns.json, "--json")
+    if ns.report == "-":
+        raise ConfigError("--report: a report is a file (give a path ending in .html)")
+    check_output_path(ns.report, "--report")
     return run_compare(ns)
 
 
@@ -149,6 +158,12 @@ def _merge() -> _Command:
     return merge
 
 
+def _report() -> _Command:
+    from ballista.cli import report
+
+    return report
+
+
 def _runs() -> _Command:
     from ballista.cli import runs
 
@@ -159,9 +174,10 @@ def _runs() -> _Command:
 _DELEGATED: dict[str, tuple[str, Callable[[], _Command]]] = {
     "watch": ("live view of a running test in the terminal", _watch),
     "serve": ("daemon: soak tests, API, metrics, live stream", _serve),
-    "runs": ("talk to a daemon: list, start, show, stop runs", _runs),
+    "runs": ("talk to a daemon: list, start, show, stop runs, get their reports", _runs),
     "kube": ("Kubernetes: render a segmented test's manifests, collect its summaries", _kube),
     "merge": ("one summary from the JSON summaries of a test's segments", _merge),
+    "report": ("an HTML report of JSON summaries: one run, or several compared", _report),
 }
 
 

@@ -154,6 +154,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write the JSON summary to PATH, or to stdout with '-'",
     )
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="OUT.html",
+        help="write the HTML report (one self-contained file) at the end",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no live display, no text summary")
     open_model = p.add_argument_group("open model and ramps")
     open_model.add_argument(
@@ -529,6 +535,9 @@ def config_from_args(ns: argparse.Namespace, *, sequential: bool | None = None) 
 
 def outputs_from_args(ns: argparse.Namespace) -> Outputs:
     check_output_path(ns.json, "--json")
+    if ns.report == "-":
+        raise ConfigError("--report: a report is a file (give a path ending in .html)")
+    check_output_path(ns.report, "--report")
     for flag, port in (("--metrics-port", ns.metrics_port), ("--live-port", ns.live_port)):
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"{flag}: {port} is not a TCP port (0-65535)")
@@ -536,6 +545,7 @@ def outputs_from_args(ns: argparse.Namespace) -> Outputs:
         raise ConfigError("--linger keeps /metrics up after the run: add --metrics-port")
     return Outputs(
         json_path=ns.json,
+        report_path=ns.report,
         quiet=ns.quiet,
         metrics_port=ns.metrics_port,
         metrics_addr=ns.metrics_addr,

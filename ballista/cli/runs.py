@@ -1,4 +1,4 @@
-"""`ballista runs`: a command-line client of a daemon's API (list, start, show, stop).
+"""`ballista runs`: a command-line client of a daemon's API (list, start, show, stop, report).
 
 Plain blocking HTTP (urllib): one request per command, no trio needed.
 """
@@ -15,9 +15,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ballista.core.errors import BallistaError, ConfigError, reason_of
+from ballista.observe.summary import check_output_path
 
 DEFAULT_SERVER = "http://127.0.0.1:8089"
 TIMEOUT = 10.0
@@ -28,7 +29,9 @@ class ApiFailure(BallistaError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("list", "start", "show", "stop"), help="what to do")
+    parser.add_argument(
+        "action", choices=("list", "start", "show", "stop", "report"), help="what to do"
+    )
     parser.add_argument(
         "arg", nargs="?", default=None, metavar="FILE|ID", help="scenario or run id"
     )
@@ -39,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--token", default=None, help="bearer token (default $BALLISTA_TOKEN)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON as it is")
+    parser.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="OUT.html",
+        help="report: where to write the run's HTML report (default ballista-ID.html)",
+    )
 
 
 def _server(ns: argparse.Namespace) -> str:
@@ -68,15 +78,45 @@ def call(
     ApiFailure (exit 1) with the daemon's message when it refuses; BallistaError
     (exit 2) when nothing answers in time, NotADaemon when what answers is not
     a daemon."""
+    status, ctype, raw = exchange(
+        server, method, path, body=body, content_type=content_type, token=token, timeout=timeout
+    )
+    doc = _json_object(raw) if "json" in ctype.lower() else None
+    if doc is None:
+        raise NotADaemon(
+            f"--server {server}: not a Ballista daemon (it answered {status} "
+            f"{ctype.split(';')[0].strip() or 'without a content type'})"
+        )
+    if status >= 400:
+        message = doc.get("error")
+        if not isinstance(message, str):
+            raise NotADaemon(f"--server {server}: not a Ballista daemon (it answered {status})")
+        raise ApiFailure(f"{server}: {status}: {' '.join(message.split())}")
+    return doc
+
+
+def exchange(
+    server: str,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    content_type: str | None = None,
+    token: str | None = None,
+    timeout: float = TIMEOUT,
+    accept: str = "application/json",
+) -> tuple[int, str, bytes]:
+    """One API request -> (status, content type, body), within `timeout` seconds in all;
+    BallistaError (exit 2) when nothing answers, NotADaemon when what answers is not HTTP."""
     request = urllib.request.Request(server + path, data=body, method=method)
-    request.add_header("accept", "application/json")
+    request.add_header("accept", accept)
     if content_type:
         request.add_header("content-type", content_type)
     if token:
         request.add_header("authorization", f"Bearer {token}")
     answer: list[tuple[int, str, bytes] | BaseException] = []
 
-    def exchange() -> None:
+    def one_exchange() -> None:
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
                 answer.append((resp.status, resp.headers.get("content-type", ""), resp.read()))
@@ -89,7 +129,7 @@ def call(
     # urllib's timeout bounds each socket operation, not the exchange: a server
     # that dribbles its answer would hold the command forever. The thread is a
     # daemon thread, so a command that gives up does not wait for it.
-    worker = threading.Thread(target=exchange, daemon=True, name="ballista-runs")
+    worker = threading.Thread(target=one_exchange, daemon=True, name="ballista-runs")
     worker.start()
     worker.join(timeout)
     if not answer:
@@ -105,19 +145,7 @@ def call(
         raise BallistaError(f"--server {server}: cannot reach the daemon: {why}") from None
     if isinstance(result, http.client.HTTPException):
         raise NotADaemon(f"--server {server}: not a Ballista daemon (not HTTP: {result!r:.80})")
-    status, ctype, raw = result
-    doc = _json_object(raw) if "json" in ctype.lower() else None
-    if doc is None:
-        raise NotADaemon(
-            f"--server {server}: not a Ballista daemon (it answered {status} "
-            f"{ctype.split(';')[0].strip() or 'without a content type'})"
-        )
-    if status >= 400:
-        message = doc.get("error")
-        if not isinstance(message, str):
-            raise NotADaemon(f"--server {server}: not a Ballista daemon (it answered {status})")
-        raise ApiFailure(f"{server}: {status}: {' '.join(message.split())}")
-    return doc
+    return result
 
 
 def _json_object(raw: bytes) -> dict[str, Any] | None:
@@ -172,6 +200,25 @@ def print_run(doc: dict[str, Any], out: TextIO) -> None:
         out.write("  errors     " + "  ".join(f"{k}: {v}" for k, v in errors.items()) + "\n")
 
 
+def write_run_report(
+    server: str, run_id: str, path: str, *, token: str | None, out: TextIO
+) -> None:
+    """`runs report ID`: the daemon's HTML report of a run, saved to `path`."""
+    status, ctype, raw = exchange(
+        server, "GET", f"/api/runs/{quote(run_id, safe='')}/report", token=token, accept="text/html"
+    )
+    if status == 200 and ctype.lower().startswith("text/html"):
+        with open(path, "wb") as fh:
+            fh.write(raw)
+        out.write(f"{path}\n")
+        return
+    doc = _json_object(raw) if "json" in ctype.lower() else None
+    message = doc.get("error") if doc is not None else None
+    if not isinstance(message, str) or status < 400:
+        raise NotADaemon(f"--server {server}: not a Ballista daemon (it answered {status})")
+    raise ApiFailure(f"{server}: {status}: {' '.join(message.split())}")
+
+
 def main(ns: argparse.Namespace, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     server = _server(ns)
@@ -184,8 +231,15 @@ def main(ns: argparse.Namespace, *, out: TextIO | None = None) -> int:
         raise ConfigError(
             f"runs {action}: needs {'a scenario FILE' if action == 'start' else 'a run ID'}"
         )
+    if action != "report" and ns.output is not None:
+        raise ConfigError(f"-o/--output: only for `runs report`, not `runs {action}`")
+    if action == "report":
+        output = ns.output or f"ballista-{ns.arg}.html"
+        check_output_path(output, "-o/--output")
     try:
-        if action == "list":
+        if action == "report":
+            write_run_report(server, str(ns.arg), output, token=token, out=out)
+        elif action == "list":
             doc = call(server, "GET", "/api/runs", token=token)
             if not isinstance(doc.get("runs"), list):
                 raise KeyError("runs")

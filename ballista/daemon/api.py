@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+import trio
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
@@ -28,6 +30,7 @@ from ballista.daemon.history import History
 from ballista.daemon.runs import RunRefused
 from ballista.daemon.store import ACTIVE_STATES, RunRow
 from ballista.observe.httpserver import Request, Response
+from ballista.observe.report import REPORT_CSP, ReportRun, points_from_store, render_report
 
 log = logging.getLogger("ballista.daemon")
 
@@ -253,6 +256,9 @@ class DaemonApi:
                 summary,
                 [("content-disposition", f'attachment; filename="ballista-{row.id}.json"')],
             )
+        if len(parts) == 3 and parts[0] == "runs" and parts[2] == "report":
+            _allow(method, "GET")
+            return await self.report(parts[1])
         if len(parts) == 3 and parts[0] == "runs" and parts[2] == "stop":
             _allow(method, "POST")
             if await self.history.get_run(parts[1]) is None:
@@ -334,6 +340,53 @@ class DaemonApi:
             )
             out["points"] = [p.as_dict(histogram=points.histograms) for p in stored]
         return out
+
+    async def report(self, run_id: str) -> Response:
+        """The run's HTML report, from what the store has: the summary so far (final
+        once the run ended) and its points over time, at the resolution kept."""
+        row = await self.history.get_run(run_id)
+        if row is None:
+            raise ApiError(404, f"no run {run_id!r}", field="id")
+        handle = self.runs.get(run_id)
+        summary = row.summary
+        active = handle is not None and handle.active
+        if active and handle is not None:
+            summary = handle.summary or summary
+        if summary is None:
+            raise ApiError(409, f"run {run_id!r} has no figures yet")
+        stored = [p.as_dict(histogram=True) for p in await self.history.points(run_id)]
+        notes = []
+        if row.reason and not active:
+            notes.append(f"the run ended {row.status}: {row.reason}")
+        if active:
+            notes.append(f"run {run_id} was still {row.status} when this report was written")
+        if row.segments > 1:
+            notes.append(
+                f"resumed {row.segments - 1} time(s): the summary covers the last segment, "
+                "the charts over time every segment"
+            )
+        run = ReportRun(
+            label=f"{row.name} ({run_id})",
+            summary=summary,
+            points=points_from_store(stored) if stored else None,
+            interrupted=row.status in ("stopped", "failed", "interrupted"),
+            config={"scenario": row.scenario_public},
+            notes=tuple(notes),
+        )
+        # rendering walks every point: off the trio thread, as the disk is
+        text = await trio.to_thread.run_sync(render_report, [run])
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"ballista-{row.name}-{run_id}")
+        return Response(
+            200,
+            [
+                ("content-type", "text/html; charset=utf-8"),
+                ("cache-control", "no-store"),
+                ("content-disposition", f'inline; filename="{name}.html"'),
+                ("content-security-policy", REPORT_CSP),
+                ("x-content-type-options", "nosniff"),
+            ],
+            text.encode("utf-8"),
+        )
 
 
 @dataclass(frozen=True, slots=True)

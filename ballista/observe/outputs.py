@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 import trio
 
+from ballista.core.config import RunConfig
 from ballista.core.durations import format_duration
 from ballista.core.errors import EXIT_OK, EXIT_THRESHOLD, EXIT_USAGE
 from ballista.core.segment import iso_instant
@@ -28,6 +29,7 @@ class Outputs:
     """Where a run's results go, besides the engine itself."""
 
     json_path: str | None = None
+    report_path: str | None = None
     quiet: bool = False
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
@@ -74,6 +76,25 @@ async def _announce_start(at: float, started: trio.Event, out: TextIO, live: boo
     if shown:
         out.write("\r\x1b[K")
         out.flush()
+
+
+def write_run_report(
+    doc: dict[str, Any], path: str, *, config: RunConfig, interrupted: bool, stderr: TextIO
+) -> bool:
+    """The HTML report of a run that just ended (even early): False, said in one
+    line, when it could not be written."""
+    from ballista.observe.report import ReportRun, config_facts, render_report, write_report
+
+    label = f"{doc.get('target', 'run')} at {doc.get('started_at', '')}"
+    run = ReportRun(label=label, summary=doc, interrupted=interrupted, config=config_facts(config))
+    text = render_report([run])
+    try:
+        write_report(text, path)
+    except OSError as exc:
+        # checked before the run, yet it failed (disk full, removed directory)
+        print(f"ballista: error: --report: cannot write {path!r}: {exc.strerror}", file=stderr)
+        return False
+    return True
 
 
 async def run_with_outputs(
@@ -162,6 +183,14 @@ async def run_with_outputs(
                 )
                 write_json(doc, "-", stderr)
                 exit_code = EXIT_USAGE
+        if outputs.report_path is not None and not write_run_report(
+            doc,
+            outputs.report_path,
+            config=config,
+            interrupted=run.interrupted or failure is not None,
+            stderr=stderr,
+        ):
+            exit_code = EXIT_USAGE
         if hub is not None:
             await hub.finish(doc)
         if failure is not None:
