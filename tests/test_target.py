@@ -133,6 +133,7 @@ async def test_health_and_stats(target: RunningTarget) -> None:
                 "in_flight": 0,
                 "bytes_received": 0,
                 "statuses": {"200": 2},
+                "api": {},
             }
 
 

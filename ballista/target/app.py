@@ -23,9 +23,13 @@ Paths and per-request overrides:
   exact, no draw), `?status=503` (200-599; no random error), `?size=1024`
   (body bytes, at most 16 MiB). A bad value gets a 400 naming it.
 - `/health`: 200 `ok`, at once, never an injected error.
+- `/api/...`: a small shop for journeys (login, items, carts; `shop.py` has
+  the rules). Its answers wait the configured delay but are never injected
+  errors: a journey's correlation is what they test.
 - `/stats`: JSON `{"requests", "connections", "in_flight", "bytes_received",
-  "statuses"}`. Requests to `/stats` are not counted, so polling it does not
-  disturb what it reports.
+  "statuses", "api"}` (`api`: requests per shop route, such as `login`).
+  Requests to `/stats` are not counted, so polling it does not disturb what
+  it reports.
 
 `connections` counts distinct client addresses (host, port): each TCP
 connection has its own, while HTTP/2 streams share their connection's.
@@ -54,6 +58,7 @@ from hypercorn.typing import ASGIFramework
 
 from ballista.core.durations import parse_duration, parse_share
 from ballista.core.errors import ConfigError, ListenError, reason_of
+from ballista.target.shop import MAX_API_BODY, Shop
 
 #: Standard normal quantile at 0.99: a log-normal's p99 is median * exp(Z99 * sigma).
 Z99 = 2.3263478740408408
@@ -157,6 +162,8 @@ class TargetStats:
     in_flight: int = 0
     bytes_received: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
+    #: requests per shop route (`login`, `items`, `cart_add`, ...; see shop.py)
+    api: dict[str, int] = field(default_factory=dict)
     _clients: OrderedDict[tuple[str, int], None] = field(default_factory=OrderedDict, repr=False)
 
     def _saw(self, client: tuple[str, int] | None) -> None:
@@ -179,6 +186,7 @@ class TargetStats:
             "in_flight": self.in_flight,
             "bytes_received": self.bytes_received,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "api": dict(sorted(self.api.items())),
         }
 
 
@@ -194,6 +202,7 @@ class TargetApp:
         self.stats = stats if stats is not None else TargetStats()
         self._rng = random.Random(config.seed)
         self._body = b"x" * config.body_size
+        self.shop = Shop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -222,6 +231,9 @@ class TargetApp:
         stats._saw(scope.get("client"))
         stats.in_flight += 1
         try:
+            if path.startswith("/api/"):
+                await self._api(scope, receive, send)
+                return
             await self._drain(receive)
             if path == "/health":
                 stats.statuses[200] = stats.statuses.get(200, 0) + 1
@@ -239,6 +251,49 @@ class TargetApp:
             await _respond(send, status, body, b"application/octet-stream")
         finally:
             stats.in_flight -= 1
+
+    async def _api(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stats = self.stats
+        body = await self._read(receive, MAX_API_BODY)
+        if body is None:
+            stats.statuses[413] = stats.statuses.get(413, 0) + 1
+            await _respond(send, 413, f"body: over {MAX_API_BODY} bytes\n".encode())
+            return
+        delay = sample_latency(self.config, self._rng)
+        if delay > 0:
+            await trio.sleep(delay)
+        answer = self.shop.handle(scope["method"], scope["path"], scope["headers"], body)
+        if answer.route is not None:
+            stats.api[answer.route] = stats.api.get(answer.route, 0) + 1
+        stats.statuses[answer.status] = stats.statuses.get(answer.status, 0) + 1
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": [
+                    *answer.headers,
+                    (b"content-length", str(len(answer.body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _read(self, receive: Receive, limit: int) -> bytes | None:
+        """The request body, or None past `limit` bytes (the rest is drained)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk: bytes = message.get("body", b"")
+            self.stats.bytes_received += len(chunk)
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks) if size <= limit else None
 
     async def _drain(self, receive: Receive) -> None:
         while True:
