@@ -123,7 +123,7 @@ class Scenario:
     #: (expression, where it was written)
     thresholds: tuple[tuple[str, str], ...] = ()
     #: user journeys (Python `-f journeys.py`, TOML `[[flows]]`): virtual users run
-    #: these instead of `requests`
+    #: these instead of `requests` (TOML flows give one spec per step name there)
     journeys: Journeys | None = None
 
 

@@ -1,5 +1,6 @@
 """Scenario tables (a TOML file for `ballista run -f`, a JSON or TOML body for the
-daemon's API) -> a `Scenario`: named weighted requests, load settings, thresholds.
+daemon's API) -> a `Scenario`: named weighted requests (or journeys' flows,
+compiled by `flows.py`), load settings, thresholds.
 
 Validation names the key path in the user's terms: `api.toml: requests[2].weight`
 for a file, `requests[2].weight` for the API. The load settings come out as a
@@ -27,6 +28,8 @@ from ballista.core.config import (
 )
 from ballista.core.durations import parse_duration
 from ballista.core.errors import ConfigError
+from ballista.core.flows import compile_flows
+from ballista.core.journey import Journeys
 from ballista.core.schedule import parse_stages
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}$")
@@ -35,7 +38,17 @@ ALL = "all"
 #: Nesting a scenario may have: deeper is refused before anything recurses into it.
 MAX_DEPTH = 32
 
-_TOP_KEYS = ("name", "base_url", "defaults", "requests", "load", "thresholds")
+_TOP_KEYS = (
+    "name",
+    "base_url",
+    "defaults",
+    "requests",
+    "flows",
+    "setup",
+    "data",
+    "load",
+    "thresholds",
+)
 _DEFAULT_KEYS = ("headers", "timeout", "protocol", "connections", "insecure", "interval")
 _REQUEST_KEYS = (
     "name",
@@ -500,12 +513,27 @@ def _scenario(f: _File, data: dict[str, Any]) -> Scenario:
         insecure = defaults["insecure"]
         settings.set("insecure", insecure, f.where("defaults.insecure"), path="defaults.insecure")
 
-    raw_requests = data.get("requests")
-    if not isinstance(raw_requests, list) or not raw_requests:
-        raise f.error("requests", "missing: add at least one [[requests]] table")
     specs: list[RequestSpec] = []
     origin: Origin | None = base[0] if base else None
-    for i, raw in enumerate(raw_requests):
+    journeys: Journeys | None = None
+    if "flows" in data:
+        if "requests" in data:
+            raise f.error(
+                "requests",
+                "a scenario has either [[requests]] (independent requests) or [[flows]] "
+                "(journeys), not both",
+            )
+        compiled = compile_flows(f, data, base, default_headers)
+        journeys = compiled.journeys
+        specs.extend(compiled.requests)
+    else:
+        for key in ("setup", "data"):
+            if key in data:
+                raise f.error(key, "belongs to journeys: add [[flows]] (and no [[requests]])")
+        raw_requests = data.get("requests")
+        if not isinstance(raw_requests, list) or not raw_requests:
+            raise f.error("requests", "missing: add at least one [[requests]] table (or [[flows]])")
+    for i, raw in enumerate(data.get("requests", ()) if journeys is None else ()):
         req_origin, spec = _request(f, i, raw, base, default_headers)
         if origin is None:
             origin = req_origin
@@ -527,7 +555,8 @@ def _scenario(f: _File, data: dict[str, Any]) -> Scenario:
                 if tname != ALL and tname not in names:
                     raise f.error(
                         f"thresholds.{tname}",
-                        f"no request named {tname!r} (use {ALL!r} for the whole run, or one "
+                        f"no {'step' if journeys else 'request'} named {tname!r} (use {ALL!r} "
+                        "for the whole run, or one "
                         f"of: {', '.join(names)})",
                     )
         thresholds = _thresholds(f, data["thresholds"])
@@ -537,4 +566,5 @@ def _scenario(f: _File, data: dict[str, Any]) -> Scenario:
         name=name,
         settings=settings,
         thresholds=tuple(thresholds),
+        journeys=journeys,
     )

@@ -1,0 +1,160 @@
+"""Extractors of TOML journeys: `json:<path>`, `header:<name>`, `regex:<pattern>`, `cookie:<name>`.
+
+Each is compiled once, when the file is loaded (a bad pattern or path is
+refused then), into a function of a response that answers the value found or
+`MISSING`. The step that extracts turns `MISSING` into a failed iteration
+with a fixed reason, so reasons stay a small set named by the configuration.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ballista.core.journey import Response
+
+#: What an extractor answers when the response does not hold what it looks for.
+MISSING: Final = object()
+KINDS = ("json", "header", "regex", "cookie")
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_INDEX = re.compile(r"-?\d+")
+# Several Set-Cookie headers joined into one value: split at a comma that starts
+# a new `name=` (an Expires date has a comma followed by a day number, not `=`).
+_COOKIE_SPLIT = re.compile(r",(?=\s*[^;,=\s]+=)")
+
+
+class ExtractError(ValueError):
+    """An extractor that cannot be compiled; the message says why, the caller says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Extractor:
+    """One compiled extractor: `find(response)` -> the value, or MISSING."""
+
+    source: str
+    kind: str
+    find: Callable[[Response], Any]
+
+
+def json_path(path: str) -> tuple[str, ...]:
+    """`items.0.id` -> its segments; ExtractError for an empty one."""
+    segments = tuple(path.split("."))
+    if not path or any(not s for s in segments):
+        raise ExtractError(
+            f"json:{path}: a dotted path such as token, cart.items or items.0.id (no empty part)"
+        )
+    return segments
+
+
+def follow(doc: Any, segments: tuple[str, ...]) -> Any:
+    """The value at `segments` in a parsed JSON document, or MISSING.
+
+    A segment is a key of an object, or an index of a list (from 0; -1 is the
+    last; `*` is one element picked at random).
+    """
+    value = doc
+    for seg in segments:
+        if isinstance(value, dict):
+            if seg not in value:
+                return MISSING
+            value = value[seg]
+        elif isinstance(value, list) and seg == "*":
+            if not value:
+                return MISSING
+            value = random.choice(value)
+        elif isinstance(value, list) and _INDEX.fullmatch(seg):
+            i = int(seg)
+            if not -len(value) <= i < len(value):
+                return MISSING
+            value = value[i]
+        else:
+            return MISSING
+    return value
+
+
+def _json(path: str) -> Callable[[Response], Any]:
+    segments = json_path(path)
+
+    def find(r: Response) -> Any:
+        try:
+            doc = r.json()
+        except ValueError:  # not JSON (json.JSONDecodeError and UnicodeDecodeError are both)
+            return MISSING
+        return follow(doc, segments)
+
+    return find
+
+
+def _header(name: str) -> Callable[[Response], Any]:
+    if not _TOKEN.match(name):
+        raise ExtractError(f"header:{name}: {name!r} is not a header name")
+    lower = name.lower()
+
+    def find(r: Response) -> Any:
+        value = r.headers.get(lower)
+        return MISSING if value is None else value
+
+    return find
+
+
+def _regex(pattern: str) -> Callable[[Response], Any]:
+    if not pattern:
+        raise ExtractError("regex: needs a pattern, e.g. regex:id=(\\d+)")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ExtractError(f"regex:{pattern}: not a valid pattern: {exc}") from None
+    group = 1 if compiled.groups else 0
+
+    def find(r: Response) -> Any:
+        match = compiled.search(r.text)
+        if match is None:
+            return MISSING
+        value = match.group(group)
+        return MISSING if value is None else value
+
+    return find
+
+
+def cookie_from(set_cookie: str, name: str) -> str | None:
+    """The value `name` gets in a Set-Cookie value (or several joined by commas)."""
+    for one in _COOKIE_SPLIT.split(set_cookie):
+        key, sep, value = one.split(";", 1)[0].strip().partition("=")
+        if sep and key.strip() == name:
+            return value.strip().strip('"')
+    return None
+
+
+def _cookie(name: str) -> Callable[[Response], Any]:
+    if not _TOKEN.match(name):
+        raise ExtractError(f"cookie:{name}: {name!r} is not a cookie name")
+
+    def find(r: Response) -> Any:
+        header = r.headers.get("set-cookie")
+        value = None if header is None else cookie_from(header, name)
+        return MISSING if value is None else value
+
+    return find
+
+
+_COMPILERS: dict[str, Callable[[str], Callable[[Response], Any]]] = {
+    "json": _json,
+    "header": _header,
+    "regex": _regex,
+    "cookie": _cookie,
+}
+
+
+def compile_extractor(source: str) -> Extractor:
+    """`json:token` (or `header:`, `regex:`, `cookie:`) -> Extractor; ExtractError if malformed."""
+    kind, sep, arg = source.partition(":")
+    compiler = _COMPILERS.get(kind.strip())
+    if not sep or compiler is None:
+        raise ExtractError(
+            f"{source!r}: use json:<path>, header:<name>, regex:<pattern> or cookie:<name>"
+        )
+    return Extractor(source, kind.strip(), compiler(arg if kind == "regex" else arg.strip()))
