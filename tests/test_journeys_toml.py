@@ -24,6 +24,7 @@ from ballista.core.extract import MISSING, ExtractError, compile_extractor, cook
 from ballista.core.journey import Check, DataExhausted, JourneyFailure, Journeys
 from ballista.core.scenario import read_scenario_file, scenario_from_table
 from ballista.core.template import Template, TemplateError
+from ballista.daemon.scenarios import redact_scenario
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BALLISTA = [sys.executable, "-m", "ballista"]
@@ -450,6 +451,28 @@ async def test_failures_end_the_iteration_with_their_reason() -> None:
     with pytest.raises(JourneyFailure) as caught:
         await flow(session)
     assert caught.value.reason == "add: json items is not 2"
+
+
+async def test_command_line_headers_go_on_every_step_untemplated(tmp_path: Path) -> None:
+    path = tmp_path / "shop.toml"
+    path.write_text(SHOP)
+    extra = (("x-team", "cli"), ("X-Raw", "{{ not a template }}"))
+    journeys = read_scenario_file(str(path), headers=extra).journeys
+    assert journeys is not None and journeys.setup is not None
+    session = RecordingSession([Answer(body={"token": "T"})])
+    await journeys.setup(session)
+    assert session.sent[0].headers == {"x-team": "cli", "X-Raw": "{{ not a template }}"}
+
+
+def test_the_daemon_shows_flows_without_secrets() -> None:
+    shown = redact_scenario(tomllib.loads(SHOP.replace("X-Team", "X-Api-Key")))
+    assert shown["defaults"]["headers"]["X-Api-Key"] == "[redacted]"
+    step = shown["flows"][0]["steps"][1]
+    assert step["headers"]["Authorization"] == "[redacted]"
+    assert step["json"] == "<JSON body>"
+    assert shown["setup"]["steps"][0]["json"] == "<JSON body>"
+    assert shown["data"]["rows"] == "<2 rows>"
+    assert "secret-ann" not in json.dumps(shown)
 
 
 def test_the_examples_compile() -> None:

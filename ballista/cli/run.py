@@ -451,7 +451,7 @@ def scenario_from_args(ns: argparse.Namespace) -> Scenario:
     if path and is_python_journeys(path):
         return _python_journeys(ns, path, headers)
     if path:
-        scenario = read_scenario_file(ns.scenario)
+        scenario = read_scenario_file(ns.scenario, headers=headers)
         origin = scenario.origin
         if ns.url:
             origin, url_target = parse_url(ns.url)
@@ -464,16 +464,7 @@ def scenario_from_args(ns: argparse.Namespace) -> Scenario:
             raise ConfigError("-b/--body-file: the scenario file defines each request's body")
         if ns.method.upper() != "GET":
             raise ConfigError("-m/--method: the scenario file defines each request's method")
-        specs = scenario.requests
-        if headers:
-            lowered = {k.lower() for k, _ in headers}
-            specs = tuple(
-                dataclasses.replace(
-                    s, headers=tuple(h for h in s.headers if h[0].lower() not in lowered) + headers
-                )
-                for s in specs
-            )
-        return dataclasses.replace(scenario, origin=origin, requests=specs)
+        return dataclasses.replace(scenario, origin=origin)
     if ns.url is None:
         raise ConfigError("a URL is required (or a scenario file with -f)")
     origin, target = parse_url(ns.url)

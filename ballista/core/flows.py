@@ -166,6 +166,7 @@ class _Context:
         self.data_columns: dict[str, str] = {}  # column -> the data key that defines it
         self.setup_vars: set[str] = set()
         self.specs: dict[str, RequestSpec] = {}
+        self.extra_headers: tuple[tuple[str, str], ...] = ()
 
 
 def compile_flows(
@@ -173,11 +174,16 @@ def compile_flows(
     data: Mapping[str, Any],
     base: tuple[Origin, str] | None,
     default_headers: tuple[tuple[str, str], ...],
+    extra_headers: tuple[tuple[str, str], ...] = (),
 ) -> Compiled:
-    """A scenario's `[data]`, `[setup]` and `[[flows]]` -> Compiled; ConfigError names the key."""
+    """A scenario's `[data]`, `[setup]` and `[[flows]]` -> Compiled; ConfigError names the key.
+
+    `extra_headers` (the command line's -H) go on every step, over its own.
+    """
     if base is None:
         raise f.error("base_url", "missing: flows need base_url at the top of the file")
     ctx = _Context(f, base, default_headers)
+    ctx.extra_headers = extra_headers
     sources = _data(ctx, data["data"]) if "data" in data else ()
     setup: JourneyFn | None = None
     if "setup" in data:
@@ -357,6 +363,8 @@ def _step(
     if "headers" in table:
         for k, v in f.headers(table["headers"], f"{key}.headers"):
             headers[k.lower()] = (k, template(v, f"headers.{k}"))
+    for k, v in ctx.extra_headers:
+        headers[k.lower()] = (k, Template.plain(v))  # -H: sent as given, never templated
     query: tuple[tuple[str, Template], ...] | None = None
     if "query" in table:
         q = f.table(table["query"], f"{key}.query")

@@ -9,6 +9,7 @@ for a file, `requests[2].weight` for the API. The load settings come out as a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tomllib
@@ -431,13 +432,19 @@ def _thresholds(f: _File, raw: Any) -> list[tuple[str, str]]:
     return exprs
 
 
-def read_scenario_file(path: str, *, what: str = "-f/--scenario") -> Scenario:
-    """Read and validate a TOML scenario file; errors start with its name."""
+def read_scenario_file(
+    path: str, *, what: str = "-f/--scenario", headers: tuple[tuple[str, str], ...] = ()
+) -> Scenario:
+    """Read and validate a TOML scenario file; errors start with its name.
+
+    `headers` (the command line's -H) are added to every request and step, over
+    the file's own headers of the same name.
+    """
     file = Path(path)
     f = _File(file.name, file.parent)
     data = _load_toml(file, f, what)
     _check_depth(f, data)
-    return _scenario(f, data)
+    return _scenario(f, data, headers)
 
 
 def scenario_from_table(
@@ -482,7 +489,9 @@ def _check_plain(f: _File, value: Any, where: str) -> None:
             _check_plain(f, v, f"{where}[{i}]")
 
 
-def _scenario(f: _File, data: dict[str, Any]) -> Scenario:
+def _scenario(
+    f: _File, data: dict[str, Any], extra_headers: tuple[tuple[str, str], ...] = ()
+) -> Scenario:
     f.known(data, _TOP_KEYS, "")
     name = "default"
     if "name" in data:
@@ -523,7 +532,7 @@ def _scenario(f: _File, data: dict[str, Any]) -> Scenario:
                 "a scenario has either [[requests]] (independent requests) or [[flows]] "
                 "(journeys), not both",
             )
-        compiled = compile_flows(f, data, base, default_headers)
+        compiled = compile_flows(f, data, base, default_headers, extra_headers)
         journeys = compiled.journeys
         specs.extend(compiled.requests)
     else:
@@ -544,6 +553,10 @@ def _scenario(f: _File, data: dict[str, Any]) -> Scenario:
             )
         if any(s.name == spec.name for s in specs):
             raise f.error(f"requests[{i}].name", f"{spec.name!r} is used twice")
+        if extra_headers:
+            lowered = {k.lower() for k, _ in extra_headers}
+            kept = tuple(h for h in spec.headers if h[0].lower() not in lowered)
+            spec = dataclasses.replace(spec, headers=kept + extra_headers)
         specs.append(spec)
     assert origin is not None
     _load(f, data.get("load", {}), settings)

@@ -166,10 +166,20 @@ class Template:
             p if isinstance(p, str) else _texted(p, as_text) for p in parts
         )
 
+    @classmethod
+    def plain(cls, text: str) -> Template:
+        """Text sent as it is, `{{` included (a header given with -H)."""
+        t = cls("")
+        t.source = text
+        t._parts = (text,) if text else ()
+        return t
+
     def render(self, scope: Scope) -> str:
         """The text, each place replaced by its value's text (percent-encoded for paths)."""
         parts = self._parts
-        if len(parts) == 1:
+        if len(parts) <= 1:
+            if not parts:
+                return ""
             only = parts[0]
             return only if isinstance(only, str) else only(scope)
         return "".join([p if isinstance(p, str) else p(scope) for p in parts])

@@ -93,9 +93,12 @@ def redact_scenario(doc: Mapping[str, Any]) -> dict[str, Any]:
         out["defaults"] = d
     if "base_url" in out:
         out["base_url"] = url(out["base_url"])
-    if isinstance(out.get("requests"), list):
+
+    def requests(entries: Any) -> Any:
+        if not isinstance(entries, list):
+            return entries
         reqs = []
-        for entry in out["requests"]:
+        for entry in entries:
             if isinstance(entry, dict):
                 e = dict(entry)
                 if "headers" in e:
@@ -105,10 +108,34 @@ def redact_scenario(doc: Mapping[str, Any]) -> dict[str, Any]:
                         e[key] = url(e[key])
                 if "body" in e:
                     e["body"] = f"<{len(str(e['body']).encode())} bytes>"
+                if "json" in e:
+                    e["json"] = "<JSON body>"
                 reqs.append(e)
             else:
                 reqs.append(entry)
-        out["requests"] = reqs
+        return reqs
+
+    def with_steps(table: Any) -> Any:
+        if not isinstance(table, dict) or "steps" not in table:
+            return table
+        return {**table, "steps": requests(table["steps"])}
+
+    if "requests" in out:
+        out["requests"] = requests(out["requests"])
+    # Journeys: their steps are requests; data rows (users, passwords) are not shown.
+    if "setup" in out:
+        out["setup"] = with_steps(out["setup"])
+    if isinstance(out.get("flows"), list):
+        out["flows"] = [with_steps(flow) for flow in out["flows"]]
+    if isinstance(out.get("data"), dict | list):
+        tables = out["data"] if isinstance(out["data"], list) else [out["data"]]
+        shown = [
+            {**t, "rows": f"<{len(t['rows'])} rows>"}
+            if isinstance(t, dict) and isinstance(t.get("rows"), list)
+            else t
+            for t in tables
+        ]
+        out["data"] = shown if isinstance(out["data"], list) else shown[0]
     return out
 
 
