@@ -427,7 +427,7 @@ async def test_a_compiled_flow_sends_renders_and_extracts() -> None:
     login, items, add, cart = session.sent
     assert (login.method, login.path, login.name) == ("POST", "/v1/api/login", "login")
     assert login.json == {"user": "bob b", "password": "secret-bob", "remember": True}
-    assert login.headers == {"X-Team": "perf"}
+    assert login.headers == {"X-Team": "perf", "Content-Type": "application/json"}
     assert (items.name, items.path) == ("buy.1", "/v1/api/items")
     assert add.path == "/v1/api/cart/bob%20b"
     assert add.headers is not None and add.headers["Authorization"] == "Bearer T1"
@@ -461,7 +461,11 @@ async def test_command_line_headers_go_on_every_step_untemplated(tmp_path: Path)
     assert journeys is not None and journeys.setup is not None
     session = RecordingSession([Answer(body={"token": "T"})])
     await journeys.setup(session)
-    assert session.sent[0].headers == {"x-team": "cli", "X-Raw": "{{ not a template }}"}
+    assert session.sent[0].headers == {
+        "x-team": "cli",
+        "Content-Type": "application/json",
+        "X-Raw": "{{ not a template }}",
+    }
 
 
 def test_the_daemon_shows_flows_without_secrets() -> None:
@@ -473,6 +477,39 @@ def test_the_daemon_shows_flows_without_secrets() -> None:
     assert shown["setup"]["steps"][0]["json"] == "<JSON body>"
     assert shown["data"]["rows"] == "<2 rows>"
     assert "secret-ann" not in json.dumps(shown)
+
+
+async def test_several_data_tables_each_by_its_mode() -> None:
+    journeys = journeys_of(
+        """
+base_url = "http://127.0.0.1:8080"
+[[data]]
+rows = [{ user = "ann" }, { user = "bob" }]
+[[data]]
+rows = [{ sku = "A" }, { sku = "B" }, { sku = "C" }]
+mode = "unique"
+[[flows]]
+name = "buy"
+[[flows.steps]]
+path = "/{{ user }}/{{ sku }}"
+"""
+    )
+    flow = journeys.flows[0].fn
+    session = RecordingSession([Answer()] * 3, vu=3)
+    for _ in range(3):
+        await flow(session)
+    assert [s.path for s in session.sent] == ["/bob/A", "/bob/B", "/bob/C"]
+    with pytest.raises(DataExhausted):
+        await flow(session)
+    assert len(session.sent) == 3  # the iteration that found no row sent nothing
+    with pytest.raises(ConfigError, match=r"data\[1\]: column 'user' is also in data\[0\]"):
+        scenario_from_table(
+            {
+                "base_url": "http://h",
+                "data": [{"rows": [{"user": "a"}]}, {"rows": [{"user": "b"}]}],
+                "flows": [{"name": "f", "steps": [{"path": "/"}]}],
+            }
+        )
 
 
 def test_the_examples_compile() -> None:

@@ -381,6 +381,8 @@ def _step(
         if not isinstance(table["json"], dict | list):
             raise w.error("json", "must be a table or an array (use body for text)")
         json_body = _json_body(table["json"], "json", template, w)
+        if "content-type" not in headers:
+            headers["content-type"] = ("Content-Type", Template.plain("application/json"))
 
     checks: tuple[Check, ...] = ()
     statuses: frozenset[int] | None = None
