@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ballista.cli.main import main
 from ballista.core import datafile
@@ -157,6 +159,23 @@ def test_path_values_are_percent_encoded_and_literals_kept() -> None:
 def test_bad_templates_say_why(text: str, needle: str) -> None:
     with pytest.raises(TemplateError, match=needle.replace("(", r"\(")):
         Template(text)
+
+
+_TEMPLATE_TEXT = st.text(alphabet=st.sampled_from("{} ab_(1,)-.é\n"), max_size=40)
+
+
+@settings(max_examples=300)
+@given(_TEMPLATE_TEXT)
+def test_any_text_compiles_or_is_refused_with_a_reason(text: str) -> None:
+    try:
+        t = Template(text)
+    except TemplateError as exc:
+        assert str(exc)
+        return
+    scope = Scope(vu=1, iteration=2, vars=dict.fromkeys(t.names, "v"))
+    rendered = t.render(scope)
+    if "{{" not in text:
+        assert rendered == text
 
 
 # --- extractors -----------------------------------------------------------------------
@@ -316,6 +335,18 @@ def test_bad_data_files_name_file_and_line(
     path.write_text(text)
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
         load_rows(path, name)
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.sampled_from('ab,"\n\r {}:[]1'), max_size=60))
+def test_any_data_file_loads_or_is_refused_with_one_line(text: str) -> None:
+    for parse in (parse_csv, parse_jsonl):
+        try:
+            rows = parse(text, "d")
+        except ConfigError as exc:
+            assert str(exc).startswith("d: ") and "\n" not in str(exc).strip()
+            continue
+        assert rows.rows and all(len(r) == len(rows.columns) for r in rows.rows)
 
 
 def test_data_files_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
