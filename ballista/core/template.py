@@ -94,7 +94,8 @@ def _random_int(args: str, source: str) -> Getter:
     return lambda _: randint(low, high)
 
 
-def _expression(inner: str, names: set[str]) -> Getter:
+def _expression(inner: str, names: set[str]) -> tuple[Getter, str | None]:
+    """`{{ inner }}` -> (its getter, the variable's name or None for a built-in)."""
     expr = inner.strip()
     source = "{{ " + expr + " }}"
     if not expr:
@@ -103,7 +104,7 @@ def _expression(inner: str, names: set[str]) -> Getter:
     if call is not None:
         fn, args = call.groups()
         if fn == "random_int":
-            return _random_int(args, source)
+            return _random_int(args, source), None
         raise TemplateError(f"{source}: unknown function {fn!r} (there is random_int(a, b))")
     if not _NAME.fullmatch(expr):
         raise TemplateError(
@@ -113,9 +114,39 @@ def _expression(inner: str, names: set[str]) -> Getter:
         raise TemplateError(f"{source}: {expr} is a function: {expr}(a, b)")
     builtin = _BUILTIN_GETTERS.get(expr)
     if builtin is not None:
-        return builtin
+        return builtin, None
     names.add(expr)
-    return _variable(expr)
+    return _variable(expr), expr
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9\-._~]*").fullmatch
+
+
+def _quoted(text: str) -> str:
+    """A value put in a path: percent-encoded, except the common case that needs none."""
+    return text if _UNRESERVED(text) else quote(text, safe="-._~")
+
+
+def _as_text(getter: Getter, variable: str | None, quote_values: bool) -> Callable[[Scope], str]:
+    """A place's function to text; a variable's reads `vars` itself (one call, not two)."""
+    if variable is None:
+        if quote_values:
+            return lambda s: _quoted(text_of(getter(s)))
+        return lambda s: text_of(getter(s))
+    name = variable
+    if quote_values:
+
+        def quoted(s: Scope) -> str:
+            v = s.vars[name]
+            return _quoted(v if v.__class__ is str else text_of(v))
+
+        return quoted
+
+    def text(s: Scope) -> str:
+        v = s.vars[name]
+        return v if v.__class__ is str else text_of(v)
+
+    return text
 
 
 class Template:
@@ -124,9 +155,13 @@ class Template:
     `value` keeps the type of a template that is one place and nothing else
     (`"{{ item }}"` is the number 7 when the extraction found 7); any other
     template is text. `names` are the variables it uses, built-ins excluded.
+    Rendering is one `str.format` over the places' texts, chosen at compile time.
     """
 
-    __slots__ = ("_parts", "_single", "names", "source", "static")
+    __slots__ = ("_single", "names", "render", "source", "static")
+
+    #: The text, each place replaced by its value's text (percent-encoded for paths).
+    render: Callable[[Scope], str]
 
     def __init__(
         self,
@@ -139,13 +174,17 @@ class Template:
         how to transform the literal parts (a path's non-ASCII characters)."""
         self.source = source
         names: set[str] = set()
-        parts: list[str | Getter] = []
+        fmt: list[str] = []
+        texts: list[Callable[[Scope], str]] = []
+        single: Getter | None = None
         pos = 0
         for match in _PLACE.finditer(source):
             if match.start() > pos:
-                text = source[pos : match.start()]
-                parts.append(literal(text) if literal else text)
-            parts.append(_expression(match.group(1), names))
+                fmt.append(_literal(source[pos : match.start()], literal))
+            getter, variable = _expression(match.group(1), names)
+            single = getter
+            texts.append(_as_text(getter, variable, quote_values))
+            fmt.append("{}")
             pos = match.end()
         rest = source[pos:]
         if "{{" in rest:
@@ -153,36 +192,19 @@ class Template:
                 f"{rest[rest.index('{{') :][:30]!r}: '{{{{' is never closed by '}}}}'"
             )
         if rest:
-            parts.append(literal(rest) if literal else rest)
+            fmt.append(_literal(rest, literal))
         self.names = frozenset(names)
-        self.static = not names and all(isinstance(p, str) for p in parts)
-        single = parts[0] if len(parts) == 1 and not isinstance(parts[0], str) else None
-        self._single: Getter | None = single
-        # Literal parts stay strings; each place becomes a function to text.
-        as_text: Callable[[Any], str] = (
-            (lambda v: quote(text_of(v), safe="-._~")) if quote_values else text_of
-        )
-        self._parts: tuple[str | Callable[[Scope], str], ...] = tuple(
-            p if isinstance(p, str) else _texted(p, as_text) for p in parts
-        )
+        self.static = not texts
+        self._single = single if fmt == ["{}"] else None
+        self.render = _renderer("".join(fmt), tuple(texts))
 
     @classmethod
     def plain(cls, text: str) -> Template:
         """Text sent as it is, `{{` included (a header given with -H)."""
         t = cls("")
         t.source = text
-        t._parts = (text,) if text else ()
+        t.render = lambda _: text
         return t
-
-    def render(self, scope: Scope) -> str:
-        """The text, each place replaced by its value's text (percent-encoded for paths)."""
-        parts = self._parts
-        if len(parts) <= 1:
-            if not parts:
-                return ""
-            only = parts[0]
-            return only if isinstance(only, str) else only(scope)
-        return "".join([p if isinstance(p, str) else p(scope) for p in parts])
 
     def value(self, scope: Scope) -> Any:
         """The value of a one-place template as it is (a number stays a number); else `render`."""
@@ -194,8 +216,24 @@ class Template:
         return f"Template({self.source!r})"
 
 
-def _texted(getter: Getter, as_text: Callable[[Any], str]) -> Callable[[Scope], str]:
-    return lambda s: as_text(getter(s))
+def _literal(text: str, transform: Callable[[str], str] | None) -> str:
+    text = transform(text) if transform else text
+    return text.replace("{", "{{").replace("}", "}}")  # literal braces in a format string
+
+
+def _renderer(fmt: str, texts: tuple[Callable[[Scope], str], ...]) -> Callable[[Scope], str]:
+    if not texts:
+        constant = fmt.format()
+        return lambda _: constant
+    if fmt == "{}":
+        return texts[0]
+    if len(texts) == 1:
+        (one,) = texts
+        return lambda s: fmt.format(one(s))
+    if len(texts) == 2:
+        first, second = texts
+        return lambda s: fmt.format(first(s), second(s))
+    return lambda s: fmt.format(*[t(s) for t in texts])
 
 
 def has_places(text: str) -> bool:
