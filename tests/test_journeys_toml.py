@@ -543,6 +543,39 @@ path = "/{{ user }}/{{ sku }}"
         )
 
 
+async def test_flow_headers_apply_to_its_steps_after_setup_defined_them() -> None:
+    text = """
+base_url = "http://h"
+[defaults]
+headers = { Authorization = "Bearer {{ token }}" }
+[setup]
+[[setup.steps]]
+name = "login"
+path = "/login"
+headers = { Authorization = "none" }
+extract = { token = "json:token" }
+[[flows]]
+name = "buy"
+headers = { X-User = "{{ vu }}" }
+[[flows.steps]]
+path = "/cart"
+"""
+    journeys = journeys_of(text)
+    assert journeys.setup is not None
+    session = RecordingSession([Answer(body={"token": "T"}), Answer()], vu=4)
+    await journeys.setup(session)
+    await journeys.flows[0].fn(session)
+    assert [s.headers for s in session.sent] == [
+        {"Authorization": "none"},
+        {"Authorization": "Bearer T", "X-User": "4"},
+    ]
+    with pytest.raises(ConfigError) as caught:
+        journeys_of(text.replace('headers = { Authorization = "none" }\n', ""))
+    assert str(caught.value).startswith(
+        "shop.toml: defaults.headers.Authorization (setup, step 'login'): {{ token }} is not"
+    )
+
+
 def test_the_examples_compile() -> None:
     scenario = read_scenario_file(str(EXAMPLES / "journey.toml"))
     assert scenario.journeys is not None

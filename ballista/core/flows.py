@@ -40,8 +40,8 @@ from ballista.core.template import (
     TemplateError,
 )
 
-FLOW_KEYS = ("name", "weight", "think", "steps")
-SETUP_KEYS = ("think", "steps")
+FLOW_KEYS = ("name", "weight", "think", "headers", "steps")
+SETUP_KEYS = ("think", "headers", "steps")
 STEP_KEYS = (
     "name",
     "method",
@@ -283,8 +283,9 @@ class _Where:
     def __init__(self, f: Tables, key: str, flow: str, step: str) -> None:
         self.f, self.key, self.flow, self.step = f, key, flow, step
 
-    def error(self, sub: str, why: str) -> ConfigError:
-        path = f"{self.key}.{sub}" if sub else self.key
+    def error(self, sub: str, why: str, *, at: str | None = None) -> ConfigError:
+        """`sub` under this step's key; `at`: a key outside it that the step uses."""
+        path = at or (f"{self.key}.{sub}" if sub else self.key)
         label = "setup" if self.flow == "setup" else f"flow {self.flow!r}"
         return ConfigError(f"{self.f.where(path)} ({label}, step {self.step!r}): {why}", key=path)
 
@@ -299,12 +300,18 @@ def _steps(
 ) -> tuple[Step, ...]:
     """A flow's (or setup's) steps; `defined` grows with each step's extractions."""
     f = ctx.f
+    # Headers every step inherits: [defaults], then the flow's own, each with its key.
+    inherited = {k.lower(): (k, v, f"defaults.headers.{k}") for k, v in ctx.default_headers}
+    if "headers" in table:
+        for k, v in f.headers(table["headers"], f"{key}.headers"):
+            inherited[k.lower()] = (k, v, f"{key}.headers.{k}")
     raw = table.get("steps")
     if not isinstance(raw, list) or not raw:
         raise f.error(f"{key}.steps", "missing: add at least one [[...steps]] table")
     steps: list[Step] = []
     for i, entry in enumerate(raw):
-        steps.append(_step(ctx, entry, f"{key}.steps[{i}]", flow, i, think, defined))
+        step_key = f"{key}.steps[{i}]"
+        steps.append(_step(ctx, entry, step_key, flow, i, think, defined, inherited))
     return tuple(steps)
 
 
@@ -316,6 +323,7 @@ def _step(
     index: int,
     flow_think: Think,
     defined: set[str],
+    inherited: Mapping[str, tuple[str, str, str]],
 ) -> Step:
     f = ctx.f
     table = f.table(raw, key)
@@ -333,16 +341,17 @@ def _step(
             raise f.error(f"{key}.name", "'all' is reserved for the whole run in [thresholds]")
     w = _Where(f, key, flow, name)
 
-    def template(text: Any, sub: str, **kw: Any) -> Template:
+    def template(text: Any, sub: str, *, at: str | None = None, **kw: Any) -> Template:
         if not isinstance(text, str):
-            raise w.error(sub, "must be a string")
+            raise w.error(sub, "must be a string", at=at)
         try:
             compiled = Template(text, **kw)
         except TemplateError as exc:
-            raise w.error(sub, str(exc)) from None
+            raise w.error(sub, str(exc), at=at) from None
         for variable in sorted(compiled.names):
             if variable not in defined and variable not in ctx.data_columns:
-                raise w.error(sub, _undefined(variable, defined | set(ctx.data_columns)))
+                known = defined | set(ctx.data_columns)
+                raise w.error(sub, _undefined(variable, known), at=at)
         return compiled
 
     try:
@@ -357,12 +366,15 @@ def _step(
         raise w.error("path", f"{path_text!r} must start with '/' and have no spaces")
     path = template(ctx.base[1] + path_text, "path", quote_values=True, literal=encode_target)
 
+    own = f.headers(table["headers"], f"{key}.headers") if "headers" in table else ()
+    overridden = {k.lower() for k, _ in own} | {k.lower() for k, _ in ctx.extra_headers}
     headers: dict[str, tuple[str, Template]] = {
-        k.lower(): (k, template(v, "headers")) for k, v in ctx.default_headers
+        lower: (k, template(v, "headers", at=at))
+        for lower, (k, v, at) in inherited.items()
+        if lower not in overridden
     }
-    if "headers" in table:
-        for k, v in f.headers(table["headers"], f"{key}.headers"):
-            headers[k.lower()] = (k, template(v, f"headers.{k}"))
+    for k, v in own:
+        headers[k.lower()] = (k, template(v, f"headers.{k}"))
     for k, v in ctx.extra_headers:
         headers[k.lower()] = (k, Template.plain(v))  # -H: sent as given, never templated
     query: tuple[tuple[str, Template], ...] | None = None
