@@ -564,6 +564,10 @@ def _scenario(
     if "thresholds" in data:
         if isinstance(data["thresholds"], dict):
             names = [s.name for s in specs]
+            if journeys is not None:
+                # A flow's own figures: `"flow:buy" = ["p95<2s"]` (docs/journeys.md).
+                names += [f"flow:{flow.name}" for flow in journeys.flows]
+                names += ["flow:setup"] if journeys.setup is not None else []
             for tname in data["thresholds"]:
                 if tname != ALL and tname not in names:
                     raise f.error(
