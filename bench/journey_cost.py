@@ -2,13 +2,18 @@
 
 Three runs against one local nginx (one worker on its own core) that answers
 every path with the same small JSON body, each `ballista run` alone on another
-core, CPU from its rusage divided by the requests its JSON summary counts:
+core, CPU from its rusage (less that of a one-request run: start-up) divided
+by the requests its JSON summary counts:
 
 - `plain`: `ballista run URL -c C -d D`, one request over and over;
 - `flow`: a one-step `[[flows]]` file: an untemplated GET, no extraction
   (what running a journey costs by itself);
 - `templated`: the same step with a templated path and header (a data
   column and an earlier extraction) and one `json:` extraction.
+
+Then the compiled steps alone, in this process, against a session that
+answers at once with the same body (no I/O): what templating and extracting
+add to a step, whatever the machine's load.
 
 Issue 16 asks `templated` to cost at most 1.5x `plain`. Not a test: nothing
 in `scripts/test` runs it. Load goes only to 127.0.0.1, each run bounded.
@@ -31,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 BODY = '{"token": "t-8f14e45f", "items": [{"id": 7, "name": "anvil"}]}'
 CASES = ("plain", "flow", "templated")
@@ -122,6 +128,66 @@ def measure(argv: list[str], summary: Path, limit_s: float) -> tuple[float, int]
     return usage.ru_utime + usage.ru_stime, int(doc["requests"])
 
 
+class _Answer:
+    """The response an in-process session gives every step (core.journey.Response)."""
+
+    status = 200
+    error = None
+    elapsed = 0.001
+    headers: dict[str, str] = {"content-type": "application/json"}
+    content = BODY.encode()
+    text = BODY
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _Session:
+    """Answers at once: what is left is the compiled step's own work."""
+
+    vu = 0
+    iteration = 0
+
+    def __init__(self) -> None:
+        self.vars: dict[str, Any] = {}
+        self.answer = _Answer()
+
+    async def request(self, method: str, path: str, **kw: Any) -> _Answer:
+        return self.answer
+
+    async def sleep(self, seconds: float) -> None:
+        return None
+
+
+def in_process(users: Path, rounds: int = 7, n: int = 20_000) -> dict[str, float]:
+    """CPU µs per iteration of the `flow` and `templated` steps with no I/O (best of rounds)."""
+    import trio
+
+    from ballista.core.scenario import read_scenario_file
+
+    best: dict[str, float] = {}
+
+    async def main() -> None:
+        for _ in range(rounds):
+            for case in ("flow", "templated"):
+                toml = users.parent / f"{case}-in-process.toml"
+                toml.write_text(scenario(case, "http://127.0.0.1:9", users))
+                journeys = read_scenario_file(str(toml)).journeys
+                assert journeys is not None
+                session = _Session()
+                if journeys.setup is not None:
+                    await journeys.setup(session)  # type: ignore[arg-type]
+                flow = journeys.flows[0].fn
+                start = time.process_time()
+                for _ in range(n):
+                    await flow(session)  # type: ignore[arg-type]
+                cost = (time.process_time() - start) / n * 1e6
+                best[case] = min(best.get(case, cost), cost)
+
+    trio.run(main)
+    return best
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
@@ -150,31 +216,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             for round_ in range(args.repeat):
                 for case in CASES:
                     summary = work / f"{case}.json"
-                    common = ["-c", str(args.concurrency), "-d", f"{args.duration}s"]
                     command = [*pin(args.client_core), sys.executable, "-m", "ballista", "run"]
                     if case == "plain":
-                        command += [f"{base}/api/items", *common]
+                        command += [f"{base}/api/items"]
                     else:
                         toml = work / f"{case}.toml"
                         toml.write_text(scenario(case, base, users))
-                        command += ["-f", str(toml), *common]
+                        command += ["-f", str(toml)]
+                    command += ["-c", str(args.concurrency), "--json", str(summary)]
+                    # Start-up (imports, parsing, connecting) is the same whatever the
+                    # run's length: a one-request run measures it, to take it away.
+                    start_cpu, start_requests = measure([*command, "-n", "1"], summary, 60)
                     cpu, requests = measure(
-                        [*command, "--json", str(summary)], summary, args.duration + 60
+                        [*command, "-d", f"{args.duration}s"], summary, args.duration + 60
                     )
-                    per_request[case].append(cpu / requests * 1e6)
+                    cost = (cpu - start_cpu) / (requests - start_requests) * 1e6
+                    per_request[case].append(cost)
                     print(
-                        f"round {round_ + 1} {case:>9}: {requests:>7} requests, "
-                        f"{cpu:.2f}s CPU, {cpu / requests * 1e6:.1f} µs/request",
+                        f"round {round_ + 1} {case:>9}: {requests:>7} requests, {cpu:.2f}s CPU "
+                        f"({start_cpu:.2f}s of it start-up), {cost:.1f} µs/request",
                         flush=True,
                     )
         finally:
             server.send_signal(signal.SIGQUIT)
             server.wait(timeout=10)
+        steps = in_process(users)
     median = {case: statistics.median(v) for case, v in per_request.items()}
     print()
     for case in CASES:
         ratio = median[case] / median["plain"]
         print(f"{case:>9}: {median[case]:6.1f} µs CPU/request (median), {ratio:.2f}x plain")
+    print("compiled steps alone, no I/O (best of 7 x 20,000):")
+    for case, cost in steps.items():
+        print(f"{case:>9}: {cost:6.1f} µs CPU/iteration")
     return 0
 
 
