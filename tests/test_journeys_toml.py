@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ballista.cli.main import main
@@ -23,6 +23,7 @@ from ballista.core.checks import CheckError, compile_checks
 from ballista.core.datafile import DataSource, inline_rows, load_rows, parse_csv, parse_jsonl
 from ballista.core.errors import ConfigError
 from ballista.core.extract import MISSING, ExtractError, compile_extractor, cookie_from
+from ballista.core.flows import STEP_KEYS
 from ballista.core.journey import Check, DataExhausted, JourneyFailure, Journeys
 from ballista.core.scenario import read_scenario_file, scenario_from_table
 from ballista.core.template import Template, TemplateError
@@ -574,6 +575,43 @@ path = "/cart"
     assert str(caught.value).startswith(
         "shop.toml: defaults.headers.Authorization (setup, step 'login'): {{ token }} is not"
     )
+
+
+_LEAF = st.one_of(
+    st.booleans(),
+    st.integers(-5, 700),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["/a/{{ user }}", "json:x.0", "regex:(", "{{ nope }}", "1s", "GET", ""]),
+    st.text(max_size=8),
+)
+_VALUE = st.recursive(
+    _LEAF,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+# Generation, not the code under test, is what a loaded machine slows down.
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(st.sampled_from([*STEP_KEYS, "bogus"]), _VALUE, max_size=6),
+    st.dictionaries(st.sampled_from(["file", "rows", "mode", "on_exhausted"]), _VALUE, max_size=3),
+)
+def test_any_flow_table_compiles_or_is_refused_by_name(
+    step: dict[str, Any], data: dict[str, Any]
+) -> None:
+    doc: dict[str, Any] = {
+        "base_url": "http://127.0.0.1:1",
+        "flows": [{"name": "f", "steps": [{"path": "/", **step}]}],
+    }
+    if data:
+        doc["data"] = data
+    try:
+        scenario_from_table(doc)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
 
 
 def test_the_examples_compile() -> None:
