@@ -1,10 +1,12 @@
 """Checks of TOML journeys: one step's `check = {...}` table compiled into one `Check`.
 
-`status`, `body_contains`, `json`, `json_exists` and `latency_under`, each
-turned into a test of a response with a fixed reason (`cart: json cart.items
-is not 3`), so failure reasons are a small set named by the configuration,
-never text seen at run time. The step's checks run in one function, which
-parses a JSON body at most once.
+`body_contains`, `json`, `json_exists` and `latency_under`, each turned into
+a test of a response with a fixed reason (`cart: json cart.items is not 3`),
+so failure reasons are a small set named by the configuration, never text
+seen at run time. The step's checks run in one function, which parses a JSON
+body at most once. `status` is not a test here: it is the set of statuses
+the session expects (`Session.request(expect=...)`), which fails any other
+with reason `status <code>` before the checks run.
 """
 
 from __future__ import annotations
@@ -78,8 +80,10 @@ def statuses_of(value: Any) -> frozenset[int]:
 Test = Callable[[Response, list[Any]], str | None]
 
 
-def compile_checks(step: str, table: Mapping[str, Any]) -> tuple[Check, frozenset[int] | None]:
-    """The `check` table of step `step` -> (one Check, the statuses it accepts or None).
+def compile_checks(
+    step: str, table: Mapping[str, Any]
+) -> tuple[Check | None, frozenset[int] | None]:
+    """The `check` table of step `step` -> (one Check or None, the statuses it expects or None).
 
     CheckError names the key at fault. The reasons start with the step's name.
     """
@@ -90,10 +94,6 @@ def compile_checks(step: str, table: Mapping[str, Any]) -> tuple[Check, frozense
     statuses: frozenset[int] | None = None
     if "status" in table:
         statuses = statuses_of(table["status"])
-        codes = statuses
-        listed = " or ".join(str(c) for c in sorted(codes))
-        reason = f"{step}: status not {listed}"
-        tests.append(lambda r, _: None if r.status in codes else reason)
     if "latency_under" in table:
         raw = table["latency_under"]
         try:
@@ -134,9 +134,9 @@ def compile_checks(step: str, table: Mapping[str, Any]) -> tuple[Check, frozense
         for path, expected in raw.items():
             _plain(expected, f"json.{path}")
             tests.append(_equals(step, path, expected, f"json.{path}"))
-    if not tests:
+    if not tests and statuses is None:
         raise CheckError("", f"is empty (give one of: {', '.join(KEYS)})")
-    return _combined(tuple(tests)), statuses
+    return (_combined(tuple(tests)) if tests else None), statuses
 
 
 def _contains(step: str, needle: str) -> Test:

@@ -404,7 +404,7 @@ def _step(
             check, statuses = compile_checks(name, check_table)
         except CheckError as exc:
             raise w.error(f"check.{exc.key}" if exc.key else "check", exc.why) from None
-        checks = (check,)
+        checks = () if check is None else (check,)
 
     extract: list[tuple[str, Extractor, str]] = []
     if "extract" in table:
