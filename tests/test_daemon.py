@@ -1061,3 +1061,60 @@ async def test_absurd_sizes_are_refused_and_the_daemon_stays_up(
         status, runs = await api(daemon.port, "GET", "/api/runs")
     assert runs["runs"] == []
     assert target.stats.requests == 0
+
+
+# -- journeys ------------------------------------------------------------------------------
+
+
+async def test_a_journey_posted_to_the_api_runs_and_is_shown_redacted(
+    daemon: Daemon, target: RunningTarget
+) -> None:
+    port = daemon.port
+    assert port is not None
+    auth = {"Authorization": "Bearer {{ token }}"}
+    doc = {
+        "name": "shop",
+        "base_url": f"http://127.0.0.1:{target.port}",
+        "data": {"rows": [{"user": f"u{i}", "password": f"secret-u{i}"} for i in range(2)]},
+        "setup": {
+            "steps": [
+                {
+                    "name": "login",
+                    "method": "POST",
+                    "path": "/api/login",
+                    "json": {"user": "{{ user }}", "password": "{{ password }}"},
+                    "extract": {"token": "json:token"},
+                }
+            ]
+        },
+        "flows": [
+            {
+                "name": "buy",
+                "headers": auth,
+                "steps": [
+                    {"name": "items", "path": "/api/items", "extract": {"item": "json:0.id"}},
+                    {
+                        "name": "add",
+                        "method": "POST",
+                        "path": "/api/cart/{{ user }}",
+                        "json": {"item": "{{ item }}"},
+                        "check": {"status": 200, "json_exists": ["items"]},
+                    },
+                ],
+            }
+        ],
+        "load": {"concurrency": 2, "duration": "1s"},
+    }
+    status, created = await api(port, "POST", "/api/runs", doc)
+    assert status == 201, created
+    final = await wait_status(port, created["id"], "finished")
+    by_name = final["summary"]["requests_by_name"]
+    api_counts = target.stats.api
+    assert by_name["login"]["requests"] == api_counts["login"] == 2
+    assert by_name["items"]["requests"] == api_counts["items"] > 0
+    assert by_name["add"]["requests"] == api_counts["cart_add"] > 0
+    assert final["summary"]["failed"] == 0
+    shown = json.dumps(final["scenario"])
+    assert "secret-u0" not in shown and "<2 rows>" in shown
+    status, refused = await api(port, "POST", "/api/runs", {**doc, "data": {"file": "/etc/passwd"}})
+    assert status == 400 and "data.file: not accepted here" in json.dumps(refused)

@@ -8,14 +8,16 @@ import subprocess
 import sys
 import tomllib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from servers import RunningTarget
 
 from ballista.cli.main import main
 from ballista.core import datafile
@@ -96,9 +98,12 @@ class RecordingSession(Scope):
         data: bytes | str | Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         checks: Sequence[Check] = (),
+        expect: Collection[int] | None = None,
     ) -> Answer:
         self.sent.append(Sent(method, path, name, headers, json, data, params))
         answer = self.answers.pop(0)
+        if answer.status not in (range(200, 400) if expect is None else expect):
+            raise JourneyFailure(f"status {answer.status}")
         for check in checks:
             reason = check(answer)
             if reason is not None:
@@ -485,6 +490,11 @@ async def test_failures_end_the_iteration_with_their_reason() -> None:
     with pytest.raises(JourneyFailure) as caught:
         await flow(session)
     assert caught.value.reason == "add: json items is not 2"
+    # check.status is what the session expects: login wants 200 and got 201.
+    setup = journeys.setup
+    assert setup is not None
+    with pytest.raises(JourneyFailure, match=r"^status 201$"):
+        await setup(RecordingSession([Answer(status=201, body={"token": "T"})]))
 
 
 async def test_command_line_headers_go_on_every_step_untemplated(tmp_path: Path) -> None:
@@ -717,3 +727,36 @@ def test_bad_journeys_in_real_processes_exit_2_before_any_load(tmp_path: Path) -
         assert (proc.returncode, out) == (2, "")
         assert err.count("\n") == 1 and "Traceback" not in err, err
         assert BAD_INPUT[i][1] in err, err
+
+
+# --- end to end -----------------------------------------------------------------------
+
+
+async def test_the_toml_journey_against_the_shop_counts_what_the_target_saw(
+    target: RunningTarget, tmp_path: Path
+) -> None:
+    out = tmp_path / "summary.json"
+    command = [*BALLISTA, "run", "-f", str(EXAMPLES / "journey.toml"), target.url_for("")]
+    result = await trio.run_process(
+        [*command, "-c", "5", "-d", "2s", "--json", str(out)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    doc = json.loads(out.read_text())
+    sent = {name: figures["requests"] for name, figures in doc["requests_by_name"].items()}
+    api = target.stats.api
+    assert sent["login"] == api["login"] == 5  # setup: once per virtual user
+    assert sent["items"] + sent["items-page"] == api["items"]
+    assert (sent["clear"], sent["add"], sent["cart"], sent["me"]) == (
+        api["cart_clear"],
+        api["cart_add"],
+        api["cart_get"],
+        api["me"],
+    )
+    assert sent["add"] > 0 and sent["me"] > 0
+    assert doc["failed"] == 0 and target.stats.statuses.keys() == {200}
+    for flow in ("buy", "browse"):
+        assert doc["flows"][flow]["failed"] == 0
+        assert doc["flows"][flow]["completed"] > 0

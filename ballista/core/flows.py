@@ -99,6 +99,8 @@ class Step:
     #: (variable, extractor, the reason an iteration fails with when it finds nothing)
     extract: tuple[tuple[str, Extractor, str], ...]
     think: Think
+    #: the statuses `check.status` accepts (None: 200-399)
+    expect: frozenset[int] | None = None
 
     async def run(self, session: Session) -> None:
         try:
@@ -118,6 +120,7 @@ class Step:
             data=data,
             params=params,
             checks=self.checks,
+            expect=self.expect,
         )
         variables = session.vars
         for variable, extractor, reason in self.extract:
@@ -444,6 +447,7 @@ def _step(
         checks=checks,
         extract=tuple(extract),
         think=step_think,
+        expect=statuses,
     )
 
 
