@@ -162,6 +162,16 @@ async def test_a_shopping_journey_over_real_sockets(target: RunningTarget) -> No
     assert target.stats.requests == 8
 
 
+async def test_other_api_paths_are_the_targets_ordinary_answer(target: RunningTarget) -> None:
+    """`ballista runs --server` at the target must see a target, not a daemon's 404."""
+    async with httpcore.AsyncConnectionPool(max_connections=1) as pool:
+        with trio.fail_after(10):
+            r = await pool.request("GET", target.url_for("/api/runs"))
+        assert (r.status, r.headers[0][1]) == (200, b"application/octet-stream")
+    assert Shop.owns("/api/cart/ann") and not Shop.owns("/api/cart/ann/x")
+    assert not Shop.owns("/api/runs") and target.stats.api == {}
+
+
 async def test_an_oversized_api_body_is_413(target: RunningTarget) -> None:
     async with httpcore.AsyncConnectionPool(max_connections=1) as pool:
         with trio.fail_after(10):

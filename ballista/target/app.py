@@ -23,8 +23,8 @@ Paths and per-request overrides:
   exact, no draw), `?status=503` (200-599; no random error), `?size=1024`
   (body bytes, at most 16 MiB). A bad value gets a 400 naming it.
 - `/health`: 200 `ok`, at once, never an injected error.
-- `/api/...`: a small shop for journeys (login, items, carts; `shop.py` has
-  the rules). Its answers wait the configured delay but are never injected
+- `/api/login`, `/api/items`, `/api/cart/U`, `/api/me`: a small shop for
+  journeys (`shop.py` has the rules). Its answers wait the configured delay but are never injected
   errors: a journey's correlation is what they test.
 - `/stats`: JSON `{"requests", "connections", "in_flight", "bytes_received",
   "statuses", "api"}` (`api`: requests per shop route, such as `login`).
@@ -231,7 +231,7 @@ class TargetApp:
         stats._saw(scope.get("client"))
         stats.in_flight += 1
         try:
-            if path.startswith("/api/"):
+            if path.startswith("/api/") and self.shop.owns(path):
                 await self._api(scope, receive, send)
                 return
             await self._drain(receive)

@@ -15,6 +15,9 @@ answers), so its rules are tested without sockets as well as over them.
 - `DELETE /api/cart/U`: empties the cart, `{"items": 0}`.
 - `GET /api/me`: `{"user": U}` for the session cookie or bearer token.
 
+Other paths under `/api/` are not the shop's (`owns`): the target answers
+them as any other path.
+
 The cart endpoints need `Authorization: Bearer T` with a token issued to U:
 none (or not a bearer token) is 401, a token unknown or issued to another
 user is 403. Unknown item: 404. Memory is bounded: at most `MAX_TOKENS`
@@ -89,6 +92,15 @@ class Shop:
     @property
     def carts(self) -> int:
         return len(self._carts)
+
+    @staticmethod
+    def owns(path: str) -> bool:
+        """Whether `path` is one of the shop's: any other path under /api/ is the
+        target's ordinary answer, as before the shop existed."""
+        if path in ("/api/login", "/api/items", "/api/me"):
+            return True
+        parts = path.split("/")
+        return len(parts) == 4 and parts[1] == "api" and parts[2] == "cart"
 
     def handle(
         self, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
