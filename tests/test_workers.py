@@ -314,7 +314,7 @@ async def test_the_daemon_runs_a_scenario_with_workers(
 
     from ballista.daemon.service import Daemon, ServeOptions
 
-    daemon = Daemon(ServeOptions(port=0, data_dir=tmp_path / "data", grace=1.0))
+    daemon = Daemon(ServeOptions(port=0, live_port=0, data_dir=tmp_path / "data", grace=1.0))
     await nursery.start(daemon.serve)
     port = daemon.port
     assert port is not None
