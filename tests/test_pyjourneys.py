@@ -58,6 +58,7 @@ def test_loads_journeys_weights_names_and_setup(tmp_path: Path) -> None:
         ("def broken(:\n", "journeys.py:1: SyntaxError"),
         ("import os\nimport no_such_module_here\n", "journeys.py:2: ModuleNotFoundError"),
         ("x = 1\n\nraise RuntimeError('boom')\n", "journeys.py:3: RuntimeError: boom"),
+        ("import sys\nsys.exit(0)\n", "journeys.py:2: sys.exit(0) while being imported"),
         ("from ballista import journey\n", "journeys.py: defines no journey"),
         (
             "from ballista import journey\n@journey\ndef sync(session):\n    pass\n",

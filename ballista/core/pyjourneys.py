@@ -96,7 +96,9 @@ def _import(file: Path, label: str) -> ModuleType:
         sys.modules.pop(name, None)
         line = f":{exc.lineno}" if exc.lineno else ""
         raise ConfigError(f"{label}{line}: SyntaxError: {exc.msg}") from None
-    except Exception as exc:  # the module's own code failed: say where, in one line
+    except (Exception, SystemExit) as exc:  # the module's own code failed: say where
+        # SystemExit too: a script's `sys.exit(main())` at import would otherwise end
+        # Ballista with the script's exit code (0 included) and no word of why.
         sys.modules.pop(name, None)
         where = label
         resolved = str(file.resolve())
@@ -104,6 +106,11 @@ def _import(file: Path, label: str) -> ModuleType:
             if frame.filename == resolved or Path(frame.filename).name == label:
                 where = f"{label}:{frame.lineno}"
                 break
+        if isinstance(exc, SystemExit):
+            raise ConfigError(
+                f"{where}: sys.exit({exc.code!r}) while being imported: a journeys file "
+                "defines journeys, it does not run them"
+            ) from None
         raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from None
     return module
 
