@@ -156,6 +156,10 @@ def test_validation_is_not_a_formality() -> None:
         (["--segments", "2", "--", "--json", "x.json"], "after --, drop --json"),
         (["--segments", "30", "--", "-c", "9"], "connections: 20 connections cannot be split"),
         (["--segments", "2", "--", "-r", "x"], "-r/--rate: 'x' is not a number"),
+        (["--segments", "2", "--", "--workers", "2"], "after --, drop --workers"),
+        (["--segments", "2", "--namespace", "Load_Tests"], "--namespace: 'Load_Tests' must"),
+        (["--segments", "2", "--metrics-port", "99999"], "--metrics-port: 99999 is not a port"),
+        (["--segments", "2", "--image", ""], "--image: '' is not an image reference"),
     ],
 )
 def test_bad_render_input_is_one_line_and_exit_2(

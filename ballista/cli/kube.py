@@ -25,7 +25,9 @@ from ballista.kube.manifests import (
     DEFAULT_IMAGE,
     DEFAULT_METRICS_PORT,
     KubeTest,
+    check_image,
     check_name,
+    check_namespace,
     name_from,
     scenario_files,
 )
@@ -39,6 +41,7 @@ _SET_BY_THE_JOB = {
     "start_at": "--start-at (give it to kube render, or --start-in)",
     "metrics_port": "--metrics-port (give it to kube render)",
     "json": "--json (the pods print theirs for kube collect)",
+    "workers": "--workers (a pod runs one segment: give more --segments instead)",
 }
 
 
@@ -131,6 +134,11 @@ def render(ns: argparse.Namespace) -> str:
         start_at = parse_start_at(ns.start_at, now=now, where="--start-at")
     else:
         start_at = now + (DEFAULT_START_IN if ns.start_in is None else ns.start_in)
+    if ns.metrics_port > 65535:
+        raise ConfigError(f"--metrics-port: {ns.metrics_port} is not a port (1 to 65535)")
+    check_image(ns.image)
+    if ns.namespace is not None:
+        check_namespace(ns.namespace)
     files = scenario_files(ns.scenario)
     scenario = Path(ns.scenario).name
     run_ns = _run_parser().parse_args(list(ns.run_args))

@@ -68,6 +68,25 @@ def check_name(name: str, where: str = "--name") -> str:
     return name
 
 
+#: Kubernetes' limit on a namespace's name (an RFC 1123 label).
+MAX_NAMESPACE = 63
+
+
+def check_namespace(namespace: str) -> str:
+    if len(namespace) > MAX_NAMESPACE or not _NAME.fullmatch(namespace):
+        raise ConfigError(
+            f"--namespace: {namespace!r} must be lower-case letters, digits and '-', start "
+            f"and end with a letter or digit, at most {MAX_NAMESPACE} characters"
+        )
+    return namespace
+
+
+def check_image(image: str) -> str:
+    if not image or any(c.isspace() for c in image):
+        raise ConfigError(f"--image: {image!r} is not an image reference (e.g. ballista:0.1.0)")
+    return image
+
+
 def name_from(text: str) -> str:
     """A Job name made from a scenario's name or file name."""
     name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:MAX_NAME].strip("-")
