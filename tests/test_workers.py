@@ -132,6 +132,7 @@ def test_a_run_whose_parts_all_died_ends_with_their_last_figures() -> None:
     [
         (["--workers", "0"], "--workers: must be at least 1"),
         (["--workers", "x"], "--workers: 'x' is not a whole number"),
+        (["--workers", "100000"], "--workers: at most 1024 on one machine"),
         (["--workers", "2", "--segment", "0/2"], "not with --segment"),
         (["--workers", "2", "--sequential"], "not with --workers"),
         (["--workers", "4", "--connections", "3"], "--connections"),

@@ -21,6 +21,7 @@ from ballista.core.errors import ConfigError
 from ballista.core.pyjourneys import is_python_journeys, load_journeys
 from ballista.core.scenario import read_scenario_file, scenario_from_table
 from ballista.core.segment import parse_segment, parse_start_at
+from ballista.daemon.scenarios import MAX_WORKERS
 from ballista.engine.engine import check_fd_limit
 from ballista.engine.run import Run
 from ballista.engine.workers import WorkersRun, report_to_parent, usable_cores
@@ -55,7 +56,11 @@ def workers_arg(text: str) -> int:
     """argparse type of --workers: a whole number >= 1, or `auto` (one per usable core)."""
     if text.strip().lower() == "auto":
         return usable_cores()
-    return positive_int(text)
+    value = positive_int(text)
+    if value > MAX_WORKERS:
+        # Each worker is a whole Python process: a typo must not fork thousands.
+        raise argparse.ArgumentTypeError(f"at most {MAX_WORKERS} on one machine, got {value}")
+    return value
 
 
 def duration_arg(text: str) -> float:
