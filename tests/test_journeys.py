@@ -274,6 +274,21 @@ async def test_data_exhausted_stops_the_run(journey_service: JourneyService) -> 
     assert any("users.csv: all 5 rows used" in n for n in engine.notes())
 
 
+async def test_a_segment_tells_the_data_files_which_it_is(
+    journey_service: JourneyService,
+) -> None:
+    told: list[tuple[int, int]] = []
+
+    async def flow(s: Session) -> None:
+        await s.get("/echo", name="echo")
+
+    journeys = Journeys(
+        flows=(JourneyDef("flow", flow),), on_segment=(lambda i, n: told.append((i, n)),)
+    )
+    await run(config_for(journey_service.url, journeys, "-c", "2", "-n", "4", "--segment", "1/2"))
+    assert told == [(1, 2)]
+
+
 # -- on trio's MockClock: think time, schedules, the models' control ---------------------
 
 

@@ -391,6 +391,29 @@ def test_modes_hand_out_rows_without_copying_them() -> None:
     assert variables == {"token": "t", "user": "u2"}
 
 
+def test_unique_rows_are_shared_out_between_segments_never_used_twice() -> None:
+    rows = inline_rows([{"user": f"u{i}"} for i in range(5)], "data")
+    seen: list[str] = []
+    for index in range(3):
+        unique = DataSource(rows, "unique")
+        unique.share(index, 3)
+        with pytest.raises(DataExhausted, match="every row has been used once"):
+            while True:
+                seen.append(unique.row(0)[0])
+    assert sorted(seen) == ["u0", "u1", "u2", "u3", "u4"]
+    recycle = DataSource(rows, "unique", recycle=True)
+    recycle.share(1, 3)
+    assert [recycle.row(0)[0] for _ in range(4)] == ["u1", "u4", "u1", "u4"]
+    # A segment past the last row recycles the whole file rather than running nothing.
+    spare = DataSource(rows, "unique", recycle=True)
+    spare.share(7, 8)
+    assert [spare.row(0)[0] for _ in range(2)] == ["u0", "u1"]
+    # The other modes are the same in every segment.
+    per_iteration = DataSource(rows, "per-iteration")
+    per_iteration.share(1, 3)
+    assert [per_iteration.row(0)[0] for _ in range(2)] == ["u0", "u1"]
+
+
 # --- compiled flows -------------------------------------------------------------------
 
 SHOP = """

@@ -7,8 +7,9 @@ each iteration's variables point at the chosen row's values.
 
 Modes: `per-vu` (virtual user v always gets row v % rows), `per-iteration`
 (round robin over the run: each iteration takes the next row), `unique` (each
-row once; when they run out, `on_exhausted = "stop"` raises DataExhausted,
-which ends the run, and `"recycle"` starts again from the first row).
+row once in the whole test: segments share the rows out; when they run out,
+`on_exhausted = "stop"` raises DataExhausted, which ends the run, and
+`"recycle"` starts again from the first row).
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def inline_rows(rows: Sequence[Any], label: str) -> DataRows:
 class DataSource:
     """Hands rows out to iterations by mode; the one mutable piece of a compiled journey."""
 
-    __slots__ = ("_next", "columns", "data", "label", "mode", "recycle")
+    __slots__ = ("_first", "_next", "_stride", "columns", "data", "label", "mode", "recycle")
 
     def __init__(self, data: DataRows, mode: Mode, *, recycle: bool = False) -> None:
         self.data = data
@@ -178,6 +179,19 @@ class DataSource:
         self.recycle = recycle
         self.label = data.label
         self._next = 0
+        #: `unique`: this segment's rows are first, first + stride, ... (see `share`)
+        self._first = 0
+        self._stride = 1
+
+    def share(self, index: int, count: int) -> None:
+        """Segment `index` of `count`: a `unique` source hands out rows index,
+        index + count, ... so the segments of one test never use a row twice."""
+        if self.mode != "unique" or count <= 1:
+            return
+        if index >= len(self.data.rows) and self.recycle:
+            return  # no row of its own: recycling the whole file beats running nothing
+        self._first = self._next = index
+        self._stride = count
 
     def row(self, vu: int) -> tuple[Any, ...]:
         """The row for virtual user `vu`'s next iteration (or setup)."""
@@ -188,8 +202,8 @@ class DataSource:
         if i >= len(rows):
             if self.mode == "unique" and not self.recycle:
                 raise DataExhausted(f"{self.label}: every row has been used once (unique)")
-            i = 0
-        self._next = i + 1
+            i = self._first
+        self._next = i + self._stride
         return rows[i]
 
     def assign(self, vu: int, variables: dict[str, Any]) -> None:

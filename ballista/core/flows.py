@@ -219,6 +219,7 @@ def compile_flows(
         setup=setup,
         step_names=tuple(ctx.specs),
         source=f.label,
+        on_segment=tuple(source.share for source in sources),
     )
     return Compiled(journeys, tuple(ctx.specs.values()))
 

@@ -131,6 +131,9 @@ class Journeys:
     step_names: tuple[str, ...] = ()
     #: where they were defined, for messages (`shop.toml`, `journeys.py`)
     source: str = ""
+    #: called with (index, count) of this process's segment before the run starts:
+    #: a `unique` data file takes its share of rows, so no row is used twice in a test
+    on_segment: tuple[Callable[[int, int], None], ...] = ()
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -331,6 +331,8 @@ class JourneyRunner:
         self._report = report or _to_stderr
         self._rng = random.Random(seed)
         self._segment, self._segments = segment
+        for take_share in journeys.on_segment:
+            take_share(*segment)
         names = [f.name for f in journeys.flows]
         self._setup_flow = -1
         if journeys.setup is not None:
