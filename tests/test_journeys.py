@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sys
 from typing import Any
 
 import pytest
@@ -114,6 +115,32 @@ async def test_failures_by_reason_and_user_errors(journey_service: JourneyServic
     notes = " ".join(engine.notes())
     assert "2 iterations ended with an exception" in notes
     assert "ZeroDivisionError" in notes and "KeyError" in notes
+
+
+async def test_a_bad_session_call_or_sys_exit_is_placed_at_the_journeys_line(
+    journey_service: JourneyService,
+) -> None:
+    reports: list[str] = []
+
+    async def shop(s: Session) -> None:
+        if s.iteration % 2:
+            sys.exit(3)  # a journey's sys.exit() is its failure, not Ballista's end
+        await s.get("http://example.com/", name="elsewhere")  # refused by the session
+
+    journeys = Journeys(flows=(JourneyDef("shop", shop),), source="test_journeys.py")
+    engine = Engine(config_for(journey_service.url, journeys, "-c", "1", "-n", "4"), grace=2.0)
+    engine.journey_report = reports.append
+    with trio.fail_after(60):
+        final = await engine.run()
+    assert flows_of(final)["shop"].failures_by_reason == {"journey_error": 4}
+    assert journey_service.hits == {}
+    line = shop.__code__.co_firstlineno
+    assert reports[0].startswith(
+        f"ballista: journey 'shop' raised ValueError at test_journeys.py:{line + 3} "
+    )
+    assert reports[1].startswith(
+        f"ballista: journey 'shop' raised SystemExit at test_journeys.py:{line + 2} "
+    )
 
 
 async def test_h2c_cookies_and_bodies(journey_service: JourneyService) -> None:

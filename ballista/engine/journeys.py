@@ -49,6 +49,20 @@ ANY_STATUS = frozenset(range(100, 1000))
 MAX_COOKIES = 64
 #: Distinct exceptions (type and place) whose traceback is shown; the rest are counted.
 MAX_SHOWN_ERRORS = 5
+#: Ballista's own source files: an exception raised in them (a session call given a
+#: bad argument) is placed at the journey's line that called it
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def _where(frames: traceback.StackSummary, source: str) -> str:
+    """file:line of the journey's own code where an exception came from: the deepest
+    frame in the journeys file, else the deepest outside Ballista, else the deepest."""
+    mine = [f for f in frames if Path(f.filename).name == source]
+    outside = [f for f in frames if not f.filename.startswith(_PACKAGE)]
+    frame = (mine or outside or frames)[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno}"
+
+
 #: how an iteration ended when the run's end cut it short
 _INTERRUPTED = "(interrupted)"
 
@@ -478,7 +492,9 @@ class JourneyRunner:
             else:
                 flows.interrupted(index)
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: `sys.exit()` in a journey is the journey's failure, not
+            # Ballista's end (KeyboardInterrupt is left alone: it may be Ctrl-C).
             flows.failed(index, JOURNEY_ERROR, trio.current_time() - t0)
             self._user_error(flows.names[index], exc)
             return JOURNEY_ERROR
@@ -486,13 +502,13 @@ class JourneyRunner:
             flows.completed(index, trio.current_time() - t0)
         return None
 
-    def _user_error(self, flow: str, exc: Exception) -> None:
+    def _user_error(self, flow: str, exc: BaseException) -> None:
         tb = exc.__traceback__
         # The runner's own frame is not the journey's business.
         if tb is not None and tb.tb_frame.f_code is JourneyRunner._run.__code__:
             tb = tb.tb_next
         frames = traceback.extract_tb(tb)
-        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+        where = _where(frames, self.journeys.source) if frames else "?"
         key = (flow, type(exc).__name__, where)
         seen = self._errors.get(key)
         if seen is None:
