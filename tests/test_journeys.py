@@ -143,6 +143,29 @@ async def test_a_bad_session_call_or_sys_exit_is_placed_at_the_journeys_line(
     )
 
 
+async def test_a_value_no_request_can_carry_fails_the_step_by_name(
+    journey_service: JourneyService,
+) -> None:
+    # Data rows and extractions reach headers: a line break (an injection) or text
+    # beyond Latin-1 fails the iteration with a reason; nothing is sent.
+    async def flow(s: Session) -> None:
+        value = "a\r\nInjected: 1" if s.iteration % 2 else "李"
+        await s.get("/echo", name="echo", headers={"X-User": value})
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    engine = Engine(config_for(journey_service.url, journeys, "-c", "1", "-n", "4"), grace=2.0)
+    reports: list[str] = []
+    engine.journey_report = reports.append
+    with trio.fail_after(60):
+        final = await engine.run()
+    assert flows_of(final)["flow"].failures_by_reason == {
+        "echo: header 'X-User': a control character in its value": 2,
+        "echo: header 'X-User': not ASCII (name) or Latin-1 (value) text": 2,
+    }
+    assert journey_service.hits == {} and final.requests == 0
+    assert reports == []  # not the journey's own bug: no traceback
+
+
 async def test_h2c_cookies_and_bodies(journey_service: JourneyService) -> None:
     echoes: list[Any] = []
 

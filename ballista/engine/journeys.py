@@ -603,7 +603,12 @@ class JourneyRunner:
         if headers:
             for k, v in headers.items():
                 names.add(k.lower())
-                out.append((k.encode("ascii"), str(v).encode("latin-1")))
+                try:
+                    out.append((k.encode("ascii"), str(v).encode("latin-1")))
+                except UnicodeEncodeError:
+                    raise JourneyFailure(
+                        f"{spec.name}: header {k!r}: not ASCII (name) or Latin-1 (value) text"
+                    ) from None
         body = b""
         if json is not None:
             if data is not None:
@@ -623,17 +628,24 @@ class JourneyRunner:
             cookie = user.cookies.header()
             if cookie is not None:
                 out.append((b"cookie", cookie))
-        return prepare_dynamic(
-            index,
-            spec,
-            method.encode("ascii"),
-            target,
-            out,
-            body,
-            self._origin,
-            self._authority,
-            http2=http2,
-        )
+        try:
+            return prepare_dynamic(
+                index,
+                spec,
+                method.encode("ascii"),
+                target,
+                out,
+                body,
+                self._origin,
+                self._authority,
+                http2=http2,
+            )
+        except ValueError as exc:
+            # A header value no request can carry (a line break: an injection), put
+            # there from a data row or an extraction: this iteration fails with a
+            # reason naming the step, nothing is sent; the value stays out of the
+            # reason, a bounded label.
+            raise JourneyFailure(f"{spec.name}: {exc}") from None
 
     async def step(
         self,
