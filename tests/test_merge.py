@@ -190,10 +190,12 @@ def test_merge_refuses_what_cannot_merge(
         ([paths[0], paths[0], paths[1]], "both segment 0/3"),
         ([paths[0], paths[2]], "segment 1/3 missing"),
         ([str(tmp_path / "nope.json")], "no such file"),
+        ([*paths, "--json", paths[1]], "is one of the summaries merged"),
     ]
     for argv, needle in cases:
         assert main(["merge", *argv]) == 2, needle
         assert needle in _one_error(capsys)
+    assert json.loads(Path(paths[1]).read_text())["segment"]["index"] == 1  # not overwritten
     whole = _write(
         tmp_path, "whole.json", json.loads(Path(paths[0]).read_text()) | {"segment": None}
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
-from ballista.core.errors import EXIT_OK, EXIT_THRESHOLD
+from ballista.core.errors import EXIT_OK, EXIT_THRESHOLD, ConfigError
 from ballista.core.merge import SummaryPart, merge_summaries
 from ballista.core.summaryfile import read_summary
 from ballista.core.thresholds import ThresholdSet, parse_threshold
@@ -38,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(ns: argparse.Namespace) -> int:
     check_output_path(ns.json, "--json")
+    if ns.json not in (None, "-") and os.path.abspath(ns.json) in {
+        os.path.abspath(p) for p in ns.files
+    }:
+        # Writing over a segment's summary would lose it: the merge could not be redone.
+        raise ConfigError(f"--json: {ns.json!r} is one of the summaries merged")
     parts = [SummaryPart(path, read_summary(path)) for path in ns.files]
     merged = merge_summaries(parts, partial=ns.partial)
     snap = merged.snapshot
