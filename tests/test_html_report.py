@@ -792,13 +792,15 @@ async def test_open_model_report_shows_the_target_rate_and_the_service_time(
         ("/nonexistent/dir/r.html", "--report: no such directory"),
         ("-", "--report: a report is a file"),
         ("/tmp", "--report: '/tmp' is a directory"),
+        ("out.json", "--report: 'out.json' is also --json"),
     ],
 )
 def test_run_report_path_is_checked_before_the_run(
     flag: str, needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # port 9 on 127.0.0.1: nothing listens; the run must not even start
-    assert main(["run", "http://127.0.0.1:9/", "-n", "1", "--report", flag]) == 2
+    argv = ["run", "http://127.0.0.1:9/", "-n", "1", "--report", flag, "--json", "out.json"]
+    assert main(argv) == 2
     _, err = capsys.readouterr()
     assert err.count("\n") == 1 and needle in err, err
 

@@ -534,6 +534,9 @@ def outputs_from_args(ns: argparse.Namespace) -> Outputs:
     if ns.report == "-":
         raise ConfigError("--report: a report is a file (give a path ending in .html)")
     check_output_path(ns.report, "--report")
+    same = ns.report is not None and ns.json not in (None, "-")
+    if same and os.path.abspath(ns.report) == os.path.abspath(ns.json):
+        raise ConfigError(f"--report: {ns.report!r} is also --json: give each its own file")
     for flag, port in (("--metrics-port", ns.metrics_port), ("--live-port", ns.live_port)):
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"{flag}: {port} is not a TCP port (0-65535)")
