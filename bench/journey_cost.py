@@ -138,6 +138,10 @@ class _Answer:
     content = BODY.encode()
     text = BODY
 
+    def header_values(self, name: str) -> list[str]:
+        value = self.headers.get(name.lower())
+        return [] if value is None else [value]
+
     def json(self) -> Any:
         return json.loads(self.content)
 

@@ -692,6 +692,7 @@ class JourneyService:
     - `GET /me` -> 200 {"user"} with cookie sid, else 401; `Authorization: Bearer
       t-<user>` must match it when given (else 403)
     - `GET /logout` -> deletes the cookie (Max-Age=0)
+    - `GET /cookies` -> sets two cookies in one response: `theme=dark`, `lang=fr`
     - `GET /echo?...` -> JSON {"method", "path", "query", "headers", "body"}
     - `GET /status/<code>` -> that status; `GET /slow/<ms>` -> 200 after that long
     `hits` counts requests per first path segment, as the server saw them.
@@ -745,6 +746,9 @@ class JourneyService:
                 out = b'{"user": "%s"}' % user.encode()
         elif path == "/logout":
             extra.append((b"set-cookie", b"sid=; Max-Age=0"))
+        elif path == "/cookies":
+            extra.append((b"set-cookie", b"theme=dark; Path=/"))
+            extra.append((b"set-cookie", b"lang=fr; Path=/; HttpOnly"))
         elif path == "/echo":
             import json
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sys
+import tomllib
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from servers import JourneyService
 
 from ballista.core.config import LoadSpec, RequestSpec, RunConfig
 from ballista.core.journey import JourneyDef, JourneyFailure, Journeys, Response, Session
+from ballista.core.scenario import scenario_from_table
 from ballista.core.schedule import parse_stages
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
@@ -189,6 +191,53 @@ async def test_h2c_cookies_and_bodies(journey_service: JourneyService) -> None:
     assert echo["headers"]["cookie"] == "sid=ann"
     assert echo["headers"]["content-type"] == "application/x-www-form-urlencoded"
     assert journey_service.hits == {"login": 8, "echo": 8, "logout": 8, "me": 8}
+
+
+COOKIES_FLOW = """
+[[flows]]
+name = "prefs"
+[[flows.steps]]
+name = "cookies"
+path = "/cookies"
+extract = { theme = "cookie:theme", lang = "cookie:lang" }
+[[flows.steps]]
+name = "echo"
+path = "/echo"
+query = { theme = "{{ theme }}", lang = "{{ lang }}" }
+check = { json = { query = "theme=dark&lang=fr" } }
+"""
+
+
+@pytest.mark.parametrize("protocol", ["--http1", "--http2"])
+async def test_cookie_extractors_see_every_set_cookie_of_a_response(
+    journey_service: JourneyService, protocol: str
+) -> None:
+    table = {"base_url": journey_service.url, **tomllib.loads(COOKIES_FLOW)}
+    journeys = scenario_from_table(table).journeys
+    assert journeys is not None
+    _, final = await run(config_for(journey_service.url, journeys, "-c", "2", "-n", "6", protocol))
+    prefs = flows_of(final)["prefs"]
+    assert prefs.failures_by_reason == {}
+    assert prefs.iterations == prefs.completed == 6
+    assert journey_service.hits == {"cookies": 6, "echo": 6}
+
+
+async def test_json_is_parsed_once_per_response(journey_service: JourneyService) -> None:
+    bodies: list[Any] = []
+
+    async def flow(s: Session) -> None:
+        r = await s.get("/echo", name="echo", checks=[lambda r: None if r.json() else "empty"])
+        bodies.append((r.json(), r.json()))
+        bad = await s.get("/status/200", name="plain")
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                bad.json()
+
+    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    _, final = await run(config_for(journey_service.url, journeys, "-c", "1", "-n", "1"))
+    assert flows_of(final)["flow"].completed == 1
+    ((first, again),) = bodies
+    assert first is again and first["path"] == "/echo"
 
 
 @pytest.mark.parametrize("protocol", ["--http1", "--http2"])

@@ -55,6 +55,10 @@ class Answer:
     def text(self) -> str:
         return self.content.decode()
 
+    def header_values(self, name: str) -> list[str]:
+        value = self.headers.get(name.lower())
+        return [] if value is None else [value]
+
     def json(self) -> Any:
         return json.loads(self.content)
 

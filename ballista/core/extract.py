@@ -121,12 +121,14 @@ def _regex(pattern: str) -> Callable[[Response], Any]:
 
 
 def cookie_from(set_cookie: str, name: str) -> str | None:
-    """The value `name` gets in a Set-Cookie value (or several joined by commas)."""
+    """The value `name` gets in a Set-Cookie value (or several joined by commas:
+    the last that sets it)."""
+    found = None
     for one in _COOKIE_SPLIT.split(set_cookie):
         key, sep, value = one.split(";", 1)[0].strip().partition("=")
         if sep and key.strip() == name:
-            return value.strip().strip('"')
-    return None
+            found = value.strip().strip('"')
+    return found
 
 
 def _cookie(name: str) -> Callable[[Response], Any]:
@@ -134,8 +136,13 @@ def _cookie(name: str) -> Callable[[Response], Any]:
         raise ExtractError(f"cookie:{name}: {name!r} is not a cookie name")
 
     def find(r: Response) -> Any:
-        header = r.headers.get("set-cookie")
-        value = None if header is None else cookie_from(header, name)
+        # Every Set-Cookie of the response (a login often sets several); the last
+        # to set the name wins, as in a browser's jar.
+        value = None
+        for header in r.header_values("set-cookie"):
+            found = cookie_from(header, name)
+            if found is not None:
+                value = found
         return MISSING if value is None else value
 
     return find

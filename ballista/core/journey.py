@@ -50,6 +50,11 @@ class Response(Protocol):
         """The response headers, names in lower case (last value wins)."""
         ...
 
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header `name` (any case), in the order received: each
+        `Set-Cookie` of a response, where `headers` keeps only the last."""
+        ...
+
     @property
     def content(self) -> bytes: ...
 

@@ -91,10 +91,32 @@ class RunStopped(BaseException):
     journey's `except Exception` does not swallow it and go on sending."""
 
 
+#: StepResponse._json before the body is parsed
+_UNPARSED: Any = object()
+
+
+class _NotJSON:
+    """The body was parsed once and is not JSON: the error to raise again."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ValueError) -> None:
+        self.error = error
+
+
 class StepResponse:
     """One step's response as a journey sees it (core.journey.Response)."""
 
-    __slots__ = ("_capture", "_content", "_headers", "elapsed", "error", "status", "truncated")
+    __slots__ = (
+        "_capture",
+        "_content",
+        "_headers",
+        "_json",
+        "elapsed",
+        "error",
+        "status",
+        "truncated",
+    )
 
     def __init__(
         self,
@@ -111,6 +133,8 @@ class StepResponse:
         self.truncated = capture.truncated
         self._capture = capture
         self._content: bytes | None = None
+        #: the parsed body, once asked for: a step's checks and extractions share one parse
+        self._json: Any = _UNPARSED
 
     def __repr__(self) -> str:
         return f"<Response {self.status or self.error}>"
@@ -123,6 +147,11 @@ class StepResponse:
                 k.decode("latin-1"): v.decode("latin-1") for k, v in self._capture.headers
             }
         return self._headers
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header `name` (any case), in the order received."""
+        key = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self._capture.headers if k == key]
 
     @property
     def content(self) -> bytes:
@@ -144,8 +173,20 @@ class StepResponse:
             return self.content.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
-        """The body parsed as JSON (ValueError if it is not JSON)."""
-        return jsonlib.loads(self.content)
+        """The body parsed as JSON (ValueError if it is not JSON); parsed once.
+
+        Every call answers the same object: a journey that changes it changes
+        what later checks of this response see."""
+        parsed = self._json
+        if parsed is _UNPARSED:
+            try:
+                parsed = jsonlib.loads(self.content)
+            except ValueError as exc:
+                parsed = _NotJSON(exc)
+            self._json = parsed
+        if type(parsed) is _NotJSON:
+            raise parsed.error
+        return parsed
 
 
 class CookieJar:
