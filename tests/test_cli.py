@@ -204,6 +204,27 @@ async def test_demo_runs_and_stops() -> None:
     assert doc["responses"] > 0
 
 
+async def test_demo_journey_runs_the_shop_flows_without_failure() -> None:
+    result = await trio.run_process(
+        [*BALLISTA, "demo", "--journey", "-d", "1.5s", "--json", "-"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    doc = json.loads(result.stdout)
+    flows = doc["flows"]
+    assert flows.keys() == {"setup", "buy", "browse"}
+    # Each virtual user logs in once, before its first iteration.
+    assert flows["setup"]["completed"] == flows["setup"]["iterations"] > 0
+    assert doc["requests_by_name"]["login"]["requests"] == flows["setup"]["completed"]
+    for name in ("buy", "browse"):
+        assert flows[name]["completed"] > 0, name
+    assert all(f["failed"] == 0 and f["failures_by_reason"] == {} for f in flows.values())
+    # The shop's answers are never injected failures: nothing fails.
+    assert doc["failed"] == doc["errors"] == 0 and doc["status_codes"] == {"200": doc["requests"]}
+
+
 async def test_compare_prints_both_sides(target: RunningTarget, tmp_path: Path) -> None:
     out = tmp_path / "compare.json"
     result = await trio.run_process(

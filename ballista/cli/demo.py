@@ -56,9 +56,11 @@ async def _demo(
     proc, port = await _start_target()
     try:
         what = "virtual users (shopping journey: login, items, cart)" if journey else "workers"
+        # The shop API is never given injected failures (target/app.py): say what runs.
+        faults = "its shop API fails nothing on purpose" if journey else "1% of answers 500/503"
         print(
             f"ballista demo: target on http://127.0.0.1:{port}/ (its latency: log-normal, "
-            "median 5 ms, p99 40 ms; 1% of answers 500/503)\n"
+            f"median 5 ms, p99 40 ms; {faults})\n"
             f"ballista demo: {concurrency} {what} over "
             f"{'h2c (HTTP/2)' if http2 else 'HTTP/1.1'} for {duration:g}s",
             file=sys.stderr,
