@@ -747,3 +747,34 @@ async def test_a_setup_step_timeout_fails_the_iteration(journey_service: Journey
     assert flows["setup"].failures_by_reason == {"read_timeout": 3}
     assert by_name(final)["login"].errors_by_kind["read_timeout"] == 3
     assert "echo" not in journey_service.hits
+
+
+def test_a_step_with_known_header_names_is_encoded_as_the_first_one_was() -> None:
+    """The first step with a header name takes the checked path; later ones the fast
+    one: the same bytes on the wire, and a bad value is still refused."""
+    import h11
+
+    from ballista.transport.connect import prepare_dynamic
+
+    spec = RequestSpec(name="s", method="GET", target="/")
+
+    def encode(method: bytes, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> bytes:
+        req = prepare_dynamic(
+            0, spec, method, b"/a?b=1", headers, body, ORIGIN, b"127.0.0.1:9", http2=False
+        )
+        assert req.h1_bytes is not None
+        return req.h1_bytes
+
+    headers = [(b"X-Fast-Path-Test", b"v 1"), (b"cookie", b"a=1")]
+    for method, body in ((b"GET", b""), (b"POST", b'{"n":1}')):
+        first = encode(method, headers, body)
+        assert encode(method, headers, body) == first
+        parser = h11.Connection(h11.SERVER)
+        parser.receive_data(first)
+        request = parser.next_event()
+        assert isinstance(request, h11.Request)
+        sent = list(request.headers)
+        assert [k for k, _ in sent[:3]] == [b"host", b"user-agent", b"accept"]
+        assert (b"x-fast-path-test", b"v 1") in sent and (b"cookie", b"a=1") in sent
+    with pytest.raises(ValueError, match="control character"):
+        encode(b"GET", [(b"X-Fast-Path-Test", b"v\r\nX-Evil: 1")])

@@ -91,6 +91,10 @@ class RunStopped(BaseException):
     journey's `except Exception` does not swallow it and go on sending."""
 
 
+#: first bytes of a JSON body json.loads takes as UTF-8 (with a non-zero second byte)
+_UTF8_START = frozenset(bytes([b]) for b in b'{["-0123456789tfn \t\r\n')
+_decode_json = jsonlib.JSONDecoder().decode
+
 #: StepResponse._json before the body is parsed
 _UNPARSED: Any = object()
 
@@ -179,8 +183,14 @@ class StepResponse:
         what later checks of this response see."""
         parsed = self._json
         if parsed is _UNPARSED:
+            content = self.content
             try:
-                parsed = jsonlib.loads(self.content)
+                if content[:1] in _UTF8_START and content[1:2] != b"\x00":
+                    # What json.loads(bytes) would detect (no BOM, no UTF-16/32
+                    # zero byte), decoded as it would, without its detection.
+                    parsed = _decode_json(content.decode("utf-8", "surrogatepass"))
+                else:
+                    parsed = jsonlib.loads(content)
             except ValueError as exc:
                 parsed = _NotJSON(exc)
             self._json = parsed
@@ -385,6 +395,9 @@ class JourneyRunner:
         self._pause = pause
         self._report = report or _to_stderr
         self._rng = random.Random(seed)
+        #: the run's clock, read without trio.current_time's two calls around it
+        #: (made inside the run: its clock stays the same to the end)
+        self._now = trio.lowlevel.current_clock().current_time
         self._segment, self._segments = segment
         for take_share in journeys.on_segment:
             take_share(*segment)
@@ -478,7 +491,8 @@ class JourneyRunner:
         flows = self.flows
         index = self.pick()
         flows.started(index)
-        t0 = trio.current_time() if began is None else began
+        now = self._now
+        t0 = now() if began is None else began
         setup = self.journeys.setup
         if setup is not None and not user.set_up:
             flows.started(self._setup_flow)
@@ -486,7 +500,7 @@ class JourneyRunner:
                 ended = await self._run(self._setup_flow, setup, user, None)
             except BaseException:
                 if user.timed_out is not None:  # a step of setup timed out
-                    flows.failed(index, SETUP_FLOW, trio.current_time() - t0)
+                    flows.failed(index, SETUP_FLOW, now() - t0)
                 else:  # cancelled, or a data file ran out: this one never ran
                     flows.interrupted(index)
                 raise
@@ -494,7 +508,7 @@ class JourneyRunner:
                 if ended == _INTERRUPTED:
                     flows.interrupted(index)
                 else:
-                    flows.failed(index, SETUP_FLOW, trio.current_time() - t0)
+                    flows.failed(index, SETUP_FLOW, now() - t0)
                 return
             user.set_up = True
         try:
@@ -502,7 +516,7 @@ class JourneyRunner:
         finally:
             user.iteration += 1
         if ended is None:
-            flows.completed(index, trio.current_time() - t0)
+            flows.completed(index, now() - t0)
 
     async def _run(
         self, index: int, fn: JourneyFn, user: VirtualUser, t0: float | None
@@ -645,7 +659,9 @@ class JourneyRunner:
             for k, v in headers.items():
                 names.add(k.lower())
                 try:
-                    out.append((k.encode("ascii"), str(v).encode("latin-1")))
+                    out.append(
+                        (k.encode("ascii"), (v if type(v) is str else str(v)).encode("latin-1"))
+                    )
                 except UnicodeEncodeError:
                     raise JourneyFailure(
                         f"{spec.name}: header {k!r}: not ASCII (name) or Latin-1 (value) text"
@@ -713,7 +729,7 @@ class JourneyRunner:
         req = self.build(user, method, path, headers, json, data, params, index, spec)
         recorder = self._recorder
         capture = Captured()
-        now = trio.current_time
+        now = self._now
         t0 = now()
         deadline = t0 + self._timeout
         conn = user.conn

@@ -570,6 +570,13 @@ _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _METHODS_SEEN: set[bytes] = set()
 #: the default header lines of a request to an authority
 _DEFAULT_HEADS: dict[bytes, bytes] = {}
+#: header names prepare_dynamic treats apart: defaulted, framing, or closing
+_SPECIAL_NAMES = frozenset(
+    {b"host", b"user-agent", b"accept", b"content-length", b"transfer-encoding", b"connection"}
+)
+#: header names (as given) found valid and not special (bounded: a journey could
+#: make up any): their step skips the general path's checks
+_ORDINARY_NAMES: set[bytes] = set()
 
 
 def prepare_dynamic(
@@ -598,39 +605,56 @@ def prepare_dynamic(
             _METHODS_SEEN.add(method)
     if not target.startswith(b"/") or _BAD_TARGET(target):
         raise ValueError(f"invalid request target {target!r}")
-    if not headers and not http2:
-        # The common step: no header of its own. Host, User-Agent and Accept are
-        # encoded once per authority.
-        defaults = _DEFAULT_HEADS.get(authority)
-        if defaults is None:
-            defaults = (
-                b"host: " + authority + b"\r\nuser-agent: " + _USER_AGENT + b"\r\naccept: */*\r\n"
-            )
-            if len(_DEFAULT_HEADS) < 16:
-                _DEFAULT_HEADS[authority] = defaults
-        if body or method in _BODY_METHODS:
-            head = b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n" % (
+    if not http2:
+        # The common step: headers whose names were found ordinary before (valid,
+        # none of those framed or defaulted here), or none. Host, User-Agent and
+        # Accept are encoded once per authority; the bytes are the general path's.
+        lines_of_own = b""
+        for name, value in headers:
+            if name not in _ORDINARY_NAMES or _BAD_VALUE(value) is not None:
+                break
+            lines_of_own += b"%s: %s\r\n" % (name, value)
+        else:
+            defaults = _DEFAULT_HEADS.get(authority)
+            if defaults is None:
+                defaults = (
+                    b"host: "
+                    + authority
+                    + b"\r\nuser-agent: "
+                    + _USER_AGENT
+                    + b"\r\naccept: */*\r\n"
+                )
+                if len(_DEFAULT_HEADS) < 16:
+                    _DEFAULT_HEADS[authority] = defaults
+            if body or method in _BODY_METHODS:
+                head = b"%s %s HTTP/1.1\r\n%s%scontent-length: %d\r\n\r\n" % (
+                    method,
+                    target,
+                    defaults,
+                    lines_of_own,
+                    len(body),
+                )
+            else:
+                head = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (
+                    method,
+                    target,
+                    defaults,
+                    lines_of_own,
+                )
+            size = len(head) + len(body)
+            return PreparedRequest(
+                index,
                 method,
                 target,
-                defaults,
-                len(body),
+                body,
+                (head, body) if body else (head,),
+                head + body if size <= H1_WHOLE_MAX else None,
+                True,
+                method == b"HEAD",
+                (),
+                0,
+                spec,
             )
-        else:
-            head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method, target, defaults)
-        size = len(head) + len(body)
-        return PreparedRequest(
-            index,
-            method,
-            target,
-            body,
-            (head, body) if body else (head,),
-            head + body if size <= H1_WHOLE_MAX else None,
-            True,
-            method == b"HEAD",
-            (),
-            0,
-            spec,
-        )
     given: set[bytes] = set()
     keep_alive = True
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
@@ -652,6 +676,8 @@ def prepare_dynamic(
             raise ValueError(f"header {name.decode()!r}: a control character in its value")
         lower = name.lower()
         given.add(lower)
+        if lower not in _SPECIAL_NAMES and len(_ORDINARY_NAMES) < 256:
+            _ORDINARY_NAMES.add(name)
         if lower in (b"content-length", b"transfer-encoding"):
             raise ValueError(f"header {name.decode()!r}: Ballista frames the body itself")
         own.append((name, value))

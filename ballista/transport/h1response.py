@@ -231,16 +231,21 @@ class CapturingReader(FastReader):
         lower = name.lower()
         if capture is not None:
             capture.headers.append((lower, value))
-        # FastReader's checks, on the name already lowered.
-        if lower == b"content-length":
-            self._framed = True
-        elif lower == b"transfer-encoding":
-            if value.strip().lower() != b"chunked":
-                raise ProtocolViolation("only Transfer-Encoding: chunked is supported")
-            self._framed = True
-        elif lower == b"retry-after":
-            self._retry_after = value.strip(b" \t")
-        elif lower == b"connection":
+        # FastReader's checks, on the name already lowered (lengths first: most
+        # headers are none of these).
+        n = len(lower)
+        if n == 14:
+            if lower == b"content-length":
+                self._framed = True
+        elif n == 17:
+            if lower == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    raise ProtocolViolation("only Transfer-Encoding: chunked is supported")
+                self._framed = True
+        elif n == 11:
+            if lower == b"retry-after":
+                self._retry_after = value.strip(b" \t")
+        elif n == 10 and lower == b"connection":
             tokens = [token.strip() for token in value.lower().split(b",")]
             self._close = self._close or b"close" in tokens
 
