@@ -13,7 +13,9 @@ by the requests its JSON summary counts:
 
 Then the compiled steps alone, in this process, against a session that
 answers at once with the same body (no I/O): what templating and extracting
-add to a step, whatever the machine's load.
+add to a step, whatever the machine's load. And whole runs of the three
+cases in this process over connections that answer at once: the engine's
+and the runtime's own work, without the kernel's and the parser's.
 
 Issue 16 asks `templated` to cost at most 1.5x `plain`. Not a test: nothing
 in `scripts/test` runs it. Load goes only to 127.0.0.1, each run bounded.
@@ -192,6 +194,70 @@ def in_process(users: Path, rounds: int = 7, n: int = 20_000) -> dict[str, float
     return best
 
 
+#: the response headers nginx sends in the runs above, kept by the runtime's capture
+_NGINX_HEADERS = (
+    (b"server", b"nginx"),
+    (b"date", b"Tue, 01 Dec 2026 00:00:00 GMT"),
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(BODY)).encode()),
+    (b"connection", b"keep-alive"),
+)
+
+
+class _AtOnce:
+    """A connection that answers every request at once (one checkpoint), filling a
+    step's capture as a connection would: what is left is the engine's own work."""
+
+    multiplexed = False
+    shared = False
+    retry_after = None
+
+    async def request(self, req: Any, deadline: Any, capture: Any = None) -> tuple[int, ...]:
+        import trio
+
+        await trio.lowlevel.checkpoint()
+        if capture is not None:
+            capture.reset()
+            capture.headers.extend(_NGINX_HEADERS)
+            capture.add_body(BODY.encode())
+        return 200, 0, 100, 200
+
+    async def aclose(self) -> None:
+        return None
+
+
+def runtime_alone(users: Path, rounds: int = 3, n: int = 40_000) -> dict[str, float]:
+    """CPU µs per request of whole runs (engine, runtime, recorder) over connections
+    that answer at once: the three cases with no I/O (best of rounds)."""
+    import dataclasses
+
+    import trio
+
+    from ballista.cli.main import build_parser
+    from ballista.cli.run import config_from_args
+    from ballista.core.scenario import read_scenario_file
+    from ballista.engine.engine import Engine
+
+    base = "http://127.0.0.1:9"
+    argv = ["run", f"{base}/api/items", "-c", "50", "-n", str(n)]
+    config = config_from_args(build_parser(["run"]).parse_args(argv))
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for case in CASES:
+            run_config = config
+            if case != "plain":
+                toml = users.parent / f"{case}-at-once.toml"
+                toml.write_text(scenario(case, base, users))
+                journeys = read_scenario_file(str(toml)).journeys
+                run_config = dataclasses.replace(config, journeys=journeys)
+            engine = Engine(run_config, connection_factory=lambda _: _AtOnce())  # type: ignore[arg-type,return-value]
+            start = time.process_time()
+            final = trio.run(engine.run)
+            cost = (time.process_time() - start) / final.requests * 1e6
+            best[case] = min(best.get(case, cost), cost)
+    return best
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
@@ -245,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.send_signal(signal.SIGQUIT)
             server.wait(timeout=10)
         steps = in_process(users)
+        alone = runtime_alone(users)
     median = {case: statistics.median(v) for case, v in per_request.items()}
     print()
     for case in CASES:
@@ -253,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("compiled steps alone, no I/O (best of 7 x 20,000):")
     for case, cost in steps.items():
         print(f"{case:>9}: {cost:6.1f} µs CPU/iteration")
+    print("whole runs over connections that answer at once, no I/O (best of 3 x 40,000):")
+    for case, cost in alone.items():
+        print(f"{case:>9}: {cost:6.1f} µs CPU/request, {cost / alone['plain']:.2f}x plain")
     return 0
 
 
