@@ -6,7 +6,7 @@ or the engine keeps running in the trio loop."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +27,14 @@ def require_chromium() -> None:
         pytest.fail("needs Debian's chromium and chromium-driver (scripts/test installs them)")
 
 
-def make_driver(profile: Path, *, size: str = "1400,2000") -> Any:
+def make_driver(
+    profile: Path,
+    *,
+    size: str = "1400,2000",
+    extra: Sequence[str] = (),
+    capabilities: Mapping[str, Any] | None = None,
+) -> Any:
+    """Headless Debian chromium; `extra` flags and `capabilities` on top of the usual."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -45,8 +52,11 @@ def make_driver(profile: Path, *, size: str = "1400,2000") -> Any:
         "--disable-dev-shm-usage",
         f"--window-size={size}",
         f"--user-data-dir={profile}",
+        *extra,
     ):
         options.add_argument(flag)
+    for name, value in (capabilities or {}).items():
+        options.set_capability(name, value)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     # A browser command that hangs fails in a minute, inside the test's own timeout.
     executor = driver.command_executor

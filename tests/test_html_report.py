@@ -24,8 +24,6 @@ import pytest
 import trio
 from browser import (
     ARTIFACTS,
-    CHROMEDRIVER,
-    CHROMIUM,
     in_thread,
     make_driver,
     press,
@@ -469,33 +467,15 @@ async def test_daemon_serves_a_report_per_run_under_the_token(
 
 def offline_driver(profile: Path) -> Any:
     """Headless chromium that cannot resolve any host name, logging every request."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,2400",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--proxy-server=127.0.0.1:9",  # and nothing gets past a proxy that is not there
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    executor = driver.command_executor  # a hung browser command fails within the test
-    assert not isinstance(executor, str)
-    executor.client_config.timeout = 60
-    return driver
+    return make_driver(
+        profile,
+        size="1400,2400",
+        extra=(
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--proxy-server=127.0.0.1:9",  # and nothing gets past a proxy that is not there
+        ),
+        capabilities={"goog:loggingPrefs": {"performance": "ALL", "browser": "ALL"}},
+    )
 
 
 def network_requests(driver: Any) -> list[str]:
