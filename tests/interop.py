@@ -130,6 +130,29 @@ def _docroot() -> Path:
 # -- configurations -------------------------------------------------------------
 
 
+def _nginx_head(work: Path) -> str:
+    """The start of an nginx.conf that runs in the foreground with every file under `work`,
+    up to the opening of its `http` block."""
+    temp = "\n    ".join(
+        f"{kind}_temp_path {work / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {work / "nginx.pid"};
+error_log {work / "error.log"};
+events {{}}
+http {{
+    {temp}
+"""
+
+
+def _nginx_argv(work: Path) -> list[str]:
+    return ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(work / "error.log")]
+
+
 def _nginx(work: Path, port: int, mode: str, tls: TlsFiles | None, root: Path) -> list[str]:
     listen = f"{HOST}:{port}"
     if tls is not None:
@@ -141,22 +164,11 @@ def _nginx(work: Path, port: int, mode: str, tls: TlsFiles | None, root: Path) -
         if tls is not None
         else ""
     )
-    temp = "\n    ".join(
-        f"{kind}_temp_path {work / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
     (work / "nginx.conf").write_text(
-        f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {work / "nginx.pid"};
-error_log {work / "error.log"};
-events {{}}
-http {{
+        _nginx_head(work)
+        + f"""
     log_format interop '$status $server_protocol $remote_port $request_method $uri';
     access_log {work / "access.log"} interop;
-    {temp}
     server {{
         listen {listen};
         {certs}
@@ -167,7 +179,7 @@ http {{
 }}
 """
     )
-    return ["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(work / "error.log")]
+    return _nginx_argv(work)
 
 
 def _apache(work: Path, port: int, mode: str, tls: TlsFiles | None, root: Path) -> list[str]:
@@ -344,22 +356,11 @@ def _nginx_proxy(work: Path, locations: str) -> tuple[int, list[str]]:
         raise RuntimeError("nginx is not installed: scripts/_setup installs it")
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    temp = "\n    ".join(
-        f"{kind}_temp_path {work / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
     (work / "nginx.conf").write_text(
-        f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {work / "nginx.pid"};
-error_log {work / "error.log"};
-events {{}}
-http {{
+        _nginx_head(work)
+        + f"""
     log_format full '$status $request_method $request_uri';
     access_log {work / "access.log"} full;
-    {temp}
     server {{
         listen {HOST}:{port};
         {locations}
@@ -367,15 +368,7 @@ http {{
 }}
 """
     )
-    return port, [
-        "nginx",
-        "-p",
-        str(work),
-        "-c",
-        str(work / "nginx.conf"),
-        "-e",
-        str(work / "error.log"),
-    ]
+    return port, _nginx_argv(work)
 
 
 async def _reap(process: trio.Process, root: Path) -> None:

@@ -136,6 +136,11 @@ def parse_method(text: str) -> str:
     return method
 
 
+#: What a request, flow or step may be called: it becomes a Prometheus label
+#: value and a key of the JSON summary.
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}$")
+
+
 @dataclass(frozen=True, slots=True)
 class RequestSpec:
     """One named request of a run. A plain `ballista run URL` has exactly one."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ballista.core.checks import CheckError, compile_checks
-from ballista.core.config import Origin, RequestSpec, encode_target, parse_method
+from ballista.core.config import NAME, Origin, RequestSpec, encode_target, parse_method
 from ballista.core.datafile import (
     MODES,
     ON_EXHAUSTED,
@@ -57,7 +57,6 @@ STEP_KEYS = (
 DATA_KEYS = ("file", "rows", "mode", "on_exhausted")
 #: Step names: as request names, and `.` too (`shop.2`, the default for an unnamed step).
 STEP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
-FLOW_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}$")
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACE = re.compile(r"\{\{.*?\}\}", re.DOTALL)
 
@@ -206,7 +205,7 @@ def compile_flows(
         if "name" not in table:
             raise f.error(f"{key}.name", "missing: every flow needs a name")
         name = f.string(table["name"], f"{key}.name")
-        if not FLOW_NAME.match(name):
+        if not NAME.match(name):
             raise f.error(f"{key}.name", f"{name!r}: use letters, digits, '_' and '-' (at most 64)")
         if any(flow.name == name for flow in flows):
             raise f.error(f"{key}.name", f"{name!r} is used twice")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from ballista.core.build import MODELS, Layer, Scenario
 from ballista.core.config import (
+    NAME,
     Origin,
     RequestSpec,
     Stage,
@@ -33,7 +33,6 @@ from ballista.core.flows import compile_flows
 from ballista.core.journey import Journeys
 from ballista.core.schedule import parse_stages
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,63}$")
 #: The key of `[thresholds]` that means the whole run rather than one request.
 ALL = "all"
 #: Nesting a scenario may have: deeper is refused before anything recurses into it.
@@ -216,7 +215,7 @@ def _request(
     if "name" not in entry:
         raise f.error(f"{key}.name", "missing: every request needs a name")
     name = f.string(entry["name"], f"{key}.name")
-    if not _NAME.match(name):
+    if not NAME.match(name):
         raise f.error(
             f"{key}.name",
             f"{name!r}: use letters, digits, '_' and '-' (at most 64), starting with a "
@@ -496,7 +495,7 @@ def _scenario(
     name = "default"
     if "name" in data:
         name = f.string(data["name"], "name")
-        if not _NAME.match(name):
+        if not NAME.match(name):
             raise f.error("name", f"{name!r}: use letters, digits, '_' and '-' (at most 64)")
     base = _base(f, data)
     settings = Layer()
