@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 BODY = '{"token": "t-8f14e45f", "items": [{"id": 7, "name": "anvil"}]}'
-CASES = ("plain", "flow", "templated")
+CASES = ("plain", "flow", "templated", "steps")
+#: templated steps in the `steps` case's one flow
+STEPS = 5
 
 
 def free_port() -> int:
@@ -102,10 +104,14 @@ def scenario(case: str, base: str, users: Path) -> str:
         + f'[data]\nfile = "{users.name}"\n'
         + '[setup]\n[[setup.steps]]\nname = "login"\npath = "/api/login"\n'
         + 'extract = { token = "json:token" }\n'
-        + '[[flows]]\nname = "f"\n[[flows.steps]]\nname = "get"\n'
-        + 'path = "/api/items/{{ user }}"\n'
-        + 'headers = { Authorization = "Bearer {{ token }}" }\n'
-        + 'extract = { item = "json:items.0.id" }\n'
+        + '[[flows]]\nname = "f"\n'
+        + "".join(
+            f'[[flows.steps]]\nname = "get{i}"\n'
+            + 'path = "/api/items/{{ user }}"\n'
+            + 'headers = { Authorization = "Bearer {{ token }}" }\n'
+            + 'extract = { item = "json:items.0.id" }\n'
+            for i in range(STEPS if case == "steps" else 1)
+        )
     )
 
 
@@ -175,7 +181,7 @@ def in_process(users: Path, rounds: int = 7, n: int = 20_000) -> dict[str, float
 
     async def main() -> None:
         for _ in range(rounds):
-            for case in ("flow", "templated"):
+            for case in ("flow", "templated", "steps"):
                 toml = users.parent / f"{case}-in-process.toml"
                 toml.write_text(scenario(case, "http://127.0.0.1:9", users))
                 journeys = read_scenario_file(str(toml)).journeys

@@ -695,19 +695,22 @@ def test_failure_reasons_are_bounded() -> None:
     assert list(stats.as_dict()["failures_by_reason"]) == sorted(reasons)  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["python", "session-only"])
 @pytest.mark.parametrize("protocol", ["--http1", "--http2"])
 async def test_a_step_timeout_fails_the_iteration_and_the_user_goes_on(
-    journey_service: JourneyService, protocol: str
+    journey_service: JourneyService, protocol: str, keep: bool
 ) -> None:
     # Alone on its HTTP/1.1 connection a user's steps share one moving deadline; on
     # HTTP/2 each step has its own. Either way a timeout is a failed step and iteration.
+    # Journeys that await only the session (TOML flows: `keep`) leave a step's
+    # deadline set after it; think time still takes it off, and is not cut short.
     async def flow(s: Session) -> None:
         await s.get("/echo", name="before")
         await s.get(f"/slow/{400 if s.iteration % 2 else 0}", name="slow")
         await s.sleep(0.3)  # longer than --timeout: think time is not bounded by it
         await s.get("/echo", name="after")
 
-    journeys = Journeys(flows=(JourneyDef("flow", flow),))
+    journeys = Journeys(flows=(JourneyDef("flow", flow),), session_awaits_only=keep)
     _, final = await run(
         config_for(
             journey_service.url,

@@ -17,7 +17,7 @@ from typing import Any
 
 from ballista.core.durations import format_duration, parse_duration
 from ballista.core.errors import ConfigError
-from ballista.core.extract import MISSING, ExtractError, follow, json_path
+from ballista.core.extract import MISSING, ExtractError, JsonPath, follow, json_path
 from ballista.core.journey import Check, Response
 from ballista.core.template import text_of
 
@@ -145,7 +145,7 @@ def _contains(step: str, needle: str) -> Test:
     return lambda r, _: None if encoded in r.content else reason
 
 
-def _segments(path: str, key: str) -> tuple[str, ...]:
+def _segments(path: str, key: str) -> JsonPath:
     try:
         return json_path(path)
     except ExtractError as exc:

@@ -40,37 +40,43 @@ class Extractor:
     find: Callable[[Response], Any]
 
 
-def json_path(path: str) -> tuple[str, ...]:
-    """`items.0.id` -> its segments; ExtractError for an empty one."""
+#: A compiled JSON path: per segment, the key and, for a segment of digits, its
+#: index (a segment applies to an object as a key, to a list as an index or `*`)
+JsonPath = tuple[tuple[str, int | None], ...]
+
+
+def json_path(path: str) -> JsonPath:
+    """`items.0.id` -> its compiled segments; ExtractError for an empty one."""
     segments = tuple(path.split("."))
     if not path or any(not s for s in segments):
         raise ExtractError(
             f"json:{path}: a dotted path such as token, cart.items or items.0.id (no empty part)"
         )
-    return segments
+    return tuple((s, int(s) if _INDEX.fullmatch(s) else None) for s in segments)
 
 
-def follow(doc: Any, segments: tuple[str, ...]) -> Any:
-    """The value at `segments` in a parsed JSON document, or MISSING.
+def follow(doc: Any, path: JsonPath) -> Any:
+    """The value at `path` in a parsed JSON document, or MISSING.
 
     A segment is a key of an object, or an index of a list (from 0; -1 is the
     last; `*` is one element picked at random).
     """
     value = doc
-    for seg in segments:
-        if isinstance(value, dict):
-            if seg not in value:
+    for key, index in path:
+        kind = type(value)
+        if kind is dict:
+            value = value.get(key, MISSING)
+            if value is MISSING:
                 return MISSING
-            value = value[seg]
-        elif isinstance(value, list) and seg == "*":
-            if not value:
+        elif kind is list:
+            if index is not None:
+                if not -len(value) <= index < len(value):
+                    return MISSING
+                value = value[index]
+            elif key == "*" and value:
+                value = random.choice(value)
+            else:
                 return MISSING
-            value = random.choice(value)
-        elif isinstance(value, list) and _INDEX.fullmatch(seg):
-            i = int(seg)
-            if not -len(value) <= i < len(value):
-                return MISSING
-            value = value[i]
         else:
             return MISSING
     return value

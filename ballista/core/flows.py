@@ -219,6 +219,7 @@ def compile_flows(
         step_names=tuple(ctx.specs),
         source=f.label,
         on_segment=tuple(source.share for source in sources),
+        session_awaits_only=True,
     )
     return Compiled(journeys, tuple(ctx.specs.values()))
 

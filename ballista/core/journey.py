@@ -139,6 +139,10 @@ class Journeys:
     #: called with (index, count) of this process's segment before the run starts:
     #: a `unique` data file takes its share of rows, so no row is used twice in a test
     on_segment: tuple[Callable[[int, int], None], ...] = ()
+    #: its functions await nothing but the session's `request` and `sleep` (TOML
+    #: flows, compiled here): the engine may leave a step's deadline set after the
+    #: step, since nothing else waits under it (Python journeys may await anything)
+    session_awaits_only: bool = False
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -964,6 +964,7 @@ class Engine:
                         if runner.sent == sent:
                             # A journey that sent nothing may not have waited: yield, or
                             # it would starve the run (a stop would never be heard).
+                            runner.off_deadline(user)
                             await checkpoint()
                     return
                 # Only a step's own deadline ends up here: its iteration is counted.

@@ -19,8 +19,9 @@ import math
 import random
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from json.scanner import make_scanner
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -93,7 +94,11 @@ class RunStopped(BaseException):
 
 #: first bytes of a JSON body json.loads takes as UTF-8 (with a non-zero second byte)
 _UTF8_START = frozenset(bytes([b]) for b in b'{["-0123456789tfn \t\r\n')
-_decode_json = jsonlib.JSONDecoder().decode
+_DECODER = jsonlib.JSONDecoder()
+_decode_json = _DECODER.decode
+#: the decoder's scanner: a document with no white space around it is parsed by
+#: one call (JSONDecoder.decode adds two Python calls and two regex matches)
+_scan_json: Callable[[str, int], tuple[Any, int]] = make_scanner(_DECODER)  # type: ignore[arg-type]
 
 #: StepResponse._json before the body is parsed
 _UNPARSED: Any = object()
@@ -188,7 +193,14 @@ class StepResponse:
                 if content[:1] in _UTF8_START and content[1:2] != b"\x00":
                     # What json.loads(bytes) would detect (no BOM, no UTF-16/32
                     # zero byte), decoded as it would, without its detection.
-                    parsed = _decode_json(content.decode("utf-8", "surrogatepass"))
+                    text = content.decode("utf-8", "surrogatepass")
+                    try:
+                        parsed, end = _scan_json(text, 0)
+                    except StopIteration:
+                        end = -1
+                    if end != len(text):
+                        # White space around it, or not JSON: as json.loads says it.
+                        parsed = _decode_json(text)
                 else:
                     parsed = jsonlib.loads(content)
             except ValueError as exc:
@@ -302,7 +314,7 @@ class VirtualUser:
     def __repr__(self) -> str:
         return f"<VirtualUser {self.vu} iteration {self.iteration}>"
 
-    async def request(
+    def request(
         self,
         method: str,
         path: str,
@@ -314,7 +326,7 @@ class VirtualUser:
         params: Mapping[str, str] | None = None,
         checks: Sequence[Check] = (),
         expect: Collection[int] | None = None,
-    ) -> StepResponse:
+    ) -> Coroutine[Any, Any, StepResponse]:
         """Send one request, recorded under `name` (the path without its query if None).
 
         `expect`: the statuses that count as success (200-399 by default); another
@@ -322,31 +334,32 @@ class VirtualUser:
         the first to return a reason fails the step with it. A failed step is
         recorded as failed and raises JourneyFailure, ending the iteration.
         """
-        return await self._runner.step(
+        # The runner's coroutine itself, not one awaiting it: one frame less per step.
+        return self._runner.step(
             self, method, path, name, headers, json, data, params, checks, expect
         )
 
-    async def get(self, path: str, **kw: Any) -> StepResponse:
-        return await self.request("GET", path, **kw)
+    def get(self, path: str, **kw: Any) -> Coroutine[Any, Any, StepResponse]:
+        return self.request("GET", path, **kw)
 
-    async def post(self, path: str, **kw: Any) -> StepResponse:
-        return await self.request("POST", path, **kw)
+    def post(self, path: str, **kw: Any) -> Coroutine[Any, Any, StepResponse]:
+        return self.request("POST", path, **kw)
 
-    async def put(self, path: str, **kw: Any) -> StepResponse:
-        return await self.request("PUT", path, **kw)
+    def put(self, path: str, **kw: Any) -> Coroutine[Any, Any, StepResponse]:
+        return self.request("PUT", path, **kw)
 
-    async def patch(self, path: str, **kw: Any) -> StepResponse:
-        return await self.request("PATCH", path, **kw)
+    def patch(self, path: str, **kw: Any) -> Coroutine[Any, Any, StepResponse]:
+        return self.request("PATCH", path, **kw)
 
-    async def delete(self, path: str, **kw: Any) -> StepResponse:
-        return await self.request("DELETE", path, **kw)
+    def delete(self, path: str, **kw: Any) -> Coroutine[Any, Any, StepResponse]:
+        return self.request("DELETE", path, **kw)
 
-    async def head(self, path: str, **kw: Any) -> StepResponse:
-        return await self.request("HEAD", path, **kw)
+    def head(self, path: str, **kw: Any) -> Coroutine[Any, Any, StepResponse]:
+        return self.request("HEAD", path, **kw)
 
     async def sleep(self, seconds: float) -> None:
         """Think time; returns early, without error, when the run stops."""
-        await self._runner.think(seconds)
+        await self._runner.think(seconds, self)
 
 
 @dataclass(slots=True)
@@ -395,6 +408,10 @@ class JourneyRunner:
         self._pause = pause
         self._report = report or _to_stderr
         self._rng = random.Random(seed)
+        #: a step's deadline stays on its user's scope after the step (one deadline
+        #: change per step, not two), taken off before any other wait: only when the
+        #: journeys' own code awaits nothing but the session (TOML flows)
+        self._keep_deadline = journeys.session_awaits_only
         #: the run's clock, read without trio.current_time's two calls around it
         #: (made inside the run: its clock stays the same to the end)
         self._now = trio.lowlevel.current_clock().current_time
@@ -601,10 +618,19 @@ class JourneyRunner:
 
     # -- steps ----------------------------------------------------------------
 
-    async def think(self, seconds: float) -> None:
+    async def think(self, seconds: float, user: VirtualUser | None = None) -> None:
         if seconds > 0 and not self._stopping():
+            if user is not None:
+                self.off_deadline(user)
             with trio.move_on_after(seconds):
                 await self._stopped.wait()
+
+    def off_deadline(self, user: VirtualUser) -> None:
+        """Before a wait that is not a step's: take the last step's deadline off the
+        user's scope, where it stays when `_keep_deadline`."""
+        scope = user.scope
+        if scope is not None and self._keep_deadline and not scope.cancel_called:
+            scope.deadline = math.inf
 
     def build(
         self,
@@ -754,7 +780,8 @@ class JourneyRunner:
                     # The deadline passed as the response came: the response counts,
                     # but the scope is spent, and with it the iteration.
                     user.timed_out = ErrorKind.READ_TIMEOUT.label
-                scope.deadline = math.inf
+                if not self._keep_deadline:
+                    scope.deadline = math.inf
             else:
                 status, error, sent, received = await conn.request(req, deadline, capture)
         except trio.Cancelled:
@@ -802,8 +829,10 @@ class JourneyRunner:
         if self._feed is not None and conn is not None:
             pause = self._feed(conn, sample)
             if pause > 0 and self._pause is not None:
+                self.off_deadline(user)
                 await self._pause(pause)
         if status == 0:
+            self.off_deadline(user)
             # Some failures return without ever blocking (no file descriptor left):
             # yield, or a journey retrying in a loop would never let a stop be heard.
             await trio.lowlevel.checkpoint()
