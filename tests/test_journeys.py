@@ -19,6 +19,7 @@ from ballista.core.scenario import scenario_from_table
 from ballista.core.schedule import parse_stages
 from ballista.core.snapshot import Snapshot
 from ballista.engine.engine import Engine
+from ballista.engine.journeys import JourneyRunner
 
 
 def config_for(url: str, journeys: Journeys, *argv: str) -> RunConfig:
@@ -166,6 +167,68 @@ async def test_a_value_no_request_can_carry_fails_the_step_by_name(
     }
     assert journey_service.hits == {} and final.requests == 0
     assert reports == []  # not the journey's own bug: no traceback
+
+
+@pytest.mark.parametrize("protocol", ["--http1", "--http2"])
+async def test_toml_steps_send_what_they_render_and_refuse_what_no_request_carries(
+    journey_service: JourneyService, protocol: str
+) -> None:
+    """TOML steps with no query or body are encoded once per step over HTTP/1.1 (a
+    plan): the server sees the rendered path, headers and cookies, and a value no
+    request can carry fails the iteration with the general path's reason."""
+    text = f"""
+base_url = "{journey_service.url}"
+[data]
+rows = [{{ v = "plain 1" }}, {{ v = "a\\r\\nInjected: 1" }}, {{ v = "李" }}, {{ v = "%s 2" }}]
+mode = "per-iteration"
+[setup]
+[[setup.steps]]
+name = "login"
+method = "POST"
+path = "/login"
+json = {{ user = "ann" }}
+[[flows]]
+name = "f"
+[[flows.steps]]
+name = "echo"
+path = "/echo?i={{{{ iteration }}}}"
+headers = {{ X-Value = "v={{{{ v }}}}", "X-100%" = "%d" }}
+extract = {{ seen = "json:headers.x-value" }}
+"""
+    scenario = scenario_from_table(tomllib.loads(text), label="t.toml")
+    assert scenario.journeys is not None
+    echoes: list[Any] = []
+    original = JourneyRunner.send_step
+
+    def spy(self: JourneyRunner, user: Any, step: Any, path: str, values: Any) -> Any:
+        coro = original(self, user, step, path, values)
+
+        async def answer() -> Any:
+            r = await coro
+            echoes.append(r.json())
+            return r
+
+        return answer()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(JourneyRunner, "send_step", spy)
+        engine, final = await run(
+            config_for(journey_service.url, scenario.journeys, "-c", "1", "-n", "8", protocol)
+        )
+    assert engine.runner is not None
+    # The step was planned over HTTP/1.1; over HTTP/2 it is built as any step is.
+    (plan,) = engine.runner._plans.values()
+    assert (plan is not None) == (protocol == "--http1")
+    assert flows_of(final)["f"].failures_by_reason == {
+        "echo: header 'X-Value': a control character in its value": 2,
+        "echo: header 'X-Value': not ASCII (name) or Latin-1 (value) text": 2,
+    }
+    assert journey_service.hits == {"login": 1, "echo": 4}
+    # (setup takes the first row: rows go 1, 2, 3, 0, ... to iterations 0, 1, 2, 3, ...)
+    assert [e["query"] for e in echoes] == ["i=2", "i=3", "i=6", "i=7"]
+    assert [e["headers"]["x-value"] for e in echoes] == ["v=%s 2", "v=plain 1"] * 2
+    assert all(e["headers"]["x-100%"] == "%d" for e in echoes)
+    assert all("sid=ann" in e["headers"]["cookie"] for e in echoes)
 
 
 async def test_h2c_cookies_and_bodies(journey_service: JourneyService) -> None:
@@ -750,6 +813,46 @@ async def test_a_setup_step_timeout_fails_the_iteration(journey_service: Journey
     assert flows["setup"].failures_by_reason == {"read_timeout": 3}
     assert by_name(final)["login"].errors_by_kind["read_timeout"] == 3
     assert "echo" not in journey_service.hits
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST", b"DELETE", b"HEAD", b"X-M%s"])
+def test_a_planned_step_sends_the_bytes_prepare_dynamic_sends(method: bytes) -> None:
+    """A TOML step's plan (its method and header names encoded once) fills in the
+    same request prepare_dynamic builds, and takes nothing prepare_dynamic refuses."""
+    from ballista.transport.connect import H1Plan, prepare_dynamic
+
+    spec = RequestSpec(name="s", method="GET", target="/")
+    names = [b"Authorization", b"X-100%s", b"x-trace"]
+    plan = H1Plan(3, spec, method, names, b"127.0.0.1:9")
+    for target, values, cookie in [
+        (b"/api/items/u1", [b"Bearer t-1", b"%d %s", b""], None),
+        (b"/a?b=%25s&c=1", [b"x", b"y", b"z"], b"sid=1; theme=dark"),
+    ]:
+        planned = plan.request(target, values, cookie)
+        headers = list(zip(names, values, strict=True))
+        if cookie is not None:
+            headers.append((b"cookie", cookie))
+        built = prepare_dynamic(
+            3, spec, method, target, headers, b"", ORIGIN, b"127.0.0.1:9", http2=False
+        )
+        assert planned is not None
+        for field in dataclasses.fields(built):
+            assert getattr(planned, field.name) == getattr(built, field.name), field.name
+    # What prepare_dynamic refuses, the plan leaves to it (None), to be refused there.
+    for target, values, cookie in [
+        (b"/a b", [b"x", b"y", b"z"], None),
+        (b"no-slash", [b"x", b"y", b"z"], None),
+        (b"/a", [b"x\r\nX-Evil: 1", b"y", b"z"], None),
+        (b"/a", [b"x", b"y", b"z\x00"], None),
+        (b"/a", [b"x", b"y", b"z"], b"a=1\r\nX-Evil: 1"),
+    ]:
+        assert plan.request(target, values, cookie) is None
+    # Headers the general path defaults, frames or closes, and Cookie, are not planned.
+    for name in (b"Host", b"user-agent", b"Accept", b"Content-Length", b"Connection", b"Cookie"):
+        with pytest.raises(ValueError):
+            H1Plan(0, spec, b"GET", [name], b"127.0.0.1:9")
+    with pytest.raises(ValueError):
+        H1Plan(0, spec, b"GET", [b"bad name"], b"127.0.0.1:9")
 
 
 def test_a_step_with_known_header_names_is_encoded_as_the_first_one_was() -> None:

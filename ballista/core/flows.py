@@ -100,27 +100,42 @@ class Step:
     think: Think
     #: the statuses `check.status` accepts (None: 200-399)
     expect: frozenset[int] | None = None
+    #: no query, body or JSON: only the path and header values change per request
+    simple: bool = False
 
     async def run(self, session: Session) -> None:
+        headers: dict[str, str] | None = None
+        params = data = body = None
         try:
             path = self.path.render(session)
-            headers = {k: t.render(session) for k, t in self.headers} if self.headers else None
-            params = {k: t.render(session) for k, t in self.query} if self.query else None
-            data = self.body.render(session) if self.body is not None else None
-            body = self.json(session) if self.json is not None else None
+            if self.simple:
+                values = [t.render(session) for _, t in self.headers]
+            else:
+                headers = {k: t.render(session) for k, t in self.headers} if self.headers else None
+                params = {k: t.render(session) for k, t in self.query} if self.query else None
+                data = self.body.render(session) if self.body is not None else None
+                body = self.json(session) if self.json is not None else None
         except KeyError as exc:
             raise JourneyFailure(f"{self.name}: {{{{ {exc.args[0]} }}}} has no value") from None
-        r = await session.request(
-            self.method,
-            path,
-            name=self.name,
-            headers=headers,
-            json=body,
-            data=data,
-            params=params,
-            checks=self.checks,
-            expect=self.expect,
-        )
+        # A session that sends a step as such (the engine's) is given the rendered
+        # values alone: it encodes the rest once per step.
+        send = getattr(session, "send_step", None) if self.simple else None
+        if send is not None:
+            r = await send(self, path, values)
+        else:
+            if self.simple:
+                headers = {k: v for (k, _), v in zip(self.headers, values, strict=True)} or None
+            r = await session.request(
+                self.method,
+                path,
+                name=self.name,
+                headers=headers,
+                json=body,
+                data=data,
+                params=params,
+                checks=self.checks,
+                expect=self.expect,
+            )
         variables = session.vars
         for variable, extractor, reason in self.extract:
             value = extractor.find(r)
@@ -449,6 +464,7 @@ def _step(
         extract=tuple(extract),
         think=step_think,
         expect=statuses,
+        simple=query is None and body is None and json_body is None,
     )
 
 

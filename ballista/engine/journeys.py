@@ -29,6 +29,7 @@ from urllib.parse import urlencode, urlsplit
 import trio
 
 from ballista.core.config import DEFAULT_EXPECTED, Origin, RequestSpec, encode_target
+from ballista.core.flows import Step
 from ballista.core.flowstats import JOURNEY_ERROR, SETUP_FLOW, FlowRecorder
 from ballista.core.journey import (
     MAX_STEP_NAMES,
@@ -41,7 +42,7 @@ from ballista.core.journey import (
 )
 from ballista.core.outcome import ErrorKind, Sample
 from ballista.core.recorder import Recorder
-from ballista.transport.connect import Captured, PreparedRequest, prepare_dynamic
+from ballista.transport.connect import Captured, H1Plan, PreparedRequest, prepare_dynamic
 from ballista.transport.http1 import H1Connection, Result
 
 #: A journey step's status counts as whatever its checks say: the recorder judges none.
@@ -339,6 +340,12 @@ class VirtualUser:
             self, method, path, name, headers, json, data, params, checks, expect
         )
 
+    def send_step(
+        self, step: Step, path: str, values: Sequence[str]
+    ) -> Coroutine[Any, Any, StepResponse]:
+        """A TOML step (`Step.run` calls it): its rendered path and header values."""
+        return self._runner.send_step(self, step, path, values)
+
     def get(self, path: str, **kw: Any) -> Coroutine[Any, Any, StepResponse]:
         return self.request("GET", path, **kw)
 
@@ -450,6 +457,9 @@ class JourneyRunner:
         self.sent = 0
         #: the run's protocol, once known: steps are encoded for it alone
         self.http2 = False
+        #: TOML steps' HTTP/1.1 plans, by the step's id (None: built as any step is);
+        #: as many as the scenario has steps
+        self._plans: dict[int, _Plan | None] = {}
         #: users bound to no connection (open model) take one per step with these
         self.acquire: Acquire | None = None
         self.release: Release | None = None
@@ -730,7 +740,7 @@ class JourneyRunner:
             # reason, a bounded label.
             raise JourneyFailure(f"{spec.name}: {exc}") from None
 
-    async def step(
+    def step(
         self,
         user: VirtualUser,
         method: str,
@@ -742,17 +752,87 @@ class JourneyRunner:
         params: Mapping[str, str] | None,
         checks: Sequence[Check],
         expect: Collection[int] | None,
-    ) -> StepResponse:
+    ) -> Coroutine[Any, Any, StepResponse]:
+        """One step: the request built now, sent when the answer is awaited."""
         if self._stopping():
             raise RunStopped
-        if user.timed_out is not None:
-            # The user's scope is cancelled: this raises Cancelled, nothing is sent.
-            await trio.lowlevel.checkpoint()
         method = method.upper()
         if name is None:
             name = path.partition("?")[0]
         index, spec, expected = self._step(name, method)
         req = self.build(user, method, path, headers, json, data, params, index, spec)
+        return self._exchange(user, req, expected if expect is None else expect, checks)
+
+    def send_step(
+        self, user: VirtualUser, step: Step, path: str, values: Sequence[str]
+    ) -> Coroutine[Any, Any, StepResponse]:
+        """A TOML step with no query or body (`Step.simple`): its rendered path and
+        header values. Over HTTP/1.1 the request is filled into the step's plan,
+        encoded once; otherwise, or for a value the plan cannot take as it is (to be
+        encoded, or refused with a reason), it is built as any step is."""
+        plan = self._plans.get(id(step), _UNPLANNED)
+        if plan is _UNPLANNED:
+            plan = self._plan(step)
+        if plan is not None:
+            if self._stopping():
+                raise RunStopped
+            try:
+                req = plan.h1.request(
+                    path.encode("ascii"),
+                    [value.encode("latin-1") for value in values],
+                    user.cookies.header(),
+                )
+            except UnicodeEncodeError:
+                req = None
+            if req is not None:
+                return self._exchange(user, req, plan.expected, step.checks)
+        headers = {k: v for (k, _), v in zip(step.headers, values, strict=True)}
+        return self.step(
+            user,
+            step.method,
+            path,
+            step.name,
+            headers or None,
+            None,
+            None,
+            None,
+            step.checks,
+            step.expect,
+        )
+
+    def _plan(self, step: Step) -> _Plan | None:
+        """The step's HTTP/1.1 plan (None: it is built as any step is), made once."""
+        plan: _Plan | None = None
+        if not self.http2:
+            method = step.method.upper()
+            index, spec, expected = self._step(step.name, method)
+            try:
+                h1 = H1Plan(
+                    index,
+                    spec,
+                    method.encode("ascii"),
+                    [k.encode("ascii") for k, _ in step.headers],
+                    self._authority,
+                )
+            except ValueError:  # UnicodeEncodeError too
+                pass
+            else:
+                plan = _Plan(h1, expected if step.expect is None else step.expect)
+        self._plans[id(step)] = plan
+        return plan
+
+    async def _exchange(
+        self,
+        user: VirtualUser,
+        req: PreparedRequest,
+        expected: Collection[int],
+        checks: Sequence[Check],
+    ) -> StepResponse:
+        """Send a step's request on the user's connection, record it, judge it."""
+        if user.timed_out is not None:
+            # The user's scope is cancelled: this raises Cancelled, nothing is sent.
+            await trio.lowlevel.checkpoint()
+        index = req.index
         recorder = self._recorder
         capture = Captured()
         now = self._now
@@ -812,7 +892,7 @@ class JourneyRunner:
         failure: Exception | None = None
         if status == 0:
             reason = kind
-        elif status not in (expected if expect is None else expect):
+        elif status not in expected:
             reason = f"status {status}"
         else:
             try:
@@ -841,6 +921,19 @@ class JourneyRunner:
         if reason is not None:
             raise JourneyFailure(reason)
         return response
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A TOML step's request over HTTP/1.1, encoded once (see `send_step`)."""
+
+    h1: H1Plan
+    #: the statuses the step counts as success
+    expected: Collection[int]
+
+
+#: `JourneyRunner._plans` has no entry for a step yet
+_UNPLANNED: Any = object()
 
 
 def _to_stderr(text: str) -> None:

@@ -579,6 +579,95 @@ _SPECIAL_NAMES = frozenset(
 _ORDINARY_NAMES: set[bytes] = set()
 
 
+def _default_head(authority: bytes) -> bytes:
+    """Host, User-Agent and Accept as a request to `authority` sends them (cached)."""
+    defaults = b"host: " + authority + b"\r\nuser-agent: " + _USER_AGENT + b"\r\naccept: */*\r\n"
+    if len(_DEFAULT_HEADS) < 16:
+        _DEFAULT_HEADS[authority] = defaults
+    return defaults
+
+
+def _escape(part: bytes) -> bytes:
+    return part.replace(b"%", b"%%")
+
+
+class H1Plan:
+    """One journey step's HTTP/1.1 request with its varying parts left open.
+
+    A TOML step sends the same method and header names every time: they and the
+    default headers are encoded once, into one format; each request fills in the
+    target, the header values and the user's Cookie line. The bytes are
+    `prepare_dynamic`'s for the same request, and checked as it checks them:
+    `request` answers None for a target or value it would refuse, so that the
+    caller takes `prepare_dynamic` and its error.
+    """
+
+    __slots__ = ("_fmt", "_head", "_index", "_method", "_spec")
+
+    def __init__(
+        self,
+        index: int,
+        spec: RequestSpec,
+        method: bytes,
+        names: Sequence[bytes],
+        authority: bytes,
+    ) -> None:
+        """ValueError for what only the general path sends: a method or header name
+        that is not a token, a header it defaults, frames or closes, or a Cookie."""
+        if not _TOKEN_BYTES(method):
+            raise ValueError(f"invalid HTTP method {method!r}")
+        for name in names:
+            lower = name.lower()
+            if not _TOKEN_BYTES(name) or lower in _SPECIAL_NAMES or lower == b"cookie":
+                raise ValueError(f"header {name!r} takes the general path")
+        self._index = index
+        self._spec = spec
+        self._method = method
+        self._head = method == b"HEAD"
+        length = b"content-length: 0\r\n" if method in _BODY_METHODS else b""
+        # `%` is a token character (and may be in an authority): escaped in the
+        # format's own parts.
+        self._fmt = (
+            _escape(method)
+            + b" %s HTTP/1.1\r\n"
+            + _escape(_default_head(authority))
+            + b"".join(_escape(name) + b": %s\r\n" for name in names)
+            + b"%s"
+            + length
+            + b"\r\n"
+        )
+
+    def request(
+        self, target: bytes, values: Sequence[bytes], cookie: bytes | None
+    ) -> PreparedRequest | None:
+        """The request with these parts, or None where `prepare_dynamic` would raise."""
+        if not target.startswith(b"/") or _BAD_TARGET(target) is not None:
+            return None
+        for value in values:
+            if _BAD_VALUE(value) is not None:
+                return None
+        if cookie is None:
+            line = b""
+        elif _BAD_VALUE(cookie) is not None:
+            return None
+        else:
+            line = b"cookie: " + cookie + b"\r\n"
+        head = self._fmt % (target, *values, line)
+        return PreparedRequest(
+            self._index,
+            self._method,
+            target,
+            b"",
+            (head,),
+            head if len(head) <= H1_WHOLE_MAX else None,
+            True,
+            self._head,
+            (),
+            0,
+            self._spec,
+        )
+
+
 def prepare_dynamic(
     index: int,
     spec: RequestSpec,
@@ -615,17 +704,7 @@ def prepare_dynamic(
                 break
             lines_of_own += b"%s: %s\r\n" % (name, value)
         else:
-            defaults = _DEFAULT_HEADS.get(authority)
-            if defaults is None:
-                defaults = (
-                    b"host: "
-                    + authority
-                    + b"\r\nuser-agent: "
-                    + _USER_AGENT
-                    + b"\r\naccept: */*\r\n"
-                )
-                if len(_DEFAULT_HEADS) < 16:
-                    _DEFAULT_HEADS[authority] = defaults
+            defaults = _DEFAULT_HEADS.get(authority) or _default_head(authority)
             if body or method in _BODY_METHODS:
                 head = b"%s %s HTTP/1.1\r\n%s%scontent-length: %d\r\n\r\n" % (
                     method,
