@@ -109,7 +109,9 @@ class Step:
         try:
             path = self.path.render(session)
             if self.simple:
-                values = [t.render(session) for _, t in self.headers]
+                values = []
+                for _, t in self.headers:  # (a loop: a comprehension is a call of its own)
+                    values.append(t.render(session))
             else:
                 headers = {k: t.render(session) for k, t in self.headers} if self.headers else None
                 params = {k: t.render(session) for k, t in self.query} if self.query else None

@@ -177,12 +177,14 @@ class Template:
         fmt: list[str] = []
         texts: list[Callable[[Scope], str]] = []
         single: Getter | None = None
+        variables: list[str | None] = []
         pos = 0
         for match in _PLACE.finditer(source):
             if match.start() > pos:
                 fmt.append(_literal(source[pos : match.start()], literal))
             getter, variable = _expression(match.group(1), names)
             single = getter
+            variables.append(variable)
             texts.append(_as_text(getter, variable, quote_values))
             fmt.append("{}")
             pos = match.end()
@@ -196,7 +198,11 @@ class Template:
         self.names = frozenset(names)
         self.static = not texts
         self._single = single if fmt == ["{}"] else None
-        self.render = _renderer("".join(fmt), tuple(texts))
+        text = "".join(fmt)
+        if len(variables) == 1 and variables[0] is not None and text != "{}":
+            self.render = _one_variable(text, variables[0], quote_values)
+        else:
+            self.render = _renderer(text, tuple(texts))
 
     @classmethod
     def plain(cls, text: str) -> Template:
@@ -234,6 +240,24 @@ def _renderer(fmt: str, texts: tuple[Callable[[Scope], str], ...]) -> Callable[[
         first, second = texts
         return lambda s: fmt.format(first(s), second(s))
     return lambda s: fmt.format(*[t(s) for t in texts])
+
+
+def _one_variable(fmt: str, name: str, quote_values: bool) -> Callable[[Scope], str]:
+    """Text around one variable (`Bearer {{ token }}`, `/cart/{{ user }}`): one call."""
+    format_ = fmt.format
+    if quote_values:
+
+        def quoted(s: Scope) -> str:
+            v = s.vars[name]
+            return format_(_quoted(v if v.__class__ is str else text_of(v)))
+
+        return quoted
+
+    def text(s: Scope) -> str:
+        v = s.vars[name]
+        return format_(v if v.__class__ is str else text_of(v))
+
+    return text
 
 
 def has_places(text: str) -> bool:

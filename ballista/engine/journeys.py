@@ -189,7 +189,8 @@ class StepResponse:
         what later checks of this response see."""
         parsed = self._json
         if parsed is _UNPARSED:
-            content = self.content
+            chunks = self._capture.chunks
+            content = chunks[0] if len(chunks) == 1 else self.content
             try:
                 if content[:1] in _UTF8_START and content[1:2] != b"\x00":
                     # What json.loads(bytes) would detect (no BOM, no UTF-16/32
@@ -776,12 +777,11 @@ class JourneyRunner:
         if plan is not None:
             if self._stopping():
                 raise RunStopped
+            encoded: list[bytes] = []
             try:
-                req = plan.h1.request(
-                    path.encode("ascii"),
-                    [value.encode("latin-1") for value in values],
-                    user.cookies.header(),
-                )
+                for value in values:  # (a loop: a comprehension is a call of its own)
+                    encoded.append(value.encode("latin-1"))
+                req = plan.h1.request(path.encode("ascii"), encoded, user.cookies.header())
             except UnicodeEncodeError:
                 req = None
             if req is not None:
