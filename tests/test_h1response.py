@@ -256,6 +256,41 @@ def test_capturing_reader_keeps_the_final_head_and_the_body() -> None:
     assert capture.headers == [(b"content-length", b"99")] and capture.body == b""
 
 
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"HTTP/1.1 200 OK\r\nServer: x\r\nSET-COOKIE: a=1\r\nContent-Length: 5\r\n"
+        b"X-Set-Cookie: no\r\nset-cookie: b=2\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nTransfer-Encoding: chunked\r\n"
+        b"Set-Cookie: b=2\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+)
+def test_a_capture_without_headers_keeps_set_cookie_and_frames_as_any(wire: bytes) -> None:
+    """A step that reads no header keeps Set-Cookie alone (its user's jar); the
+    response is framed, kept alive or closed exactly as with every header kept."""
+    from ballista.transport.connect import Captured
+    from ballista.transport.h1response import CapturingReader
+
+    for closing in (False, True):
+        data = wire.replace(b"200 OK\r\n", b"200 OK\r\nConnection: close\r\n") if closing else wire
+        outcomes = []
+        for keep in (True, False):
+            reader = CapturingReader()
+            capture = Captured(keep)
+            reader.start(False)
+            reader.capture = capture
+            done = False
+            for i in range(len(data)):  # callbacks split anywhere
+                done = reader.feed(data[i : i + 1])
+            assert done and capture.body == b"hello"
+            cookies = [v for k, v in capture.headers if k == b"set-cookie"]
+            assert cookies == [b"a=1", b"b=2"]
+            if not keep:
+                assert [k for k, _ in capture.headers] == [b"set-cookie"] * 2
+            outcomes.append((reader.status, reader.reusable))
+        assert outcomes[0] == outcomes[1] == (200, not closing)
+
+
 def test_capture_keeps_at_most_its_limit() -> None:
     from ballista.transport.connect import MAX_CAPTURE, Captured
 

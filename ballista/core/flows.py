@@ -102,6 +102,9 @@ class Step:
     expect: frozenset[int] | None = None
     #: no query, body or JSON: only the path and header values change per request
     simple: bool = False
+    #: an extractor reads the response's headers (`header:`, or `regex:`, whose text
+    #: is decoded by the Content-Type's charset); checks read none
+    reads_headers: bool = True
 
     async def run(self, session: Session) -> None:
         headers: dict[str, str] | None = None
@@ -467,6 +470,7 @@ def _step(
         think=step_think,
         expect=statuses,
         simple=query is None and body is None and json_body is None,
+        reads_headers=any(e.kind in ("header", "regex") for _, e, _ in extract),
     )
 
 

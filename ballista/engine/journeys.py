@@ -785,7 +785,7 @@ class JourneyRunner:
             except UnicodeEncodeError:
                 req = None
             if req is not None:
-                return self._exchange(user, req, plan.expected, step.checks)
+                return self._exchange(user, req, plan.expected, step.checks, step.reads_headers)
         headers = {k: v for (k, _), v in zip(step.headers, values, strict=True)}
         return self.step(
             user,
@@ -827,14 +827,16 @@ class JourneyRunner:
         req: PreparedRequest,
         expected: Collection[int],
         checks: Sequence[Check],
+        headers: bool = True,
     ) -> StepResponse:
-        """Send a step's request on the user's connection, record it, judge it."""
+        """Send a step's request on the user's connection, record it, judge it.
+        `headers`: keep the response's headers (False: Set-Cookie alone)."""
         if user.timed_out is not None:
             # The user's scope is cancelled: this raises Cancelled, nothing is sent.
             await trio.lowlevel.checkpoint()
         index = req.index
         recorder = self._recorder
-        capture = Captured()
+        capture = Captured(headers)
         now = self._now
         t0 = now()
         deadline = t0 + self._timeout

@@ -523,9 +523,12 @@ class Captured:
     reader task); plain requests never carry one and keep nothing.
     """
 
-    __slots__ = ("chunks", "headers", "size", "truncated")
+    __slots__ = ("chunks", "headers", "keep_headers", "size", "truncated")
 
-    def __init__(self) -> None:
+    def __init__(self, keep_headers: bool = True) -> None:
+        #: keep every header; False: only Set-Cookie (the user's cookie jar), for a
+        #: step that reads no other (HTTP/1.1; HTTP/2 keeps them all either way)
+        self.keep_headers = keep_headers
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.size = 0

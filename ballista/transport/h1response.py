@@ -203,6 +203,11 @@ class FastReader:
         raise PeerClosed("connection closed before the response ended")
 
 
+#: lengths of the header names a reader looks at: content-length, transfer-encoding,
+#: retry-after, connection and set-cookie
+_LOOKED_AT = frozenset({14, 17, 11, 10})
+
+
 class CapturingReader(FastReader):
     """FastReader that also keeps the final response's headers and body in `capture`
     (journeys read them). Plain requests use FastReader: llhttp then never calls
@@ -228,12 +233,18 @@ class CapturingReader(FastReader):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         capture = self.capture
-        lower = name.lower()
-        if capture is not None:
+        n = len(name)
+        if capture is not None and capture.keep_headers:
+            lower = name.lower()
             capture.headers.append((lower, value))
+        elif n in _LOOKED_AT:
+            lower = name.lower()
+            if n == 10 and capture is not None and lower == b"set-cookie":
+                capture.headers.append((lower, value))
+        else:
+            return
         # FastReader's checks, on the name already lowered (lengths first: most
         # headers are none of these).
-        n = len(lower)
         if n == 14:
             if lower == b"content-length":
                 self._framed = True
