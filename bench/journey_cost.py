@@ -24,6 +24,12 @@ Issue 16 asks a templated step with one extraction to cost at most 1.5x
 in `scripts/test` runs it. Load goes only to 127.0.0.1, each run bounded.
 
     .venv/bin/python bench/journey_cost.py [--duration 10] [--concurrency 50] [--repeat 3]
+        [--rate 4000]
+
+With `--rate R` every case also runs in the open model at R requests a second
+(the `steps` flow's iterations at R/5): the CPU a request costs at a rate the
+machine keeps up with, where the event loop wakes for each request rather than
+finding many ready at once.
 """
 
 from __future__ import annotations
@@ -136,6 +142,10 @@ def measure(argv: list[str], summary: Path, limit_s: float) -> tuple[float, int]
     doc = json.loads(summary.read_text())
     if doc["failed"]:
         raise SystemExit(f"{argv[-1]}: {doc['failed']} failed requests: not a fair comparison")
+    if doc.get("dropped"):
+        print(
+            f"  ({doc['dropped']} arrivals dropped: the rate was more than this run kept up with)"
+        )
     return usage.ru_utime + usage.ru_stime, int(doc["requests"])
 
 
@@ -267,11 +277,33 @@ def runtime_alone(users: Path, rounds: int = 3, n: int = 40_000) -> dict[str, fl
     return best
 
 
+def report(per_request: dict[str, list[float]]) -> None:
+    """Each case's median CPU per request against plain's.
+
+    Each round runs the cases one after the other: a round's ratios share the
+    machine's state of the moment, so their median moves less than the medians'
+    ratio when other work comes and goes on the machine."""
+    median = {case: statistics.median(v) for case, v in per_request.items()}
+    for case in CASES:
+        ratios = [c / p for c, p in zip(per_request[case], per_request["plain"], strict=True)]
+        print(
+            f"{case:>9}: {median[case]:6.1f} µs CPU/request (median), "
+            f"{median[case] / median['plain']:.2f}x plain; median of the rounds' ratios "
+            f"{statistics.median(ratios):.2f}x"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
     parser.add_argument("--concurrency", type=int, default=50, help="virtual users (50)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each case (3)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="also run every case at this many requests/s (open model); 0: do not",
+    )
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
     args = parser.parse_args(argv)
@@ -292,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "user,password\n" + "".join(f"u{i},p{i}\n" for i in range(args.concurrency))
             )
             per_request: dict[str, list[float]] = {case: [] for case in CASES}
+            at_rate: dict[str, list[float]] = {case: [] for case in CASES}
             for round_ in range(args.repeat):
                 for case in CASES:
                     summary = work / f"{case}.json"
@@ -302,37 +335,41 @@ def main(argv: Sequence[str] | None = None) -> int:
                         toml = work / f"{case}.toml"
                         toml.write_text(scenario(case, base, users))
                         command += ["-f", str(toml)]
-                    command += ["-c", str(args.concurrency), "--json", str(summary)]
+                    command += ["--json", str(summary)]
                     # Start-up (imports, parsing, connecting) is the same whatever the
                     # run's length: a one-request run measures it, to take it away.
-                    start_cpu, start_requests = measure([*command, "-n", "1"], summary, 60)
-                    cpu, requests = measure(
-                        [*command, "-d", f"{args.duration}s"], summary, args.duration + 60
-                    )
-                    cost = (cpu - start_cpu) / (requests - start_requests) * 1e6
-                    per_request[case].append(cost)
-                    print(
-                        f"round {round_ + 1} {case:>9}: {requests:>7} requests, {cpu:.2f}s CPU "
-                        f"({start_cpu:.2f}s of it start-up), {cost:.1f} µs/request",
-                        flush=True,
-                    )
+                    start = measure([*command, "-c", "1", "-n", "1"], summary, 60)
+                    loads = [("saturated", ["-c", str(args.concurrency)], per_request)]
+                    if args.rate:
+                        # The open model at one rate of requests for every case: the
+                        # `steps` flow's iterations come at a fifth of it.
+                        rate = args.rate / STEPS if case == "steps" else args.rate
+                        loads.append((f"{args.rate:g}/s", ["-r", f"{rate:g}"], at_rate))
+                    for label, load, costs in loads:
+                        cpu, requests = measure(
+                            [*command, *load, "-d", f"{args.duration}s"],
+                            summary,
+                            args.duration + 60,
+                        )
+                        cost = (cpu - start[0]) / (requests - start[1]) * 1e6
+                        costs[case].append(cost)
+                        print(
+                            f"round {round_ + 1} {case:>9} {label:>9}: {requests:>7} requests, "
+                            f"{cpu:.2f}s CPU ({start[0]:.2f}s of it start-up), "
+                            f"{cost:.1f} µs/request",
+                            flush=True,
+                        )
         finally:
             server.send_signal(signal.SIGQUIT)
             server.wait(timeout=10)
         steps = in_process(users)
         alone = runtime_alone(users)
-    median = {case: statistics.median(v) for case, v in per_request.items()}
     print()
-    # Each round runs the cases one after the other: a round's ratios share the
-    # machine's state of the moment, so their median moves less than the medians'
-    # ratio when other work comes and goes on the machine.
-    for case in CASES:
-        ratios = [c / p for c, p in zip(per_request[case], per_request["plain"], strict=True)]
-        print(
-            f"{case:>9}: {median[case]:6.1f} µs CPU/request (median), "
-            f"{median[case] / median['plain']:.2f}x plain; median of the rounds' ratios "
-            f"{statistics.median(ratios):.2f}x"
-        )
+    print(f"saturated: {args.concurrency} virtual users (closed model), as fast as they go:")
+    report(per_request)
+    if args.rate:
+        print(f"at {args.rate:g} requests/s for every case (open model):")
+        report(at_rate)
     print("compiled steps alone, no I/O (best of 7 x 20,000):")
     for case, cost in steps.items():
         print(f"{case:>9}: {cost:6.1f} µs CPU/iteration")
