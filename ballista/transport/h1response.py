@@ -46,6 +46,13 @@ class ResponseReader(Protocol):
         """The peer closed: fine if that ends a close-delimited body, else PeerClosed."""
 
 
+def _closes(connection: bytes) -> bool:
+    """A Connection header's value has the `close` token (most say keep-alive: no
+    token list is made for them)."""
+    lower = connection.lower()
+    return b"close" in lower and b"close" in [token.strip() for token in lower.split(b",")]
+
+
 class _Surplus(Exception):
     """Bytes of another message followed the response (stops llhttp mid-buffer)."""
 
@@ -131,8 +138,7 @@ class FastReader:
             if name.lower() == b"retry-after":
                 self._retry_after = value.strip(b" \t")
         elif n == 10 and name.lower() == b"connection":
-            tokens = [token.strip() for token in value.lower().split(b",")]
-            self._close = self._close or b"close" in tokens
+            self._close = self._close or _closes(value)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -257,8 +263,7 @@ class CapturingReader(FastReader):
             if lower == b"retry-after":
                 self._retry_after = value.strip(b" \t")
         elif n == 10 and lower == b"connection":
-            tokens = [token.strip() for token in value.lower().split(b",")]
-            self._close = self._close or b"close" in tokens
+            self._close = self._close or _closes(value)
 
     def on_body(self, body: bytes) -> None:
         capture = self.capture
