@@ -129,7 +129,7 @@ class Step:
             r = await send(self, path, values)
         else:
             if self.simple:
-                headers = {k: v for (k, _), v in zip(self.headers, values, strict=True)} or None
+                headers = self.headers_of(values)
             r = await session.request(
                 self.method,
                 path,
@@ -147,6 +147,10 @@ class Step:
             if value is MISSING:
                 raise JourneyFailure(reason)
             variables[variable] = value
+
+    def headers_of(self, values: list[str]) -> dict[str, str] | None:
+        """The step's headers with these rendered values (a simple step's), or None."""
+        return {k: v for (k, _), v in zip(self.headers, values, strict=True)} or None
 
 
 def _pause(think: Think) -> float:

@@ -342,7 +342,7 @@ class VirtualUser:
         )
 
     def send_step(
-        self, step: Step, path: str, values: Sequence[str]
+        self, step: Step, path: str, values: list[str]
     ) -> Coroutine[Any, Any, StepResponse]:
         """A TOML step (`Step.run` calls it): its rendered path and header values."""
         return self._runner.send_step(self, step, path, values)
@@ -765,7 +765,7 @@ class JourneyRunner:
         return self._exchange(user, req, expected if expect is None else expect, checks)
 
     def send_step(
-        self, user: VirtualUser, step: Step, path: str, values: Sequence[str]
+        self, user: VirtualUser, step: Step, path: str, values: list[str]
     ) -> Coroutine[Any, Any, StepResponse]:
         """A TOML step with no query or body (`Step.simple`): its rendered path and
         header values. Over HTTP/1.1 the request is filled into the step's plan,
@@ -785,14 +785,15 @@ class JourneyRunner:
             except UnicodeEncodeError:
                 req = None
             if req is not None:
-                return self._exchange(user, req, plan.expected, step.checks, step.reads_headers)
-        headers = {k: v for (k, _), v in zip(step.headers, values, strict=True)}
+                return self._exchange(
+                    user, req, plan.expected, step.checks, keep_headers=step.reads_headers
+                )
         return self.step(
             user,
             step.method,
             path,
             step.name,
-            headers or None,
+            step.headers_of(values),
             None,
             None,
             None,
@@ -827,16 +828,16 @@ class JourneyRunner:
         req: PreparedRequest,
         expected: Collection[int],
         checks: Sequence[Check],
-        headers: bool = True,
+        keep_headers: bool = True,
     ) -> StepResponse:
         """Send a step's request on the user's connection, record it, judge it.
-        `headers`: keep the response's headers (False: Set-Cookie alone)."""
+        `keep_headers`: keep the response's headers (False: Set-Cookie alone)."""
         if user.timed_out is not None:
             # The user's scope is cancelled: this raises Cancelled, nothing is sent.
             await trio.lowlevel.checkpoint()
         index = req.index
         recorder = self._recorder
-        capture = Captured(headers)
+        capture = Captured(keep_headers)
         now = self._now
         t0 = now()
         deadline = t0 + self._timeout
