@@ -135,3 +135,31 @@ async def test_concurrency_ramp_never_exceeds_its_level(mock_clock: trio.testing
     assert max(limit for _, limit in limits) == 4
     assert engine.final is not None
     assert engine.final.max_in_flight == 4
+
+
+class _SlowToClose(FakeConnection):
+    """Closes as a server that takes its time over the last FIN would: 2.5 s."""
+
+    async def aclose(self) -> None:
+        await trio.sleep(2.5)
+
+
+async def test_nothing_follows_the_final_snapshot(mock_clock: trio.testing.MockClock) -> None:
+    # The final snapshot is the last word: a tick falling while the connections close
+    # (here for 2.5 s, five intervals) must not deliver another after it. A --workers
+    # parent refuses a snapshot after a part's final one and counts that worker lost.
+    mock_clock.autojump_threshold = 0
+    config = RunConfig(
+        origin=ORIGIN,
+        requests=(RequestSpec("default", "GET", "/"),),
+        load=LoadSpec(model="closed", concurrency=2, duration=2.0),
+        connections=2,
+        interval=0.5,
+    )
+    starts: list[float] = []
+    engine = Engine(config, grace=1.0, connection_factory=lambda i: _SlowToClose(starts, 0.1))
+    snaps: list[bool] = []
+    engine.add_sink(lambda snap: snaps.append(snap.final))
+    await engine.run()
+    assert snaps[-1] is True and snaps.count(True) == 1
+    assert len(snaps) == 4 + 1  # ticks at 0.5, 1.0, 1.5, 2.0 s; then the final one

@@ -656,6 +656,9 @@ class Engine:
         tick = 1
         while True:
             await trio.sleep_until(start + tick * interval)
+            if self.final is not None:
+                # The final snapshot is the last word, even while connections close.
+                return
             tick += 1
             now = trio.current_time()
             if self.model == "open":
