@@ -188,6 +188,32 @@ def test_any_text_compiles_or_is_refused_with_a_reason(text: str) -> None:
         assert rendered == text
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=30), st.integers() | st.text())
+def test_a_rendered_step_path_is_a_valid_target_whatever_its_values(a: str, b: Any) -> None:
+    # The engine sends a TOML step's path without checking it again (H1Plan.request's
+    # target_checked): whatever a variable holds, the path is a target no check refuses.
+    from ballista.transport.connect import _BAD_TARGET
+
+    text = """
+base_url = "http://127.0.0.1:9/b%41se/ü"
+[data]
+rows = [{ a = "x", b = "y" }]
+[[flows]]
+name = "f"
+[[flows.steps]]
+path = "/p/é/{{ a }}?q={{ b }}&t={{ now_iso }}&u={{ uuid }}"
+[[flows.steps]]
+path = "/{{ b }}"
+"""
+    flows = scenario_from_table(tomllib.loads(text)).journeys
+    assert flows is not None
+    for step in flows.flows[0].fn.steps:  # type: ignore[attr-defined]
+        path, _ = step.render(Scope(vars={"a": a, "b": b}))
+        target = path.encode("ascii")
+        assert target.startswith(b"/") and _BAD_TARGET(target) is None, target
+
+
 # --- extractors -----------------------------------------------------------------------
 
 
@@ -706,6 +732,11 @@ BAD_INPUT = [
         "not a valid pattern",
     ),
     (FLOW + "retries = 3\n", "shop.toml: flows[0].steps[0].retries: unknown key"),
+    (
+        FLOW.replace('"/login"', '"/log\\u007fin"'),
+        "flows[0].steps[0].path (flow 'buy', step 'login'): '/log\\x7fin' must start with '/' "
+        "and have no spaces or control characters",
+    ),
     (FLOW + 'check = { status = "ok" }\n', "flows[0].steps[0].check.status"),
     (FLOW + '[[requests]]\nname = "x"\npath = "/"\n', "either [[requests]]"),
     (FLOW.replace("users.csv", "ragged.csv"), "ragged.csv: line 3: 1 fields"),

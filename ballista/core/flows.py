@@ -30,7 +30,15 @@ from ballista.core.datafile import (
 )
 from ballista.core.errors import ConfigError
 from ballista.core.extract import MISSING, ExtractError, Extractor, compile_extractor
-from ballista.core.journey import Check, JourneyDef, JourneyFailure, JourneyFn, Journeys, Session
+from ballista.core.journey import (
+    Check,
+    JourneyDef,
+    JourneyFailure,
+    JourneyFn,
+    Journeys,
+    Response,
+    Session,
+)
 from ballista.core.template import (
     BUILTIN_HELP,
     BUILTINS,
@@ -107,29 +115,26 @@ class Step:
     reads_headers: bool = True
 
     async def run(self, session: Session) -> None:
-        headers: dict[str, str] | None = None
-        params = data = body = None
-        try:
-            path = self.path.render(session)
-            if self.simple:
-                values = []
-                for _, t in self.headers:  # (a loop: a comprehension is a call of its own)
-                    values.append(t.render(session))
-            else:
+        """Send the step on `session`, judge it, keep its extractions in `session.vars`."""
+        if self.simple:
+            path, values = self.render(session)
+            r = await session.request(
+                self.method,
+                path,
+                name=self.name,
+                headers=self.headers_of(values),
+                checks=self.checks,
+                expect=self.expect,
+            )
+        else:
+            try:
+                path = self.path.render(session)
                 headers = {k: t.render(session) for k, t in self.headers} if self.headers else None
                 params = {k: t.render(session) for k, t in self.query} if self.query else None
                 data = self.body.render(session) if self.body is not None else None
                 body = self.json(session) if self.json is not None else None
-        except KeyError as exc:
-            raise JourneyFailure(f"{self.name}: {{{{ {exc.args[0]} }}}} has no value") from None
-        # A session that sends a step as such (the engine's) is given the rendered
-        # values alone: it encodes the rest once per step.
-        send = getattr(session, "send_step", None) if self.simple else None
-        if send is not None:
-            r = await send(self, path, values)
-        else:
-            if self.simple:
-                headers = self.headers_of(values)
+            except KeyError as exc:
+                raise self._no_value(exc) from None
             r = await session.request(
                 self.method,
                 path,
@@ -141,9 +146,27 @@ class Step:
                 checks=self.checks,
                 expect=self.expect,
             )
-        variables = session.vars
+        self.take(r, session.vars)
+
+    def render(self, session: Scope) -> tuple[str, list[str]]:
+        """A simple step's path and header values for `session` (JourneyFailure: a
+        variable has no value)."""
+        try:
+            path = self.path.render(session)
+            values = []
+            for _, t in self.headers:  # (a loop: a comprehension is a call of its own)
+                values.append(t.render(session))
+        except KeyError as exc:
+            raise self._no_value(exc) from None
+        return path, values
+
+    def _no_value(self, exc: KeyError) -> JourneyFailure:
+        return JourneyFailure(f"{self.name}: {{{{ {exc.args[0]} }}}} has no value")
+
+    def take(self, response: Response, variables: dict[str, Any]) -> None:
+        """Keep the step's extractions from `response` (JourneyFailure: one found nothing)."""
         for variable, extractor, reason in self.extract:
-            value = extractor.find(r)
+            value = extractor.find(response)
             if value is MISSING:
                 raise JourneyFailure(reason)
             variables[variable] = value
@@ -152,26 +175,38 @@ class Step:
         """The step's headers with these rendered values (a simple step's), or None."""
         return {k: v for (k, _), v in zip(self.headers, values, strict=True)} or None
 
+    def pause(self) -> float:
+        """The think time after this step: drawn from its range, 0 for none."""
+        think = self.think
+        if think is None:
+            return 0.0
+        low, high = think
+        return low if low == high else random.uniform(low, high)
 
-def _pause(think: Think) -> float:
-    if think is None:
-        return 0.0
-    low, high = think
-    return low if low == high else random.uniform(low, high)
 
+class Flow:
+    """A compiled TOML flow (or setup): its data sources and steps. Called with a
+    Session, it runs them through the session's `request` and `sleep`; the engine
+    runs `steps` itself to the same effect (`JourneyRunner`), with less between them."""
 
-def _flow_fn(steps: tuple[Step, ...], data: tuple[DataSource, ...]) -> JourneyFn:
-    last = len(steps) - 1
+    __slots__ = ("data", "steps")
 
-    async def flow(session: Session) -> None:
-        for source in data:
+    def __init__(self, steps: tuple[Step, ...], data: tuple[DataSource, ...]) -> None:
+        self.steps = steps
+        self.data = data
+
+    def begin(self, session: Scope) -> None:
+        """An iteration begins: each data source gives the session its row."""
+        for source in self.data:
             source.assign(session.vu, session.vars)
-        for i, step in enumerate(steps):
-            await step.run(session)
-            if i != last and step.think is not None:
-                await session.sleep(_pause(step.think))
 
-    return flow
+    async def __call__(self, session: Session) -> None:
+        self.begin(session)
+        last = self.steps[-1]
+        for step in self.steps:
+            await step.run(session)
+            if step is not last and step.think is not None:
+                await session.sleep(step.pause())
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +252,7 @@ def compile_flows(
         f.known(table, SETUP_KEYS, "setup")
         think = _think(f, table.get("think"), "setup.think")
         steps = _steps(ctx, table, "setup", "setup", think, ctx.setup_vars)
-        setup = _flow_fn(steps, sources)
+        setup = Flow(steps, sources)
     raw_flows = data["flows"]
     if not isinstance(raw_flows, list) or not raw_flows:
         raise f.error("flows", "must be a list of [[flows]] tables")
@@ -236,7 +271,7 @@ def compile_flows(
         weight = f.positive(table.get("weight", 1), f"{key}.weight")
         think = _think(f, table.get("think"), f"{key}.think")
         steps = _steps(ctx, table, key, name, think, set(ctx.setup_vars))
-        flows.append(JourneyDef(name, _flow_fn(steps, sources), weight))
+        flows.append(JourneyDef(name, Flow(steps, sources), weight))
     journeys = Journeys(
         flows=tuple(flows),
         setup=setup,
@@ -390,8 +425,12 @@ def _step(
         raise w.error("path", "missing: every step needs a path (after base_url)")
     path_text = f.string(table["path"], f"{key}.path")
     literal = _PLACE.sub("", path_text)
-    if not path_text.startswith("/") or any(c.isspace() or ord(c) < 0x20 for c in literal):
-        raise w.error("path", f"{path_text!r} must start with '/' and have no spaces")
+    if not path_text.startswith("/") or any(
+        c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in literal
+    ):
+        raise w.error(
+            "path", f"{path_text!r} must start with '/' and have no spaces or control characters"
+        )
     path = template(ctx.base[1] + path_text, "path", quote_values=True, literal=encode_target)
 
     own = f.headers(table["headers"], f"{key}.headers") if "headers" in table else ()

@@ -124,7 +124,10 @@ _UNRESERVED = re.compile(r"[A-Za-z0-9\-._~]*").fullmatch
 
 def _quoted(text: str) -> str:
     """A value put in a path: percent-encoded, except the common case that needs none."""
-    return text if _UNRESERVED(text) else quote(text, safe="-._~")
+    # (Letters and digits alone, the commonest value, need no regular expression.)
+    if (text.isalnum() and text.isascii()) or _UNRESERVED(text):
+        return text
+    return quote(text, safe="-._~")
 
 
 def _as_text(getter: Getter, variable: str | None, quote_values: bool) -> Callable[[Scope], str]:

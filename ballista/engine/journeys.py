@@ -29,7 +29,7 @@ from urllib.parse import urlencode, urlsplit
 import trio
 
 from ballista.core.config import DEFAULT_EXPECTED, Origin, RequestSpec, encode_target
-from ballista.core.flows import Step
+from ballista.core.flows import Flow, Step
 from ballista.core.flowstats import JOURNEY_ERROR, SETUP_FLOW, FlowRecorder
 from ballista.core.journey import (
     MAX_STEP_NAMES,
@@ -341,12 +341,6 @@ class VirtualUser:
             self, method, path, name, headers, json, data, params, checks, expect
         )
 
-    def send_step(
-        self, step: Step, path: str, values: list[str]
-    ) -> Coroutine[Any, Any, StepResponse]:
-        """A TOML step (`Step.run` calls it): its rendered path and header values."""
-        return self._runner.send_step(self, step, path, values)
-
     def get(self, path: str, **kw: Any) -> Coroutine[Any, Any, StepResponse]:
         return self.request("GET", path, **kw)
 
@@ -555,7 +549,10 @@ class JourneyRunner:
         if t0 is None:
             t0 = trio.current_time()
         try:
-            await fn(user)
+            if type(fn) is Flow:
+                await self._flow(fn, user)
+            else:
+                await fn(user)
         except JourneyFailure as exc:
             flows.failed(index, exc.reason, trio.current_time() - t0)
             return exc.reason
@@ -584,6 +581,20 @@ class JourneyRunner:
         if index == self._setup_flow:
             flows.completed(index, trio.current_time() - t0)
         return None
+
+    async def _flow(self, flow: Flow, user: VirtualUser) -> None:
+        """A TOML flow, as `Flow` runs it through a session, with less between its
+        steps: a simple step's rendered values go straight to `send_step`."""
+        flow.begin(user)
+        last = flow.steps[-1]
+        for step in flow.steps:
+            if step.simple:
+                path, values = step.render(user)
+                step.take(await self.send_step(user, step, path, values), user.vars)
+            else:
+                await step.run(user)
+            if step is not last and step.think is not None:
+                await self.think(step.pause(), user)
 
     def _user_error(self, flow: str, exc: BaseException) -> None:
         tb = exc.__traceback__
@@ -781,7 +792,8 @@ class JourneyRunner:
             try:
                 for value in values:  # (a loop: a comprehension is a call of its own)
                     encoded.append(value.encode("latin-1"))
-                req = plan.h1.request(path.encode("ascii"), encoded, user.cookies.header())
+                # A TOML step's path is a valid target whatever its values (tested).
+                req = plan.h1.request(path.encode("ascii"), encoded, user.cookies.header(), True)
             except UnicodeEncodeError:
                 req = None
             if req is not None:

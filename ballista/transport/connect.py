@@ -641,10 +641,16 @@ class H1Plan:
         )
 
     def request(
-        self, target: bytes, values: Sequence[bytes], cookie: bytes | None
+        self,
+        target: bytes,
+        values: Sequence[bytes],
+        cookie: bytes | None,
+        target_checked: bool = False,
     ) -> PreparedRequest | None:
-        """The request with these parts, or None where `prepare_dynamic` would raise."""
-        if not target.startswith(b"/") or _BAD_TARGET(target) is not None:
+        """The request with these parts, or None where `prepare_dynamic` would raise.
+        `target_checked`: the caller made the target such that it cannot be refused
+        (a TOML step's path: percent-encoded values in checked text)."""
+        if not target_checked and (not target.startswith(b"/") or _BAD_TARGET(target) is not None):
             return None
         for value in values:
             if _BAD_VALUE(value) is not None:
