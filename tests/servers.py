@@ -763,6 +763,9 @@ class JourneyService:
             ).encode()
         elif head == "status":
             status = int(path.split("/")[2])
+        elif head == "deep":  # a hostile body: JSON nested N deep
+            depth = int(path.split("/")[2])
+            out = b"[" * depth + b"]" * depth
         elif head == "slow":
             await trio.sleep(int(path.split("/")[2]) / 1000)
         await send(

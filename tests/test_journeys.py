@@ -309,6 +309,43 @@ async def test_json_is_parsed_once_per_response(journey_service: JourneyService)
     assert first is again and first["path"] == "/echo"
 
 
+async def test_json_nested_past_any_parser_is_not_json(
+    journey_service: JourneyService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hostile body nested 100,000 deep: an extraction finds nothing (its reason),
+    a journey's json() raises ValueError; no traceback, nothing counted as a bug."""
+    text = f"""
+base_url = "{journey_service.url}"
+[[flows]]
+name = "toml"
+[[flows.steps]]
+name = "deep"
+path = "/deep/100000"
+extract = {{ first = "json:0" }}
+"""
+    toml = scenario_from_table(tomllib.loads(text)).journeys
+    assert toml is not None
+    errors: list[str] = []
+
+    async def flow(s: Session) -> None:
+        r = await s.get("/deep/100000", name="deep")
+        try:
+            r.json()
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    python = Journeys(flows=(JourneyDef("python", flow),))
+    for journeys in (toml, python):
+        _, final = await run(config_for(journey_service.url, journeys, "-c", "1", "-n", "2"))
+        stats = next(iter(flows_of(final).values()))
+        if journeys is toml:
+            assert stats.failures_by_reason == {"deep: extract first: json:0 not found": 2}
+        else:
+            assert stats.completed == 2
+    assert errors == ["JSON nested too deeply to parse"] * 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("protocol", ["--http1", "--http2"])
 async def test_open_model_iterations_on_pooled_users(
     journey_service: JourneyService, protocol: str

@@ -207,6 +207,9 @@ class StepResponse:
                     parsed = jsonlib.loads(content)
             except ValueError as exc:
                 parsed = _NotJSON(exc)
+            except RecursionError:
+                # A hostile body ([[[[...) would otherwise end as a journey's bug.
+                parsed = _NotJSON(ValueError("JSON nested too deeply to parse"))
             self._json = parsed
         if type(parsed) is _NotJSON:
             raise parsed.error
