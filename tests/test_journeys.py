@@ -201,21 +201,16 @@ extract = {{ seen = "json:headers.x-value", type = "header:content-type" }}
     scenario = scenario_from_table(tomllib.loads(text), label="t.toml")
     assert scenario.journeys is not None
     echoes: list[Any] = []
-    original = JourneyRunner.send_step
+    original = JourneyRunner._exchange
 
-    def spy(self: JourneyRunner, user: Any, step: Any, path: str, values: Any) -> Any:
-        coro = original(self, user, step, path, values)
-
-        async def answer() -> Any:
-            r = await coro
-            if step.name == "echo":
-                echoes.append(r.json())
-            return r
-
-        return answer()
+    async def spy(self: JourneyRunner, user: Any, req: Any, *args: Any) -> Any:
+        r = await original(self, user, req, *args)
+        if req.spec.name == "echo":
+            echoes.append(r.json())
+        return r
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(JourneyRunner, "send_step", spy)
+        mp.setattr(JourneyRunner, "_exchange", spy)
         engine, final = await run(
             config_for(journey_service.url, scenario.journeys, "-c", "1", "-n", "8", protocol)
         )

@@ -587,13 +587,51 @@ class JourneyRunner:
 
     async def _flow(self, flow: Flow, user: VirtualUser) -> None:
         """A TOML flow, as `Flow` runs it through a session, with less between its
-        steps: a simple step's rendered values go straight to `send_step`."""
+        steps. A simple step (`Step.simple`: no query or body) over HTTP/1.1 is filled
+        into its plan, encoded once, and exchanged from here; any other step, or a
+        value the plan cannot take as it is (to be encoded, or refused with a reason),
+        is built as any step is."""
         flow.begin(user)
         last = flow.steps[-1]
+        plans = self._plans
         for step in flow.steps:
             if step.simple:
                 path, values = step.render(user)
-                step.take(await self.send_step(user, step, path, values), user.vars)
+                plan = plans.get(id(step), _UNPLANNED)
+                if plan is _UNPLANNED:
+                    plan = self._plan(step)
+                req: PreparedRequest | None = None
+                if plan is not None:
+                    if self._stopping():
+                        raise RunStopped
+                    encoded: list[bytes] = []
+                    try:
+                        for value in values:  # (a loop: a comprehension is a call of its own)
+                            encoded.append(value.encode("latin-1"))
+                        # A TOML step's path is a valid target whatever its values (tested).
+                        req = plan.h1.request(
+                            path.encode("ascii"), encoded, user.cookies.header(), True
+                        )
+                    except UnicodeEncodeError:
+                        pass
+                if req is not None:
+                    r = await self._exchange(
+                        user, req, plan.expected, step.checks, step.reads_headers
+                    )
+                else:
+                    r = await self.step(
+                        user,
+                        step.method,
+                        path,
+                        step.name,
+                        step.headers_of(values),
+                        None,
+                        None,
+                        None,
+                        step.checks,
+                        step.expect,
+                    )
+                step.take(r, user.vars)
             else:
                 await step.run(user)
             if step is not last and step.think is not None:
@@ -778,44 +816,6 @@ class JourneyRunner:
         req = self.build(user, method, path, headers, json, data, params, index, spec)
         return self._exchange(user, req, expected if expect is None else expect, checks)
 
-    def send_step(
-        self, user: VirtualUser, step: Step, path: str, values: list[str]
-    ) -> Coroutine[Any, Any, StepResponse]:
-        """A TOML step with no query or body (`Step.simple`): its rendered path and
-        header values. Over HTTP/1.1 the request is filled into the step's plan,
-        encoded once; otherwise, or for a value the plan cannot take as it is (to be
-        encoded, or refused with a reason), it is built as any step is."""
-        plan = self._plans.get(id(step), _UNPLANNED)
-        if plan is _UNPLANNED:
-            plan = self._plan(step)
-        if plan is not None:
-            if self._stopping():
-                raise RunStopped
-            encoded: list[bytes] = []
-            try:
-                for value in values:  # (a loop: a comprehension is a call of its own)
-                    encoded.append(value.encode("latin-1"))
-                # A TOML step's path is a valid target whatever its values (tested).
-                req = plan.h1.request(path.encode("ascii"), encoded, user.cookies.header(), True)
-            except UnicodeEncodeError:
-                req = None
-            if req is not None:
-                return self._exchange(
-                    user, req, plan.expected, step.checks, keep_headers=step.reads_headers
-                )
-        return self.step(
-            user,
-            step.method,
-            path,
-            step.name,
-            step.headers_of(values),
-            None,
-            None,
-            None,
-            step.checks,
-            step.expect,
-        )
-
     def _plan(self, step: Step) -> _Plan | None:
         """The step's HTTP/1.1 plan (None: it is built as any step is), made once."""
         plan: _Plan | None = None
@@ -943,7 +943,7 @@ class JourneyRunner:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """A TOML step's request over HTTP/1.1, encoded once (see `send_step`)."""
+    """A TOML step's request over HTTP/1.1, encoded once (see `_flow`)."""
 
     h1: H1Plan
     #: the statuses the step counts as success
