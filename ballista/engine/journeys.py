@@ -506,58 +506,63 @@ class JourneyRunner:
         x = self._rng.random() * cumulative[-1]
         return min(bisect.bisect_right(cumulative, x), len(cumulative) - 1)
 
-    async def iteration(self, user: VirtualUser, began: float | None = None) -> None:
+    def iteration(
+        self, user: VirtualUser, began: float | None = None
+    ) -> Coroutine[Any, Any, str | None]:
         """One iteration of a flow picked by weight, after `setup` if this user still
         needs it. `began`: when the iteration was due (open model), for its duration.
 
         Every iteration started is accounted for: completed, failed (a setup that
         failed fails it, with reason `setup`), or interrupted by the end of the run.
+        (A plain def: without setup to run first, the coroutine is the flow's own.)
         """
-        flows = self.flows
         index = self.pick()
-        flows.started(index)
-        now = self._now
-        t0 = now() if began is None else began
+        self.flows.started(index)
+        t0 = self._now() if began is None else began
+        if self.journeys.setup is not None and not user.set_up:
+            return self._set_up_then_run(index, user, t0)
+        return self._run(index, self.journeys.flows[index].fn, user, t0)
+
+    async def _set_up_then_run(self, index: int, user: VirtualUser, t0: float) -> str | None:
+        """`iteration` for a user whose setup has not run yet."""
+        flows = self.flows
         setup = self.journeys.setup
-        if setup is not None and not user.set_up:
-            flows.started(self._setup_flow)
-            try:
-                ended = await self._run(self._setup_flow, setup, user, None)
-            except BaseException:
-                if user.timed_out is not None:  # a step of setup timed out
-                    flows.failed(index, SETUP_FLOW, now() - t0)
-                else:  # cancelled, or a data file ran out: this one never ran
-                    flows.interrupted(index)
-                raise
-            if ended is not None:
-                if ended == _INTERRUPTED:
-                    flows.interrupted(index)
-                else:
-                    flows.failed(index, SETUP_FLOW, now() - t0)
-                return
-            user.set_up = True
+        assert setup is not None
+        flows.started(self._setup_flow)
         try:
-            ended = await self._run(index, self.journeys.flows[index].fn, user, t0)
-        finally:
-            user.iteration += 1
-        if ended is None:
-            flows.completed(index, now() - t0)
+            ended = await self._run(self._setup_flow, setup, user, None)
+        except BaseException:
+            if user.timed_out is not None:  # a step of setup timed out
+                flows.failed(index, SETUP_FLOW, self._now() - t0)
+            else:  # cancelled, or a data file ran out: this one never ran
+                flows.interrupted(index)
+            raise
+        if ended is not None:
+            if ended == _INTERRUPTED:
+                flows.interrupted(index)
+            else:
+                flows.failed(index, SETUP_FLOW, self._now() - t0)
+            return ended
+        user.set_up = True
+        return await self._run(index, self.journeys.flows[index].fn, user, t0)
 
     async def _run(
         self, index: int, fn: JourneyFn, user: VirtualUser, t0: float | None
     ) -> str | None:
         """Run one journey function; None if it completed, else how it ended (its
-        failure, or _INTERRUPTED), already counted. Completion is the caller's to count."""
+        failure, or _INTERRUPTED), every way counted. `t0` None: setup's run (its
+        duration from now; the user's iteration number stays)."""
         flows = self.flows
+        setup = t0 is None
         if t0 is None:
-            t0 = trio.current_time()
+            t0 = self._now()
         try:
             if type(fn) is Flow:
                 await self._flow(fn, user)
             else:
                 await fn(user)
         except JourneyFailure as exc:
-            flows.failed(index, exc.reason, trio.current_time() - t0)
+            flows.failed(index, exc.reason, self._now() - t0)
             return exc.reason
         except RunStopped:
             flows.interrupted(index)
@@ -571,18 +576,20 @@ class JourneyRunner:
             if user.timed_out is not None:
                 # A step timed out (the user's scope): the iteration failed, it was
                 # not cut by the end of the run.
-                flows.failed(index, user.timed_out, trio.current_time() - t0)
+                flows.failed(index, user.timed_out, self._now() - t0)
             else:
                 flows.interrupted(index)
             raise
         except (Exception, SystemExit) as exc:
             # SystemExit too: `sys.exit()` in a journey is the journey's failure, not
             # Ballista's end (KeyboardInterrupt is left alone: it may be Ctrl-C).
-            flows.failed(index, JOURNEY_ERROR, trio.current_time() - t0)
+            flows.failed(index, JOURNEY_ERROR, self._now() - t0)
             self._user_error(flows.names[index], exc)
             return JOURNEY_ERROR
-        if index == self._setup_flow:
-            flows.completed(index, trio.current_time() - t0)
+        finally:
+            if not setup:
+                user.iteration += 1
+        flows.completed(index, self._now() - t0)
         return None
 
     async def _flow(self, flow: Flow, user: VirtualUser) -> None:
