@@ -1,9 +1,12 @@
 """What a TOML journey step costs against a plain request: CPU per request of `ballista run`.
 
-Three runs against one local nginx (one worker on its own core) that answers
-every path with the same small JSON body, each `ballista run` alone on another
-core, CPU from its rusage (less that of a one-request run: start-up) divided
-by the requests its JSON summary counts:
+Runs against one local nginx (one worker on its own core) that answers every
+path with the same small JSON body, each `ballista run` alone on another core,
+CPU from its rusage (less that of a one-request run: start-up) divided by the
+requests its JSON summary counts. Each case runs between two `plain` runs and
+is quoted against their mean (the median over `--repeat` such runs, with its
+quartiles): on a shared VM whose speed drifts by a third from minute to minute,
+neighbouring runs are the only fair comparison. The cases:
 
 - `plain`: `ballista run URL -c C -d D`, one request over and over;
 - `flow`: a one-step `[[flows]]` file: an untemplated GET, no extraction
@@ -277,27 +280,34 @@ def runtime_alone(users: Path, rounds: int = 3, n: int = 40_000) -> dict[str, fl
     return best
 
 
-def report(per_request: dict[str, list[float]]) -> None:
-    """Each case's median CPU per request against plain's.
-
-    Each round runs the cases one after the other: a round's ratios share the
-    machine's state of the moment, so their median moves less than the medians'
-    ratio when other work comes and goes on the machine."""
-    median = {case: statistics.median(v) for case, v in per_request.items()}
+def report(runs: list[tuple[str, float]]) -> None:
+    """Each case's median CPU per request, and the median of its runs' ratios to the
+    mean of the two plain runs around each (the figure quoted: neighbouring runs
+    share the machine's state of the moment; medians of far-apart runs do not)."""
     for case in CASES:
-        ratios = [c / p for c, p in zip(per_request[case], per_request["plain"], strict=True)]
-        print(
-            f"{case:>9}: {median[case]:6.1f} µs CPU/request (median), "
-            f"{median[case] / median['plain']:.2f}x plain; median of the rounds' ratios "
-            f"{statistics.median(ratios):.2f}x"
-        )
+        mine = [cost for c, cost in runs if c == case]
+        line = f"{case:>9}: {statistics.median(mine):6.1f} µs CPU/request (median)"
+        if case != "plain":
+            ratios = [
+                cost / ((runs[i - 1][1] + runs[i + 1][1]) / 2)
+                for i, (c, cost) in enumerate(runs)
+                if c == case
+            ]
+            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            line += (
+                f", {statistics.median(ratios):.2f}x the plain runs around it (median of "
+                f"{len(ratios)}; quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f})"
+            )
+        print(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
     parser.add_argument("--concurrency", type=int, default=50, help="virtual users (50)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each case (3)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each case, each between two plain runs (3)"
+    )
     parser.add_argument(
         "--rate",
         type=float,
@@ -323,42 +333,49 @@ def main(argv: Sequence[str] | None = None) -> int:
             users.write_text(
                 "user,password\n" + "".join(f"u{i},p{i}\n" for i in range(args.concurrency))
             )
-            per_request: dict[str, list[float]] = {case: [] for case in CASES}
-            at_rate: dict[str, list[float]] = {case: [] for case in CASES}
-            for round_ in range(args.repeat):
-                for case in CASES:
-                    summary = work / f"{case}.json"
-                    command = [*pin(args.client_core), sys.executable, "-m", "ballista", "run"]
-                    if case == "plain":
-                        command += [f"{base}/api/items"]
-                    else:
-                        toml = work / f"{case}.toml"
-                        toml.write_text(scenario(case, base, users))
-                        command += ["-f", str(toml)]
-                    command += ["--json", str(summary)]
-                    # Start-up (imports, parsing, connecting) is the same whatever the
-                    # run's length: a one-request run measures it, to take it away.
-                    start = measure([*command, "-c", "1", "-n", "1"], summary, 60)
-                    loads = [("saturated", ["-c", str(args.concurrency)], per_request)]
-                    if args.rate:
-                        # The open model at one rate of requests for every case: the
-                        # `steps` flow's iterations come at a fifth of it.
-                        rate = args.rate / STEPS if case == "steps" else args.rate
-                        loads.append((f"{args.rate:g}/s", ["-r", f"{rate:g}"], at_rate))
-                    for label, load, costs in loads:
-                        cpu, requests = measure(
-                            [*command, *load, "-d", f"{args.duration}s"],
-                            summary,
-                            args.duration + 60,
-                        )
-                        cost = (cpu - start[0]) / (requests - start[1]) * 1e6
-                        costs[case].append(cost)
-                        print(
-                            f"round {round_ + 1} {case:>9} {label:>9}: {requests:>7} requests, "
-                            f"{cpu:.2f}s CPU ({start[0]:.2f}s of it start-up), "
-                            f"{cost:.1f} µs/request",
-                            flush=True,
-                        )
+            # Every case runs between two plain runs, and its ratio is against their
+            # mean: this VM's speed drifts by a third from minute to minute, and
+            # neighbouring runs share it best. The runs go plain, flow, plain,
+            # templated, plain, steps, plain, flow, ... (`--repeat` times each case).
+            sequence = ["plain"]
+            for _ in range(args.repeat):
+                for case in CASES[1:]:
+                    sequence += [case, "plain"]
+            loads = [("saturated", ["-c", str(args.concurrency)])]
+            if args.rate:
+                loads.append((f"{args.rate:g}/s", []))
+            costs: dict[str, list[tuple[str, float]]] = {label: [] for label, _ in loads}
+            for slot, case in enumerate(sequence):
+                summary = work / f"{case}.json"
+                command = [*pin(args.client_core), sys.executable, "-m", "ballista", "run"]
+                if case == "plain":
+                    command += [f"{base}/api/items"]
+                else:
+                    toml = work / f"{case}.toml"
+                    toml.write_text(scenario(case, base, users))
+                    command += ["-f", str(toml)]
+                command += ["--json", str(summary)]
+                # Start-up (imports, parsing, connecting) is the same whatever the
+                # run's length: a one-request run measures it, to take it away.
+                start = measure([*command, "-c", "1", "-n", "1"], summary, 60)
+                for label, saturated in loads:
+                    # The open model at one rate of requests for every case: the
+                    # `steps` flow's iterations come at a fifth of it.
+                    rate = args.rate / STEPS if case == "steps" else args.rate
+                    load = saturated or ["-r", f"{rate:g}"]
+                    cpu, requests = measure(
+                        [*command, *load, "-d", f"{args.duration}s"],
+                        summary,
+                        args.duration + 60,
+                    )
+                    cost = (cpu - start[0]) / (requests - start[1]) * 1e6
+                    costs[label].append((case, cost))
+                    print(
+                        f"run {slot + 1:>2}/{len(sequence)} {case:>9} {label:>9}: "
+                        f"{requests:>7} requests, {cpu:.2f}s CPU "
+                        f"({start[0]:.2f}s of it start-up), {cost:.1f} µs/request",
+                        flush=True,
+                    )
         finally:
             server.send_signal(signal.SIGQUIT)
             server.wait(timeout=10)
@@ -366,10 +383,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         alone = runtime_alone(users)
     print()
     print(f"saturated: {args.concurrency} virtual users (closed model), as fast as they go:")
-    report(per_request)
+    report(costs["saturated"])
     if args.rate:
         print(f"at {args.rate:g} requests/s for every case (open model):")
-        report(at_rate)
+        report(costs[f"{args.rate:g}/s"])
     print("compiled steps alone, no I/O (best of 7 x 20,000):")
     for case, cost in steps.items():
         print(f"{case:>9}: {cost:6.1f} µs CPU/iteration")
