@@ -457,7 +457,8 @@ class JourneyRunner:
         self.http2 = False
         #: TOML steps' HTTP/1.1 plans, by the step's id (None: built as any step is);
         #: as many as the scenario has steps
-        self._plans: dict[int, _Plan | None] = {}
+        #: id(flow) -> each of a TOML flow's steps with its plan (see `_flow`)
+        self._planned: dict[int, tuple[tuple[Step, _Plan | None], ...]] = {}
         #: users bound to no connection (open model) take one per step with these
         self.acquire: Acquire | None = None
         self.release: Release | None = None
@@ -600,13 +601,15 @@ class JourneyRunner:
         is built as any step is."""
         flow.begin(user)
         last = flow.steps[-1]
-        plans = self._plans
-        for step in flow.steps:
+        planned = self._planned.get(id(flow))
+        if planned is None:
+            # Each step with its plan (None: none, or not a simple step), once a flow.
+            planned = self._planned[id(flow)] = tuple(
+                (step, self._plan(step) if step.simple else None) for step in flow.steps
+            )
+        for step, plan in planned:
             if step.simple:
                 path, values = step.render(user)
-                plan = plans.get(id(step), _UNPLANNED)
-                if plan is _UNPLANNED:
-                    plan = self._plan(step)
                 req: PreparedRequest | None = None
                 if plan is not None:
                     if self._stopping():
@@ -824,7 +827,7 @@ class JourneyRunner:
         return self._exchange(user, req, expected if expect is None else expect, checks)
 
     def _plan(self, step: Step) -> _Plan | None:
-        """The step's HTTP/1.1 plan (None: it is built as any step is), made once."""
+        """The step's HTTP/1.1 plan (None: it is built as any step is)."""
         plan: _Plan | None = None
         if not self.http2:
             method = step.method.upper()
@@ -841,7 +844,6 @@ class JourneyRunner:
                 pass
             else:
                 plan = _Plan(h1, expected if step.expect is None else step.expect)
-        self._plans[id(step)] = plan
         return plan
 
     async def _exchange(
@@ -955,10 +957,6 @@ class _Plan:
     h1: H1Plan
     #: the statuses the step counts as success
     expected: Collection[int]
-
-
-#: `JourneyRunner._plans` has no entry for a step yet
-_UNPLANNED: Any = object()
 
 
 def _to_stderr(text: str) -> None:
