@@ -624,11 +624,11 @@ class JourneyRunner:
                         )
                     except UnicodeEncodeError:
                         pass
-                if req is not None:
-                    r = await self._exchange(
-                        user, req, plan.expected, step.checks, step.reads_headers
-                    )
-                else:
+                    if req is not None:
+                        r = await self._exchange(
+                            user, req, plan.expected, step.checks, step.reads_headers
+                        )
+                if req is None:
                     r = await self.step(
                         user,
                         step.method,
