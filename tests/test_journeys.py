@@ -14,6 +14,7 @@ from helpers import ORIGIN, run_config
 from servers import JourneyService
 
 from ballista.core.config import LoadSpec, RequestSpec, RunConfig
+from ballista.core.flows import NOT_TEXT
 from ballista.core.journey import JourneyDef, JourneyFailure, Journeys, Response, Session
 from ballista.core.scenario import scenario_from_table
 from ballista.core.schedule import parse_stages
@@ -338,6 +339,55 @@ extract = {{ first = "json:0" }}
         else:
             assert stats.completed == 2
     assert errors == ["JSON nested too deeply to parse"] * 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", ["--http1", "--http2"])
+async def test_a_lone_surrogate_fails_its_step_with_a_reason(
+    journey_service: JourneyService, protocol: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Text that cannot be sent ("\\ud800" in a JSON body or a JSON Lines row, kept in
+    a variable) in a path, a query, a body: the iteration fails with a reason naming
+    the step and the part, nothing is sent, no traceback (a JSON body escapes it)."""
+    steps: dict[str, dict[str, Any]] = {
+        "path": {"path": "/echo/{{ x }}"},
+        "query": {"path": "/echo", "query": {"q": "{{ x }}"}},
+        "body": {"path": "/echo", "method": "POST", "body": "{{ x }}"},
+        "header": {"path": "/echo", "headers": {"X-V": "{{ x }}"}},
+        "json": {"path": "/echo", "method": "POST", "json": {"v": "{{ x }}"}},
+    }
+    table = {
+        "base_url": journey_service.url,
+        "data": {"rows": [{"x": "a\ud800"}]},
+        "flows": [{"name": k, "steps": [{"name": k, **v}]} for k, v in steps.items()],
+    }
+    journeys = scenario_from_table(table).journeys
+    assert journeys is not None
+
+    async def python(s: Session) -> None:
+        await s.get("/echo/a\ud800", name="py")
+
+    expected = {
+        "path": "path: path: " + NOT_TEXT,
+        "query": "query: path or query: " + NOT_TEXT,
+        "body": "body: body: " + NOT_TEXT,
+        "header": "header: header 'X-V': not ASCII (name) or Latin-1 (value) text",
+        "python": "py: path or query: " + NOT_TEXT,
+    }
+    sent = 0
+    for flows in (journeys, Journeys(flows=(JourneyDef("python", python),))):
+        _, final = await run(
+            config_for(journey_service.url, flows, "-c", "1", "-n", "20", protocol)
+        )
+        for name, stats in flows_of(final).items():
+            if name == "json":
+                assert stats.completed == stats.iterations
+                sent += stats.iterations
+            else:  # every iteration of the flow failed, for its one reason
+                assert stats.failures_by_reason == (
+                    {expected[name]: stats.iterations} if stats.iterations else {}
+                )
+    assert journey_service.hits == ({"echo": sent} if sent else {})  # JSON bodies alone
     assert "Traceback" not in capsys.readouterr().err
 
 

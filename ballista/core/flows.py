@@ -85,6 +85,10 @@ class Tables(Protocol):
     def headers(self, value: Any, key: str) -> tuple[tuple[str, str], ...]: ...
 
 
+#: Why a step whose text holds a lone surrogate (from a JSON body's "\ud800", kept by
+#: an extraction or a JSON Lines row) is not sent: its iteration fails with this.
+NOT_TEXT = "a value is not Unicode text that can be sent (a lone surrogate)"
+
 #: Think time: (shortest, longest) seconds, drawn uniformly; None: no pause.
 Think = tuple[float, float] | None
 #: A JSON body: a constant, or a function of the session giving the value.
@@ -135,6 +139,8 @@ class Step:
                 body = self.json(session) if self.json is not None else None
             except KeyError as exc:
                 raise self._no_value(exc) from None
+            except UnicodeEncodeError:  # a path's value, percent-encoded as UTF-8
+                raise JourneyFailure(f"{self.name}: path: {NOT_TEXT}") from None
             r = await session.request(
                 self.method,
                 path,
@@ -158,6 +164,8 @@ class Step:
                 values.append(t.render(session))
         except KeyError as exc:
             raise self._no_value(exc) from None
+        except UnicodeEncodeError:  # a path's value, percent-encoded as UTF-8
+            raise JourneyFailure(f"{self.name}: path: {NOT_TEXT}") from None
         return path, values
 
     def _no_value(self, exc: KeyError) -> JourneyFailure:

@@ -29,7 +29,7 @@ from urllib.parse import urlencode, urlsplit
 import trio
 
 from ballista.core.config import DEFAULT_EXPECTED, Origin, RequestSpec, encode_target
-from ballista.core.flows import Flow, Step
+from ballista.core.flows import NOT_TEXT, Flow, Step
 from ballista.core.flowstats import JOURNEY_ERROR, SETUP_FLOW, FlowRecorder
 from ballista.core.journey import (
     MAX_STEP_NAMES,
@@ -734,9 +734,12 @@ class JourneyRunner:
                 path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             else:
                 path = "/" + path
-        if params:
-            path += ("&" if "?" in path else "?") + urlencode(params)
-        target = (path if path.isascii() else encode_target(path)).encode("ascii")
+        try:
+            if params:
+                path += ("&" if "?" in path else "?") + urlencode(params)
+            target = (path if path.isascii() else encode_target(path)).encode("ascii")
+        except UnicodeEncodeError:
+            raise JourneyFailure(f"{spec.name}: path or query: {NOT_TEXT}") from None
         http2 = self.http2
         if not headers and json is None and data is None:
             # The common step: nothing but a path (and this user's cookies).
@@ -775,9 +778,15 @@ class JourneyRunner:
         elif isinstance(data, bytes):
             body = data
         elif isinstance(data, str):
-            body = data.encode("utf-8")
+            try:
+                body = data.encode("utf-8")
+            except UnicodeEncodeError:
+                raise JourneyFailure(f"{spec.name}: body: {NOT_TEXT}") from None
         elif data is not None:
-            body = urlencode(data).encode("ascii")
+            try:
+                body = urlencode(data).encode("ascii")
+            except UnicodeEncodeError:
+                raise JourneyFailure(f"{spec.name}: body: {NOT_TEXT}") from None
             if "content-type" not in names:
                 out.append((b"content-type", b"application/x-www-form-urlencoded"))
         if "cookie" not in names:
