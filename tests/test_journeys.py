@@ -14,7 +14,7 @@ from helpers import ORIGIN, run_config
 from servers import JourneyService
 
 from ballista.core.config import LoadSpec, RequestSpec, RunConfig
-from ballista.core.flows import NOT_TEXT
+from ballista.core.flows import NOT_TEXT, TOO_DEEP
 from ballista.core.journey import JourneyDef, JourneyFailure, Journeys, Response, Session
 from ballista.core.scenario import scenario_from_table
 from ballista.core.schedule import parse_stages
@@ -388,6 +388,23 @@ async def test_a_lone_surrogate_fails_its_step_with_a_reason(
                     {expected[name]: stats.iterations} if stats.iterations else {}
                 )
     assert journey_service.hits == ({"echo": sent} if sent else {})  # JSON bodies alone
+    assert "Traceback" not in capsys.readouterr().err
+
+
+async def test_a_json_body_nested_too_deeply_fails_its_step(
+    journey_service: JourneyService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+
+    async def flow(s: Session) -> None:
+        await s.post("/echo", json=deep, name="deep")
+
+    journeys = Journeys(flows=(JourneyDef("python", flow),))
+    _, final = await run(config_for(journey_service.url, journeys, "-c", "1", "-n", "3"))
+    assert flows_of(final)["python"].failures_by_reason == {f"deep: body: {TOO_DEEP}": 3}
+    assert journey_service.hits == {}
     assert "Traceback" not in capsys.readouterr().err
 
 

@@ -25,7 +25,7 @@ from ballista.core.checks import CheckError, compile_checks
 from ballista.core.datafile import DataSource, inline_rows, load_rows, parse_csv, parse_jsonl
 from ballista.core.errors import ConfigError
 from ballista.core.extract import MISSING, ExtractError, compile_extractor, cookie_from
-from ballista.core.flows import STEP_KEYS
+from ballista.core.flows import STEP_KEYS, TOO_DEEP
 from ballista.core.journey import Check, DataExhausted, JourneyFailure, Journeys
 from ballista.core.scenario import read_scenario_file, scenario_from_table
 from ballista.core.template import Template, TemplateError
@@ -186,6 +186,41 @@ def test_any_text_compiles_or_is_refused_with_a_reason(text: str) -> None:
     rendered = t.render(scope)
     if "{{" not in text:
         assert rendered == text
+
+
+def test_a_value_nested_too_deeply_for_text_fails_its_step() -> None:
+    # A list nested past what json.dumps can write (from a deep JSON answer, kept by
+    # an extraction) in a path or header template: the step's reason, not a crash.
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    text = """
+base_url = "http://127.0.0.1:9"
+[data]
+rows = [{ v = "x" }]
+[[flows]]
+name = "f"
+[[flows.steps]]
+name = "p"
+path = "/{{ v }}"
+[[flows.steps]]
+name = "h"
+path = "/"
+headers = { X = "{{ v }}" }
+[[flows.steps]]
+name = "q"
+path = "/"
+query = { q = "{{ v }}" }
+"""
+    flows = scenario_from_table(tomllib.loads(text)).journeys
+    assert flows is not None
+    for step in flows.flows[0].fn.steps:  # type: ignore[attr-defined]
+        session = RecordingSession([Answer()])
+        session.vars["v"] = deep
+        with pytest.raises(JourneyFailure) as failure:
+            trio.run(step.run, session)
+        assert failure.value.reason == f"{step.name}: {TOO_DEEP}"
+        assert session.sent == []
 
 
 @settings(max_examples=300, deadline=None)

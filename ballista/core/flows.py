@@ -88,6 +88,8 @@ class Tables(Protocol):
 #: Why a step whose text holds a lone surrogate (from a JSON body's "\ud800", kept by
 #: an extraction or a JSON Lines row) is not sent: its iteration fails with this.
 NOT_TEXT = "a value is not Unicode text that can be sent (a lone surrogate)"
+#: Why a step whose value is nested too deeply to be written as JSON text is not sent.
+TOO_DEEP = "a value is nested too deeply to be written as text"
 
 #: Think time: (shortest, longest) seconds, drawn uniformly; None: no pause.
 Think = tuple[float, float] | None
@@ -141,6 +143,8 @@ class Step:
                 raise self._no_value(exc) from None
             except UnicodeEncodeError:  # a path's value, percent-encoded as UTF-8
                 raise JourneyFailure(f"{self.name}: path: {NOT_TEXT}") from None
+            except RecursionError:  # a list or object value is written as JSON text
+                raise JourneyFailure(f"{self.name}: {TOO_DEEP}") from None
             r = await session.request(
                 self.method,
                 path,
@@ -166,6 +170,8 @@ class Step:
             raise self._no_value(exc) from None
         except UnicodeEncodeError:  # a path's value, percent-encoded as UTF-8
             raise JourneyFailure(f"{self.name}: path: {NOT_TEXT}") from None
+        except RecursionError:  # a list or object value is written as JSON text
+            raise JourneyFailure(f"{self.name}: {TOO_DEEP}") from None
         return path, values
 
     def _no_value(self, exc: KeyError) -> JourneyFailure:

@@ -29,7 +29,7 @@ from urllib.parse import urlencode, urlsplit
 import trio
 
 from ballista.core.config import DEFAULT_EXPECTED, Origin, RequestSpec, encode_target
-from ballista.core.flows import NOT_TEXT, Flow, Step
+from ballista.core.flows import NOT_TEXT, TOO_DEEP, Flow, Step
 from ballista.core.flowstats import JOURNEY_ERROR, SETUP_FLOW, FlowRecorder
 from ballista.core.journey import (
     MAX_STEP_NAMES,
@@ -772,7 +772,10 @@ class JourneyRunner:
         if json is not None:
             if data is not None:
                 raise ValueError("give json= or data=, not both")
-            body = jsonlib.dumps(json, separators=(",", ":")).encode("utf-8")
+            try:
+                body = jsonlib.dumps(json, separators=(",", ":")).encode("utf-8")
+            except RecursionError:
+                raise JourneyFailure(f"{spec.name}: body: {TOO_DEEP}") from None
             if "content-type" not in names:
                 out.append((b"content-type", b"application/json"))
         elif isinstance(data, bytes):
