@@ -139,12 +139,8 @@ class Step:
                 params = {k: t.render(session) for k, t in self.query} if self.query else None
                 data = self.body.render(session) if self.body is not None else None
                 body = self.json(session) if self.json is not None else None
-            except KeyError as exc:
-                raise self._no_value(exc) from None
-            except UnicodeEncodeError:  # a path's value, percent-encoded as UTF-8
-                raise JourneyFailure(f"{self.name}: path: {NOT_TEXT}") from None
-            except RecursionError:  # a list or object value is written as JSON text
-                raise JourneyFailure(f"{self.name}: {TOO_DEEP}") from None
+            except (KeyError, UnicodeEncodeError, RecursionError) as exc:
+                raise self._unrenderable(exc) from None
             r = await session.request(
                 self.method,
                 path,
@@ -160,22 +156,24 @@ class Step:
 
     def render(self, session: Scope) -> tuple[str, list[str]]:
         """A simple step's path and header values for `session` (JourneyFailure: a
-        variable has no value)."""
+        variable has no value, or one that cannot be put in text)."""
         try:
             path = self.path.render(session)
             values = []
             for _, t in self.headers:  # (a loop: a comprehension is a call of its own)
                 values.append(t.render(session))
-        except KeyError as exc:
-            raise self._no_value(exc) from None
-        except UnicodeEncodeError:  # a path's value, percent-encoded as UTF-8
-            raise JourneyFailure(f"{self.name}: path: {NOT_TEXT}") from None
-        except RecursionError:  # a list or object value is written as JSON text
-            raise JourneyFailure(f"{self.name}: {TOO_DEEP}") from None
+        except (KeyError, UnicodeEncodeError, RecursionError) as exc:
+            raise self._unrenderable(exc) from None
         return path, values
 
-    def _no_value(self, exc: KeyError) -> JourneyFailure:
-        return JourneyFailure(f"{self.name}: {{{{ {exc.args[0]} }}}} has no value")
+    def _unrenderable(self, exc: Exception) -> JourneyFailure:
+        """Why the step's templates could not be rendered, as its iteration's reason."""
+        if isinstance(exc, KeyError):
+            return JourneyFailure(f"{self.name}: {{{{ {exc.args[0]} }}}} has no value")
+        if isinstance(exc, UnicodeEncodeError):  # a path's value, percent-encoded as UTF-8
+            return JourneyFailure(f"{self.name}: path: {NOT_TEXT}")
+        # RecursionError: a list or object value is written as JSON text.
+        return JourneyFailure(f"{self.name}: {TOO_DEEP}")
 
     def take(self, response: Response, variables: dict[str, Any]) -> None:
         """Keep the step's extractions from `response` (JourneyFailure: one found nothing)."""
