@@ -188,6 +188,23 @@ def test_any_text_compiles_or_is_refused_with_a_reason(text: str) -> None:
         assert rendered == text
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from("ab{}/ é%"), max_size=8).filter(lambda t: "{{" not in t),
+    st.text(alphabet=st.sampled_from("ab{}/ é%"), max_size=8).filter(lambda t: "{{" not in t),
+    st.text(max_size=8) | st.integers(),
+)
+def test_text_around_one_variable_renders_exactly(prefix: str, suffix: str, value: Any) -> None:
+    from urllib.parse import quote
+
+    if prefix.endswith("{") or suffix.startswith("}"):
+        return  # that would be another place's braces, or refused
+    text = str(value)
+    for quote_values, shown in ((False, text), (True, quote(text, safe="-._~"))):
+        t = Template(prefix + "{{ v }}" + suffix, quote_values=quote_values)
+        assert t.render(Scope(vars={"v": value})) == prefix + shown + suffix
+
+
 def test_a_value_nested_too_deeply_for_text_fails_its_step() -> None:
     # A list nested past what json.dumps can write (from a deep JSON answer, kept by
     # an extraction) in a path or header template: the step's reason, not a crash.

@@ -15,6 +15,7 @@ import datetime
 import json
 import random
 import re
+import string
 import time
 import uuid
 from collections.abc import Callable
@@ -158,7 +159,8 @@ class Template:
     `value` keeps the type of a template that is one place and nothing else
     (`"{{ item }}"` is the number 7 when the extraction found 7); any other
     template is text. `names` are the variables it uses, built-ins excluded.
-    Rendering is one `str.format` over the places' texts, chosen at compile time.
+    Rendering is one `str.format` over the places' texts, chosen at compile time
+    (text around one variable: two concatenations).
     """
 
     __slots__ = ("_single", "names", "render", "source", "static")
@@ -203,7 +205,14 @@ class Template:
         self._single = single if fmt == ["{}"] else None
         text = "".join(fmt)
         if len(variables) == 1 and variables[0] is not None and text != "{}":
-            self.render = _one_variable(text, variables[0], quote_values)
+            # The literal text before and after the one place, braces unescaped.
+            before: list[str] = []
+            after: list[str] = []
+            seen = False
+            for literal_text, field, _, _ in string.Formatter().parse(text):
+                (after if seen else before).append(literal_text)
+                seen = seen or field is not None
+            self.render = _one_variable("".join(before), "".join(after), variables[0], quote_values)
         else:
             self.render = _renderer(text, tuple(texts))
 
@@ -245,20 +254,26 @@ def _renderer(fmt: str, texts: tuple[Callable[[Scope], str], ...]) -> Callable[[
     return lambda s: fmt.format(*[t(s) for t in texts])
 
 
-def _one_variable(fmt: str, name: str, quote_values: bool) -> Callable[[Scope], str]:
-    """Text around one variable (`Bearer {{ token }}`, `/cart/{{ user }}`): one call."""
-    format_ = fmt.format
+def _one_variable(
+    prefix: str, suffix: str, name: str, quote_values: bool
+) -> Callable[[Scope], str]:
+    """Text around one variable (`Bearer {{ token }}`, `/cart/{{ user }}`): one call,
+    two concatenations (`_quoted` inlined for paths: this runs for every step)."""
     if quote_values:
 
         def quoted(s: Scope) -> str:
             v = s.vars[name]
-            return format_(_quoted(v if v.__class__ is str else text_of(v)))
+            if v.__class__ is not str:
+                v = text_of(v)
+            if not (v.isalnum() and v.isascii()) and _UNRESERVED(v) is None:
+                v = quote(v, safe="-._~")
+            return prefix + v + suffix
 
         return quoted
 
     def text(s: Scope) -> str:
         v = s.vars[name]
-        return format_(v if v.__class__ is str else text_of(v))
+        return prefix + (v if v.__class__ is str else text_of(v)) + suffix
 
     return text
 
