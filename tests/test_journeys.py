@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import sys
 import tomllib
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 import trio
 from helpers import ORIGIN, run_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servers import JourneyService
 
 from ballista.core.config import LoadSpec, RequestSpec, RunConfig
@@ -303,6 +306,59 @@ async def test_json_is_parsed_once_per_response(journey_service: JourneyService)
     assert flows_of(final)["flow"].completed == 1
     ((first, again),) = bodies
     assert first is again and first["path"] == "/echo"
+
+
+def _parsed(body: bytes) -> tuple[str, Any]:
+    """("ok", value) or ("error", message): StepResponse.json() of `body`."""
+    from ballista.engine.journeys import StepResponse
+    from ballista.transport.connect import Captured
+
+    capture = Captured()
+    capture.add_body(body)
+    try:
+        return "ok", StepResponse(200, None, 0.0, capture).json()
+    except ValueError as exc:
+        return "error", str(exc)
+
+
+def _loads(body: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", json.loads(body)
+    except ValueError as exc:
+        return "error", str(exc)
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES, st.booleans(), st.sampled_from(["", " ", "\n", "\ufeff"]))
+def test_json_bodies_parse_as_json_loads_parses_them(value: Any, ascii_: bool, pad: str) -> None:
+    # orjson parses where it can; what json.loads takes and orjson does not (NaN,
+    # Infinity, lone surrogates, a BOM, integers past 64 bits) must come out the same.
+    body = (pad + json.dumps(value, ensure_ascii=ascii_) + pad.strip("\ufeff")).encode(
+        "utf-8", "surrogatepass"
+    )
+    assert repr(_parsed(body)) == repr(_loads(body))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.binary(max_size=40) | st.text(alphabet='{}[]":,0123456789.eE+-tfnrua \\\n').map(str.encode)
+)
+def test_any_body_parses_or_fails_as_json_loads_says(body: bytes) -> None:
+    assert repr(_parsed(body)) == repr(_loads(body))
 
 
 async def test_json_nested_past_any_parser_is_not_json(

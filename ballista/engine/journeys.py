@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
+import orjson
 import trio
 
 from ballista.core.config import DEFAULT_EXPECTED, Origin, RequestSpec, encode_target
@@ -93,6 +94,17 @@ class RunStopped(BaseException):
     journey's `except Exception` does not swallow it and go on sending."""
 
 
+#: orjson parses a body where it can (two to three times faster than the json
+#: module). Where the two would differ the json module parses: what orjson refuses
+#: and json.loads takes (NaN, 1e400, lone surrogates, a byte order mark; and their
+#: error messages), and a body with a run of 19 digits, which may be an integer
+#: beyond 64 bits (orjson makes those floats) or a long mantissa. The digit check:
+#: digits become 9, the rest spaces, then one search (a regular expression costs
+#: more than orjson's whole parse of a small body).
+_orjson_loads = orjson.loads
+_OrjsonError = orjson.JSONDecodeError
+_DIGITS_ONLY = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_NINETEEN_DIGITS = b"9" * 19
 #: first bytes of a JSON body json.loads takes as UTF-8 (with a non-zero second byte)
 _UTF8_START = frozenset(bytes([b]) for b in b'{["-0123456789tfn \t\r\n')
 _DECODER = jsonlib.JSONDecoder()
@@ -191,6 +203,14 @@ class StepResponse:
         if parsed is _UNPARSED:
             chunks = self._capture.chunks
             content = chunks[0] if len(chunks) == 1 else self.content
+            if _NINETEEN_DIGITS not in content.translate(_DIGITS_ONLY):
+                try:
+                    parsed = _orjson_loads(content)
+                except _OrjsonError:
+                    pass  # the json module says why (or takes what orjson does not)
+                else:
+                    self._json = parsed
+                    return parsed
             try:
                 if content[:1] in _UTF8_START and content[1:2] != b"\x00":
                     # What json.loads(bytes) would detect (no BOM, no UTF-16/32
