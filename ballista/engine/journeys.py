@@ -21,7 +21,6 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from json.scanner import make_scanner
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
@@ -105,13 +104,6 @@ _orjson_loads = orjson.loads
 _OrjsonError = orjson.JSONDecodeError
 _DIGITS_ONLY = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 _NINETEEN_DIGITS = b"9" * 19
-#: first bytes of a JSON body json.loads takes as UTF-8 (with a non-zero second byte)
-_UTF8_START = frozenset(bytes([b]) for b in b'{["-0123456789tfn \t\r\n')
-_DECODER = jsonlib.JSONDecoder()
-_decode_json = _DECODER.decode
-#: the decoder's scanner: a document with no white space around it is parsed by
-#: one call (JSONDecoder.decode adds two Python calls and two regex matches)
-_scan_json: Callable[[str, int], tuple[Any, int]] = make_scanner(_DECODER)  # type: ignore[arg-type]
 
 #: StepResponse._json before the body is parsed
 _UNPARSED: Any = object()
@@ -212,19 +204,7 @@ class StepResponse:
                     self._json = parsed
                     return parsed
             try:
-                if content[:1] in _UTF8_START and content[1:2] != b"\x00":
-                    # What json.loads(bytes) would detect (no BOM, no UTF-16/32
-                    # zero byte), decoded as it would, without its detection.
-                    text = content.decode("utf-8", "surrogatepass")
-                    try:
-                        parsed, end = _scan_json(text, 0)
-                    except StopIteration:
-                        end = -1
-                    if end != len(text):
-                        # White space around it, or not JSON: as json.loads says it.
-                        parsed = _decode_json(text)
-                else:
-                    parsed = jsonlib.loads(content)
+                parsed = jsonlib.loads(content)
             except ValueError as exc:
                 parsed = _NotJSON(exc)
             except RecursionError:
@@ -475,9 +455,8 @@ class JourneyRunner:
         self.sent = 0
         #: the run's protocol, once known: steps are encoded for it alone
         self.http2 = False
-        #: TOML steps' HTTP/1.1 plans, by the step's id (None: built as any step is);
-        #: as many as the scenario has steps
-        #: id(flow) -> each of a TOML flow's steps with its plan (see `_flow`)
+        #: id(flow) -> each of a TOML flow's steps with its HTTP/1.1 plan (None: built
+        #: as any step is), made on the flow's first iteration (see `_flow`)
         self._planned: dict[int, tuple[tuple[Step, _Plan | None], ...]] = {}
         #: users bound to no connection (open model) take one per step with these
         self.acquire: Acquire | None = None

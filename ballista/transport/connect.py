@@ -583,7 +583,8 @@ _ORDINARY_NAMES: set[bytes] = set()
 
 
 def _default_head(authority: bytes) -> bytes:
-    """Host, User-Agent and Accept as a request to `authority` sends them (cached)."""
+    """Host, User-Agent and Accept as a request to `authority` sends them, kept in
+    _DEFAULT_HEADS (for a few authorities) for `prepare_dynamic` to find."""
     defaults = b"host: " + authority + b"\r\nuser-agent: " + _USER_AGENT + b"\r\naccept: */*\r\n"
     if len(_DEFAULT_HEADS) < 16:
         _DEFAULT_HEADS[authority] = defaults
