@@ -240,7 +240,7 @@ class _AtOnce:
         await trio.lowlevel.checkpoint()
         if capture is not None:
             capture.reset()
-            capture.headers.extend(_NGINX_HEADERS)
+            capture.raw_headers.extend(_NGINX_HEADERS)
             capture.add_body(BODY.encode())
         return 200, 0, 100, 200
 

@@ -98,8 +98,9 @@ class RunStopped(BaseException):
 #: and json.loads takes (NaN, 1e400, lone surrogates, a byte order mark; and their
 #: error messages), and a body with a run of 19 digits, which may be an integer
 #: beyond 64 bits (orjson makes those floats) or a long mantissa. The digit check:
-#: digits become 9, the rest spaces, then one search (a regular expression costs
-#: more than orjson's whole parse of a small body).
+#: digits become 9, the rest spaces; fewer than 19 nines in all need no search for
+#: a run of them (a regular expression costs more than orjson's whole parse of a
+#: small body; a count, less than the search).
 _orjson_loads = orjson.loads
 _OrjsonError = orjson.JSONDecodeError
 _DIGITS_ONLY = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
@@ -118,34 +119,20 @@ class _NotJSON:
         self.error = error
 
 
-class StepResponse:
-    """One step's response as a journey sees it (core.journey.Response)."""
+class StepResponse(Captured):
+    """One step's response as a journey sees it (core.journey.Response). The
+    connection fills in its headers and body as it reads (Captured); the runner
+    then sets its status, error and elapsed time."""
 
-    __slots__ = (
-        "_capture",
-        "_content",
-        "_headers",
-        "_json",
-        "elapsed",
-        "error",
-        "status",
-        "truncated",
-    )
+    __slots__ = ("_content", "_headers", "_json", "elapsed", "error", "status")
 
-    def __init__(
-        self,
-        status: int,
-        error: str | None,
-        elapsed: float,
-        capture: Captured,
-    ) -> None:
-        self.status = status
-        self.error = error
-        self.elapsed = elapsed
+    def __init__(self, keep_headers: bool = True) -> None:
+        Captured.__init__(self, keep_headers)
+        #: 0 when the request failed; `error` then says how (an error kind's label)
+        self.status = 0
+        self.error: str | None = None
+        self.elapsed = 0.0
         self._headers: Mapping[str, str] | None = None
-        #: the body went past MAX_CAPTURE: `content` is its beginning
-        self.truncated = capture.truncated
-        self._capture = capture
         self._content: bytes | None = None
         #: the parsed body, once asked for: a step's checks and extractions share one parse
         self._json: Any = _UNPARSED
@@ -157,20 +144,18 @@ class StepResponse:
     def headers(self) -> Mapping[str, str]:
         """The response's headers, lower-case names, the last value of each."""
         if self._headers is None:
-            self._headers = {
-                k.decode("latin-1"): v.decode("latin-1") for k, v in self._capture.headers
-            }
+            self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.raw_headers}
         return self._headers
 
     def header_values(self, name: str) -> list[str]:
         """Every value of header `name` (any case), in the order received."""
         key = name.lower().encode("latin-1")
-        return [v.decode("latin-1") for k, v in self._capture.headers if k == key]
+        return [v.decode("latin-1") for k, v in self.raw_headers if k == key]
 
     @property
     def content(self) -> bytes:
         if self._content is None:
-            self._content = self._capture.body
+            self._content = self.body
         return self._content
 
     @property
@@ -193,9 +178,10 @@ class StepResponse:
         what later checks of this response see."""
         parsed = self._json
         if parsed is _UNPARSED:
-            chunks = self._capture.chunks
+            chunks = self.chunks
             content = chunks[0] if len(chunks) == 1 else self.content
-            if _NINETEEN_DIGITS not in content.translate(_DIGITS_ONLY):
+            nines = content.translate(_DIGITS_ONLY)
+            if nines.count(57) < 19 or _NINETEEN_DIGITS not in nines:
                 try:
                     parsed = _orjson_loads(content)
                 except _OrjsonError:
@@ -606,6 +592,14 @@ class JourneyRunner:
             planned = self._planned[id(flow)] = tuple(
                 (step, self._plan(step) if step.simple else None) for step in flow.steps
             )
+        # A user alone on its HTTP/1.1 connection, no controller to feed: its planned
+        # steps are exchanged here (see `_exchange`).
+        own = user.own if self._feed is None else None
+        scope = user.scope
+        now = self._now
+        recorder = self._recorder
+        timeout = self._timeout
+        keep = self._keep_deadline
         for step, plan in planned:
             if step.simple:
                 path, values = step.render(user)
@@ -614,16 +608,50 @@ class JourneyRunner:
                     if self._stopping():
                         raise RunStopped
                     encoded: list[bytes] = []
+                    # A TOML step's path is a valid target whatever its values (tested);
+                    # a printable value has no NUL, CR or LF (else the plan looks).
+                    checked = True
                     try:
                         for value in values:  # (a loop: a comprehension is a call of its own)
+                            if not value.isprintable():
+                                checked = False
                             encoded.append(value.encode("latin-1"))
-                        # A TOML step's path is a valid target whatever its values (tested).
                         req = plan.h1.request(
-                            path.encode("ascii"), encoded, user.cookies.header(), True
+                            path.encode("ascii"), encoded, user.cookies.header(), checked
                         )
                     except UnicodeEncodeError:
                         pass
-                    if req is not None:
+                    if req is None:
+                        pass
+                    elif own is not None and scope is not None and user.timed_out is None:
+                        # `_exchange` on the user's own connection, inline: a coroutine
+                        # less per step, and one less for every wait to pass through.
+                        index = req.index
+                        r = StepResponse(step.reads_headers)
+                        t0 = now()
+                        recorder.request_started()
+                        self.sent += 1
+                        scope.deadline = t0 + timeout
+                        try:
+                            result = await own.request(req, None, r)
+                        except trio.Cancelled:
+                            self._cut_short(user, index, t0, t0)
+                            raise
+                        if scope.cancel_called:
+                            user.timed_out = ErrorKind.READ_TIMEOUT.label
+                        if not keep:
+                            scope.deadline = math.inf
+                        _, reason, failure = self._judged(
+                            user, index, r, result, t0, plan.expected, step.checks
+                        )
+                        if result[0] == 0:
+                            self.off_deadline(user)
+                            await trio.lowlevel.checkpoint()
+                        if failure is not None:
+                            raise failure
+                        if reason is not None:
+                            raise JourneyFailure(reason)
+                    else:
                         r = await self._exchange(
                             user, req, plan.expected, step.checks, step.reads_headers
                         )
@@ -872,7 +900,7 @@ class JourneyRunner:
             await trio.lowlevel.checkpoint()
         index = req.index
         recorder = self._recorder
-        capture = Captured(keep_headers)
+        response = StepResponse(keep_headers)
         now = self._now
         t0 = now()
         deadline = t0 + self._timeout
@@ -890,10 +918,10 @@ class JourneyRunner:
                 sent_at = t0
             scope = user.scope
             if conn is None:
-                status, error, sent, received = 0, int(ErrorKind.POOL_TIMEOUT), 0, 0
+                result: Result = 0, ErrorKind.POOL_TIMEOUT, 0, 0
             elif scope is not None and user.own is not None:
                 scope.deadline = deadline
-                status, error, sent, received = await user.own.request(req, None, capture)
+                result = await user.own.request(req, None, response)
                 if scope.cancel_called:
                     # The deadline passed as the response came: the response counts,
                     # but the scope is spent, and with it the iteration.
@@ -901,35 +929,71 @@ class JourneyRunner:
                 if not self._keep_deadline:
                     scope.deadline = math.inf
             else:
-                status, error, sent, received = await conn.request(req, deadline, capture)
+                result = await conn.request(req, deadline, response)
         except trio.Cancelled:
-            scope = user.scope
-            if scope is not None and scope.cancel_called and user.own is not None:
-                # This step's deadline, not the run's end: a timeout like any other.
-                status, error, sent, received = user.own.timed_out()
-                label = ErrorKind(error).label
-                user.timed_out = label
-                t1 = now()
-                recorder.record(Sample(index, 0, error, t1 - t0, t1 - t0, sent, received))
-                raise
-            end = now()
-            service = 0.0 if sent_at is None else end - sent_at
-            recorder.record(Sample(index, 0, ErrorKind.UNFINISHED, end - t0, service, 0, 0))
+            self._cut_short(user, index, t0, sent_at)
             raise
         finally:
             if taken is not None and self.release is not None:
                 self.release(taken)
-        t1 = now()
-        kind = ErrorKind(error).label if status == 0 else None
-        response = StepResponse(status, kind, t1 - t0, capture)
+        sample, reason, failure = self._judged(user, index, response, result, t0, expected, checks)
+        if self._feed is not None and conn is not None:
+            pause = self._feed(conn, sample)
+            if pause > 0 and self._pause is not None:
+                self.off_deadline(user)
+                await self._pause(pause)
+        if result[0] == 0:
+            self.off_deadline(user)
+            # Some failures return without ever blocking (no file descriptor left):
+            # yield, or a journey retrying in a loop would never let a stop be heard.
+            await trio.lowlevel.checkpoint()
+        if failure is not None:
+            raise failure
+        if reason is not None:
+            raise JourneyFailure(reason)
+        return response
+
+    def _cut_short(self, user: VirtualUser, index: int, t0: float, sent_at: float | None) -> None:
+        """Record a step's request that Cancelled cut short (the caller raises it again):
+        its own deadline (a timeout like any other), or the end of the run (unfinished)."""
+        now = self._now
+        scope = user.scope
+        if scope is not None and scope.cancel_called and user.own is not None:
+            _, error, sent, received = user.own.timed_out()
+            user.timed_out = ErrorKind(error).label
+            t1 = now()
+            self._recorder.record(Sample(index, 0, error, t1 - t0, t1 - t0, sent, received))
+            return
+        end = now()
+        service = 0.0 if sent_at is None else end - sent_at
+        self._recorder.record(Sample(index, 0, ErrorKind.UNFINISHED, end - t0, service, 0, 0))
+
+    def _judged(
+        self,
+        user: VirtualUser,
+        index: int,
+        response: StepResponse,
+        result: Result,
+        t0: float,
+        expected: Collection[int],
+        checks: Sequence[Check],
+    ) -> tuple[Sample, str | None, Exception | None]:
+        """A step's ended exchange: its response completed, recorded and judged. Its
+        sample, and why it failed (a reason, or a check's own exception), None if it
+        did not."""
+        status, error, sent, received = result
+        recorder = self._recorder
+        t1 = self._now()
+        response.elapsed = t1 - t0
         if status:
-            for k, v in capture.headers:
+            response.status = status
+            for k, v in response.raw_headers:
                 if k == b"set-cookie":
                     user.cookies.take(v)
         reason: str | None = None
         failure: Exception | None = None
         if status == 0:
-            reason = kind
+            reason = response.error = ErrorKind(error).label
         elif status not in expected:
             reason = f"status {status}"
         else:
@@ -944,21 +1008,7 @@ class JourneyRunner:
         recorder.record(sample)
         if status and (reason is not None or failure is not None):
             recorder.judged_failed(index)
-        if self._feed is not None and conn is not None:
-            pause = self._feed(conn, sample)
-            if pause > 0 and self._pause is not None:
-                self.off_deadline(user)
-                await self._pause(pause)
-        if status == 0:
-            self.off_deadline(user)
-            # Some failures return without ever blocking (no file descriptor left):
-            # yield, or a journey retrying in a loop would never let a stop be heard.
-            await trio.lowlevel.checkpoint()
-        if failure is not None:
-            raise failure
-        if reason is not None:
-            raise JourneyFailure(reason)
-        return response
+        return sample, reason, failure
 
 
 @dataclass(frozen=True, slots=True)

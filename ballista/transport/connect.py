@@ -523,13 +523,14 @@ class Captured:
     reader task); plain requests never carry one and keep nothing.
     """
 
-    __slots__ = ("chunks", "headers", "keep_headers", "size", "truncated")
+    __slots__ = ("chunks", "keep_headers", "raw_headers", "size", "truncated")
 
     def __init__(self, keep_headers: bool = True) -> None:
         #: keep every header; False: only Set-Cookie (the user's cookie jar), for a
         #: step that reads no other (HTTP/1.1; HTTP/2 keeps them all either way)
         self.keep_headers = keep_headers
-        self.headers: list[tuple[bytes, bytes]] = []
+        #: the final head's headers as received, names lower-case
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.size = 0
         #: the body went past MAX_CAPTURE: what is kept is its beginning
@@ -537,7 +538,7 @@ class Captured:
 
     def reset(self) -> None:
         """A new response begins (a retry, or an informational response was skipped)."""
-        self.headers = []
+        self.raw_headers = []
         self.chunks = []
         self.size = 0
         self.truncated = False
@@ -646,16 +647,18 @@ class H1Plan:
         target: bytes,
         values: Sequence[bytes],
         cookie: bytes | None,
-        target_checked: bool = False,
+        checked: bool = False,
     ) -> PreparedRequest | None:
         """The request with these parts, or None where `prepare_dynamic` would raise.
-        `target_checked`: the caller made the target such that it cannot be refused
-        (a TOML step's path: percent-encoded values in checked text)."""
-        if not target_checked and (not target.startswith(b"/") or _BAD_TARGET(target) is not None):
-            return None
-        for value in values:
-            if _BAD_VALUE(value) is not None:
+        `checked`: the caller made sure that neither the target nor a value can be
+        refused (a TOML step's path: percent-encoded values in checked text; header
+        values it found printable, so without NUL, CR or LF)."""
+        if not checked:
+            if not target.startswith(b"/") or _BAD_TARGET(target) is not None:
                 return None
+            for value in values:
+                if _BAD_VALUE(value) is not None:
+                    return None
         if cookie is None:
             line = b""
         elif _BAD_VALUE(cookie) is not None:

@@ -234,7 +234,7 @@ class CapturingReader(FastReader):
         self._close = False
         self._retry_after = None
         capture = self.capture
-        if capture is not None and capture.headers:
+        if capture is not None and capture.raw_headers:
             capture.reset()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -242,11 +242,11 @@ class CapturingReader(FastReader):
         n = len(name)
         if capture is not None and capture.keep_headers:
             lower = name.lower()
-            capture.headers.append((lower, value))
+            capture.raw_headers.append((lower, value))
         elif n in _LOOKED_AT:
             lower = name.lower()
             if n == 10 and capture is not None and lower == b"set-cookie":
-                capture.headers.append((lower, value))
+                capture.raw_headers.append((lower, value))
         else:
             return
         # FastReader's checks, on the name already lowered (lengths first: most

@@ -171,7 +171,7 @@ class H1Connection:
                 reader.start(req.head)
                 if isinstance(reader, CapturingReader):
                     reader.capture = capture
-                    if capture is not None and (capture.headers or capture.size):
+                    if capture is not None and (capture.raw_headers or capture.size):
                         capture.reset()  # a retry: what the first try kept goes
                 phase = Phase.WRITE
                 data = req.h1_bytes

@@ -354,7 +354,7 @@ class H2Connection:
                         st = streams.get(event.stream_id)  # type: ignore[attr-defined]
                         if st is not None:
                             if st.capture is not None:
-                                st.capture.headers = [
+                                st.capture.raw_headers = [
                                     (bytes(k), bytes(v))
                                     for k, v in event.headers  # type: ignore[attr-defined]
                                     if not k.startswith(b":")
