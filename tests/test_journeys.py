@@ -172,6 +172,39 @@ async def test_a_value_no_request_can_carry_fails_the_step_by_name(
     assert reports == []  # not the journey's own bug: no traceback
 
 
+async def test_a_toml_iteration_lasts_from_its_first_step_to_the_end_of_its_last(
+    journey_service: JourneyService,
+) -> None:
+    """Each user alone on its HTTP/1.1 connection: the engine exchanges a TOML flow's
+    steps itself. Against a server with known delays, a flow's duration spans all
+    its steps, and each step's latency is its own."""
+    text = f"""
+base_url = "{journey_service.url}"
+[[flows]]
+name = "f"
+[[flows.steps]]
+name = "first"
+path = "/slow/80"
+[[flows.steps]]
+name = "second"
+path = "/slow/40"
+"""
+    scenario = scenario_from_table(tomllib.loads(text), label="t.toml")
+    assert scenario.journeys is not None
+    engine, final = await run(
+        config_for(journey_service.url, scenario.journeys, "-c", "2", "-n", "6", "--http1")
+    )
+    assert engine.runner is not None
+    assert all(p is not None for steps in engine.runner._planned.values() for _, p in steps)
+    flow = flows_of(final)["f"]
+    assert (flow.iterations, flow.completed) == (6, 6)
+    assert flow.duration.min >= 0.12 and flow.duration.max < 2.0
+    steps = by_name(final)
+    assert steps["first"].latency.min >= 0.08 and steps["second"].latency.min >= 0.04
+    assert steps["first"].latency.max < 1.0 and steps["second"].latency.max < 1.0
+    assert journey_service.hits == {"slow": 12}
+
+
 @pytest.mark.parametrize("protocol", ["--http1", "--http2"])
 async def test_toml_steps_send_what_they_render_and_refuse_what_no_request_carries(
     journey_service: JourneyService, protocol: str

@@ -442,7 +442,7 @@ class JourneyRunner:
         #: the run's protocol, once known: steps are encoded for it alone
         self.http2 = False
         #: id(flow) -> each of a TOML flow's steps with its HTTP/1.1 plan (None: built
-        #: as any step is), made on the flow's first iteration (see `_flow`)
+        #: as any step is), made on the flow's first iteration (see `_run`)
         self._planned: dict[int, tuple[tuple[Step, _Plan | None], ...]] = {}
         #: users bound to no connection (open model) take one per step with these
         self.acquire: Acquire | None = None
@@ -543,10 +543,113 @@ class JourneyRunner:
         if t0 is None:
             t0 = self._now()
         try:
-            if type(fn) is Flow:
-                await self._flow(fn, user)
-            else:
+            if type(fn) is not Flow:
                 await fn(user)
+            else:
+                # A TOML flow, as `Flow` runs it through a session, with less between
+                # its steps (here, not in a coroutine of its own: every wait of every
+                # step passes through each coroutine it is nested in). A simple step
+                # (`Step.simple`: no query or body) over HTTP/1.1 is filled into its
+                # plan, encoded once, and exchanged from here; any other step, or a
+                # value the plan cannot take as it is (to be encoded, or refused with a
+                # reason), is built as any step is.
+                fn.begin(user)
+                last = fn.steps[-1]
+                planned = self._planned.get(id(fn))
+                if planned is None:
+                    # Each step with its plan (None: none, or not a simple step), once a flow.
+                    planned = self._planned[id(fn)] = tuple(
+                        (step, self._plan(step) if step.simple else None) for step in fn.steps
+                    )
+                # A user alone on its HTTP/1.1 connection, no controller to feed: its
+                # planned steps are exchanged here (see `_exchange`).
+                own = user.own if self._feed is None else None
+                scope = user.scope
+                now = self._now
+                recorder = self._recorder
+                timeout = self._timeout
+                keep = self._keep_deadline
+                for step, plan in planned:
+                    if step.simple:
+                        path, values = step.render(user)
+                        req: PreparedRequest | None = None
+                        if plan is not None:
+                            if self._stopping():
+                                raise RunStopped
+                            encoded: list[bytes] = []
+                            # A TOML step's path is a valid target whatever its values (tested);
+                            # a printable value has no NUL, CR or LF (else the plan looks).
+                            checked = True
+                            try:
+                                for (
+                                    value
+                                ) in values:  # (a loop: a comprehension is a call of its own)
+                                    if not value.isprintable():
+                                        checked = False
+                                    encoded.append(value.encode("latin-1"))
+                                req = plan.h1.request(
+                                    path.encode("ascii"), encoded, user.cookies.header(), checked
+                                )
+                            except UnicodeEncodeError:
+                                pass
+                            if req is None:
+                                pass
+                            elif own is not None and scope is not None and user.timed_out is None:
+                                # `_exchange` on the user's own connection, inline: a coroutine
+                                # less per step, and one less for every wait to pass through.
+                                sample_index = req.index
+                                r = StepResponse(step.reads_headers)
+                                sent_at = now()
+                                recorder.request_started()
+                                self.sent += 1
+                                scope.deadline = sent_at + timeout
+                                try:
+                                    result = await own.request(req, None, r)
+                                except trio.Cancelled:
+                                    self._cut_short(user, sample_index, sent_at, sent_at)
+                                    raise
+                                if scope.cancel_called:
+                                    user.timed_out = ErrorKind.READ_TIMEOUT.label
+                                if not keep:
+                                    scope.deadline = math.inf
+                                _, reason, failure = self._judged(
+                                    user,
+                                    sample_index,
+                                    r,
+                                    result,
+                                    sent_at,
+                                    plan.expected,
+                                    step.checks,
+                                )
+                                if result[0] == 0:
+                                    self.off_deadline(user)
+                                    await trio.lowlevel.checkpoint()
+                                if failure is not None:
+                                    raise failure
+                                if reason is not None:
+                                    raise JourneyFailure(reason)
+                            else:
+                                r = await self._exchange(
+                                    user, req, plan.expected, step.checks, step.reads_headers
+                                )
+                        if req is None:
+                            r = await self.step(
+                                user,
+                                step.method,
+                                path,
+                                step.name,
+                                step.headers_of(values),
+                                None,
+                                None,
+                                None,
+                                step.checks,
+                                step.expect,
+                            )
+                        step.take(r, user.vars)
+                    else:
+                        await step.run(user)
+                    if step is not last and step.think is not None:
+                        await self.think(step.pause(), user)
         except JourneyFailure as exc:
             flows.failed(index, exc.reason, self._now() - t0)
             return exc.reason
@@ -577,102 +680,6 @@ class JourneyRunner:
                 user.iteration += 1
         flows.completed(index, self._now() - t0)
         return None
-
-    async def _flow(self, flow: Flow, user: VirtualUser) -> None:
-        """A TOML flow, as `Flow` runs it through a session, with less between its
-        steps. A simple step (`Step.simple`: no query or body) over HTTP/1.1 is filled
-        into its plan, encoded once, and exchanged from here; any other step, or a
-        value the plan cannot take as it is (to be encoded, or refused with a reason),
-        is built as any step is."""
-        flow.begin(user)
-        last = flow.steps[-1]
-        planned = self._planned.get(id(flow))
-        if planned is None:
-            # Each step with its plan (None: none, or not a simple step), once a flow.
-            planned = self._planned[id(flow)] = tuple(
-                (step, self._plan(step) if step.simple else None) for step in flow.steps
-            )
-        # A user alone on its HTTP/1.1 connection, no controller to feed: its planned
-        # steps are exchanged here (see `_exchange`).
-        own = user.own if self._feed is None else None
-        scope = user.scope
-        now = self._now
-        recorder = self._recorder
-        timeout = self._timeout
-        keep = self._keep_deadline
-        for step, plan in planned:
-            if step.simple:
-                path, values = step.render(user)
-                req: PreparedRequest | None = None
-                if plan is not None:
-                    if self._stopping():
-                        raise RunStopped
-                    encoded: list[bytes] = []
-                    # A TOML step's path is a valid target whatever its values (tested);
-                    # a printable value has no NUL, CR or LF (else the plan looks).
-                    checked = True
-                    try:
-                        for value in values:  # (a loop: a comprehension is a call of its own)
-                            if not value.isprintable():
-                                checked = False
-                            encoded.append(value.encode("latin-1"))
-                        req = plan.h1.request(
-                            path.encode("ascii"), encoded, user.cookies.header(), checked
-                        )
-                    except UnicodeEncodeError:
-                        pass
-                    if req is None:
-                        pass
-                    elif own is not None and scope is not None and user.timed_out is None:
-                        # `_exchange` on the user's own connection, inline: a coroutine
-                        # less per step, and one less for every wait to pass through.
-                        index = req.index
-                        r = StepResponse(step.reads_headers)
-                        t0 = now()
-                        recorder.request_started()
-                        self.sent += 1
-                        scope.deadline = t0 + timeout
-                        try:
-                            result = await own.request(req, None, r)
-                        except trio.Cancelled:
-                            self._cut_short(user, index, t0, t0)
-                            raise
-                        if scope.cancel_called:
-                            user.timed_out = ErrorKind.READ_TIMEOUT.label
-                        if not keep:
-                            scope.deadline = math.inf
-                        _, reason, failure = self._judged(
-                            user, index, r, result, t0, plan.expected, step.checks
-                        )
-                        if result[0] == 0:
-                            self.off_deadline(user)
-                            await trio.lowlevel.checkpoint()
-                        if failure is not None:
-                            raise failure
-                        if reason is not None:
-                            raise JourneyFailure(reason)
-                    else:
-                        r = await self._exchange(
-                            user, req, plan.expected, step.checks, step.reads_headers
-                        )
-                if req is None:
-                    r = await self.step(
-                        user,
-                        step.method,
-                        path,
-                        step.name,
-                        step.headers_of(values),
-                        None,
-                        None,
-                        None,
-                        step.checks,
-                        step.expect,
-                    )
-                step.take(r, user.vars)
-            else:
-                await step.run(user)
-            if step is not last and step.think is not None:
-                await self.think(step.pause(), user)
 
     def _user_error(self, flow: str, exc: BaseException) -> None:
         tb = exc.__traceback__
@@ -1013,7 +1020,7 @@ class JourneyRunner:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """A TOML step's request over HTTP/1.1, encoded once (see `_flow`)."""
+    """A TOML step's request over HTTP/1.1, encoded once (see `_run`)."""
 
     h1: H1Plan
     #: the statuses the step counts as success
