@@ -33,6 +33,17 @@ With `--rate R` every case also runs in the open model at R requests a second
 (the `steps` flow's iterations at R/5): the CPU a request costs at a rate the
 machine keeps up with, where the event loop wakes for each request rather than
 finding many ready at once.
+
+With `--instructions` every case also runs under valgrind (cachegrind, no cache
+simulation) against the same nginx, twice (`-n 2000` and `-n 6000` requests'
+worth): the machine instructions the client executes per request, from the
+difference of the two runs (start-up cancels out). Unlike CPU time, that count
+does not drift with the VM's neighbours: the same code gives the same figure
+within about 1 %. It counts user space only (the kernel's share of a request,
+its system calls, is the same for every case), and an instruction of journey
+code need not take as long as one of the plain loop (fewer of them run per
+cycle when more code is touched): it is a second figure, not the CPU figure.
+Needs valgrind (`apt install valgrind`).
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -280,12 +292,49 @@ def runtime_alone(users: Path, rounds: int = 3, n: int = 40_000) -> dict[str, fl
     return best
 
 
+def instructions(pin: list[str], command: list[str], summary: Path, case: str) -> tuple[int, int]:
+    """(instructions a request, requests of the longer run): `command` under valgrind
+    at two sizes, the difference of the two runs' counts over that of their requests."""
+    counts: list[tuple[int, int]] = []
+    # A `steps` iteration is five requests: -n counts iterations for flows.
+    per = STEPS if case == "steps" else 1
+    for n in (2000, 6000):
+        argv = [
+            *pin,
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            *command,
+            "-n",
+            str(n // per),
+            "--timeout",
+            "60s",
+            # Snapshots come once a second of wall time, and a run under valgrind
+            # lasts fifty times longer: one at the end, as in a real run's share.
+            "--interval",
+            "1h",
+        ]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+        found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
+        if proc.returncode not in (0, 1) or found is None:
+            raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+        doc = json.loads(summary.read_text())
+        if doc["failed"]:
+            raise SystemExit(f"{case}: {doc['failed']} failed requests under valgrind")
+        counts.append((int(found.group(1).replace(",", "")), int(doc["requests"])))
+    (small, small_n), (large, large_n) = counts
+    return (large - small) // (large_n - small_n), large_n
+
+
 def report(runs: list[tuple[str, float]]) -> None:
     """Each case's median CPU per request, and the median of its runs' ratios to the
     mean of the two plain runs around each (the figure quoted: neighbouring runs
     share the machine's state of the moment; medians of far-apart runs do not)."""
     for case in CASES:
         mine = [cost for c, cost in runs if c == case]
+        if not mine:
+            continue
         line = f"{case:>9}: {statistics.median(mine):6.1f} µs CPU/request (median)"
         if case != "plain":
             ratios = [
@@ -313,6 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="also run every case at this many requests/s (open model); 0: do not",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count each case's instructions a request under valgrind",
     )
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--client-core", type=int, default=1)
@@ -376,6 +430,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"({start[0]:.2f}s of it start-up), {cost:.1f} µs/request",
                         flush=True,
                     )
+            counted: dict[str, tuple[int, int]] = {}
+            if args.instructions:
+                if shutil.which("valgrind") is None:
+                    raise SystemExit("--instructions needs valgrind: apt install valgrind")
+                for case in CASES:
+                    summary = work / f"{case}-counted.json"
+                    command = [sys.executable, "-m", "ballista", "run"]
+                    if case == "plain":
+                        command += [f"{base}/api/items"]
+                    else:
+                        toml = work / f"{case}.toml"
+                        toml.write_text(scenario(case, base, users))
+                        command += ["-f", str(toml)]
+                    command += ["-c", str(args.concurrency), "--json", str(summary)]
+                    counted[case] = instructions(pin(args.client_core), command, summary, case)
+                    print(
+                        f"counted {case:>9}: {counted[case][0]:,} instructions/request", flush=True
+                    )
         finally:
             server.send_signal(signal.SIGQUIT)
             server.wait(timeout=10)
@@ -387,6 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rate:
         print(f"at {args.rate:g} requests/s for every case (open model):")
         report(costs[f"{args.rate:g}/s"])
+    if counted:
+        print("instructions a request (valgrind; user space; difference of -n 2000 and 6000):")
+        for case, (count, _) in counted.items():
+            print(f"{case:>9}: {count:8,} instructions, {count / counted['plain'][0]:.2f}x plain")
     print("compiled steps alone, no I/O (best of 7 x 20,000):")
     for case, cost in steps.items():
         print(f"{case:>9}: {cost:6.1f} µs CPU/iteration")
