@@ -42,7 +42,13 @@ from ballista.core.journey import (
 )
 from ballista.core.outcome import ErrorKind, Sample
 from ballista.core.recorder import Recorder
-from ballista.transport.connect import Captured, H1Plan, PreparedRequest, prepare_dynamic
+from ballista.transport.connect import (
+    H1_WHOLE_MAX,
+    Captured,
+    H1Plan,
+    PreparedRequest,
+    prepare_dynamic,
+)
 from ballista.transport.http1 import H1Connection, Result
 
 #: A journey step's status counts as whatever its checks say: the recorder judges none.
@@ -572,54 +578,50 @@ class JourneyRunner:
                 for step, plan in planned:
                     if step.simple:
                         path, values = step.render(user)
-                        req: PreparedRequest | None = None
+                        head: bytes | None = None
                         if plan is not None:
                             if self._stopping():
                                 raise RunStopped
-                            encoded: list[bytes] = []
-                            # A TOML step's path is a valid target whatever its values (tested);
-                            # a printable value has no NUL, CR or LF (else the plan looks).
+                            h1 = plan.h1
+                            target = path.encode("ascii")
+                            # The path is a valid target whatever its values (tested); a
+                            # printable value has no NUL, CR or LF (else the plan looks).
                             checked = True
+                            encoded: list[bytes] = []
                             try:
-                                for (
-                                    value
-                                ) in values:  # (a loop: a comprehension is a call of its own)
+                                for value in values:  # (a comprehension is a call)
                                     if not value.isprintable():
                                         checked = False
                                     encoded.append(value.encode("latin-1"))
-                                req = plan.h1.request(
-                                    path.encode("ascii"), encoded, user.cookies.header(), checked
-                                )
+                                cookie = user.cookies.header()
+                                head = h1.encode(target, encoded, cookie, checked)
                             except UnicodeEncodeError:
                                 pass
-                            if req is None:
+                            if head is None:
                                 pass
                             elif own is not None and scope is not None and user.timed_out is None:
-                                # `_exchange` on the user's own connection, inline: a coroutine
-                                # less per step, and one less for every wait to pass through.
-                                sample_index = req.index
+                                # `_exchange` on the user's own connection, inline, and the
+                                # request sent as its bytes: a coroutine less per step (and
+                                # for every wait to pass through), no PreparedRequest.
                                 r = StepResponse(step.reads_headers)
                                 sent_at = now()
                                 recorder.request_started()
                                 self.sent += 1
                                 scope.deadline = sent_at + timeout
+                                whole = head if len(head) <= H1_WHOLE_MAX else None
                                 try:
-                                    result = await own.request(req, None, r)
+                                    result = await own.exchange_in_scope(
+                                        h1.head, whole, (head,), True, r
+                                    )
                                 except trio.Cancelled:
-                                    self._cut_short(user, sample_index, sent_at, sent_at)
+                                    self._cut_short(user, h1.index, sent_at, sent_at)
                                     raise
                                 if scope.cancel_called:
                                     user.timed_out = ErrorKind.READ_TIMEOUT.label
                                 if not keep:
                                     scope.deadline = math.inf
                                 _, reason, failure = self._judged(
-                                    user,
-                                    sample_index,
-                                    r,
-                                    result,
-                                    sent_at,
-                                    plan.expected,
-                                    step.checks,
+                                    user, h1.index, r, result, sent_at, plan.expected, step.checks
                                 )
                                 if result[0] == 0:
                                     self.off_deadline(user)
@@ -630,9 +632,13 @@ class JourneyRunner:
                                     raise JourneyFailure(reason)
                             else:
                                 r = await self._exchange(
-                                    user, req, plan.expected, step.checks, step.reads_headers
+                                    user,
+                                    h1.prepared(target, head),
+                                    plan.expected,
+                                    step.checks,
+                                    step.reads_headers,
                                 )
-                        if req is None:
+                        if head is None:
                             r = await self.step(
                                 user,
                                 step.method,

@@ -607,7 +607,7 @@ class H1Plan:
     caller takes `prepare_dynamic` and its error.
     """
 
-    __slots__ = ("_fmt", "_head", "_index", "_method", "_spec")
+    __slots__ = ("_fmt", "_method", "_spec", "head", "index")
 
     def __init__(
         self,
@@ -625,10 +625,12 @@ class H1Plan:
             lower = name.lower()
             if not _TOKEN_BYTES(name) or lower in _SPECIAL_NAMES or lower == b"cookie":
                 raise ValueError(f"header {name!r} takes the general path")
-        self._index = index
+        #: the recorder's index of the step's name
+        self.index = index
         self._spec = spec
         self._method = method
-        self._head = method == b"HEAD"
+        #: a HEAD request: its response has no body whatever its headers say
+        self.head = method == b"HEAD"
         length = b"content-length: 0\r\n" if method in _BODY_METHODS else b""
         # `%` is a token character (and may be in an authority): escaped in the
         # format's own parts.
@@ -642,17 +644,18 @@ class H1Plan:
             + b"\r\n"
         )
 
-    def request(
+    def encode(
         self,
         target: bytes,
         values: Sequence[bytes],
         cookie: bytes | None,
         checked: bool = False,
-    ) -> PreparedRequest | None:
-        """The request with these parts, or None where `prepare_dynamic` would raise.
-        `checked`: the caller made sure that neither the target nor a value can be
-        refused (a TOML step's path: percent-encoded values in checked text; header
-        values it found printable, so without NUL, CR or LF)."""
+    ) -> bytes | None:
+        """The request's head with these parts (its whole request: it has no body), or
+        None where `prepare_dynamic` would raise. `checked`: the caller made sure that
+        neither the target nor a value can be refused (a TOML step's path:
+        percent-encoded values in checked text; header values it found printable, so
+        without NUL, CR or LF)."""
         if not checked:
             if not target.startswith(b"/") or _BAD_TARGET(target) is not None:
                 return None
@@ -665,20 +668,34 @@ class H1Plan:
             return None
         else:
             line = b"cookie: " + cookie + b"\r\n"
-        head = self._fmt % (target, *values, line)
+        return self._fmt % (target, *values, line)
+
+    def prepared(self, target: bytes, head: bytes) -> PreparedRequest:
+        """The PreparedRequest of `encode`'s answer `head` for `target`."""
         return PreparedRequest(
-            self._index,
+            self.index,
             self._method,
             target,
             b"",
             (head,),
             head if len(head) <= H1_WHOLE_MAX else None,
             True,
-            self._head,
+            self.head,
             (),
             0,
             self._spec,
         )
+
+    def request(
+        self,
+        target: bytes,
+        values: Sequence[bytes],
+        cookie: bytes | None,
+        checked: bool = False,
+    ) -> PreparedRequest | None:
+        """`encode`'s answer as a PreparedRequest, or None."""
+        head = self.encode(target, values, cookie, checked)
+        return None if head is None else self.prepared(target, head)
 
 
 def prepare_dynamic(

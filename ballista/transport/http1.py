@@ -124,7 +124,9 @@ class H1Connection:
         headers and body are kept."""
         if not self.shared:
             if deadline is None:
-                return await self._exchange_in_scope(req, capture)
+                return await self.exchange_in_scope(
+                    req.head, req.h1_bytes, req.h1_parts, req.h1_keep_alive, capture
+                )
             return await self._exchange(req, deadline, capture)
         assert deadline is not None, "a shared connection bounds its own lock wait"
         lock = self._lock
@@ -143,7 +145,9 @@ class H1Connection:
         self, req: PreparedRequest, deadline: float, capture: Captured | None = None
     ) -> Result:
         with trio.CancelScope(deadline=deadline):
-            return await self._exchange_in_scope(req, capture)
+            return await self.exchange_in_scope(
+                req.head, req.h1_bytes, req.h1_parts, req.h1_keep_alive, capture
+            )
         # Only reached when the deadline cancelled the exchange.
         return self.timed_out()
 
@@ -152,9 +156,18 @@ class H1Connection:
         phase, sent, received = self._cut
         return 0, phase.timeout, sent, received
 
-    async def _exchange_in_scope(
-        self, req: PreparedRequest, capture: Captured | None = None
+    async def exchange_in_scope(
+        self,
+        head: bool,
+        whole: bytes | None,
+        parts: tuple[bytes, ...],
+        keep_alive: bool,
+        capture: Captured | None = None,
     ) -> Result:
+        """`request` with no deadline of its own, the request given by its wire parts
+        (a PreparedRequest's `head`, `h1_bytes`, `h1_parts`, `h1_keep_alive`): for an
+        unshared connection whose caller's cancel scope bounds the exchange, and a
+        journey step that fills in its request's bytes without a PreparedRequest."""
         retried = False
         while True:
             phase = Phase.CONNECT
@@ -168,22 +181,21 @@ class H1Connection:
                     conn = await self._open()
                 io = conn.io
                 reader = self._reader
-                reader.start(req.head)
+                reader.start(head)
                 if isinstance(reader, CapturingReader):
                     reader.capture = capture
                     if capture is not None and (capture.raw_headers or capture.size):
                         capture.reset()  # a retry: what the first try kept goes
                 phase = Phase.WRITE
-                data = req.h1_bytes
-                if data is not None:
-                    await conn.send_before_read(data)
-                    sent = len(data)
+                if whole is not None:
+                    await conn.send_before_read(whole)
+                    sent = len(whole)
                     phase = Phase.READ
                     await _read_response(reader, io, reading)
                     complete = True
                 else:
                     # The body goes out from the request's own bytes, never copied.
-                    sender = _Sender(io, req.h1_parts)
+                    sender = _Sender(io, parts)
                     phase = Phase.READ
                     await self._send_while_reading(reader, io, sender, reading)
                     sent = sender.sent
@@ -191,7 +203,7 @@ class H1Connection:
                 status = reader.status
                 if status in BACKOFF_STATUSES and reader.retry_after is not None:
                     self.retry_after = parse_retry_after(reader.retry_after)
-                if not (complete and reader.reusable and req.h1_keep_alive):
+                if not (complete and reader.reusable and keep_alive):
                     # Also when answered before the whole body went out: what is
                     # left of the request makes the connection unusable for another.
                     await self._drop()
