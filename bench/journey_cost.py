@@ -139,6 +139,19 @@ def scenario(case: str, base: str, users: Path) -> str:
     )
 
 
+def run_command(case: str, base: str, users: Path, summary: Path) -> list[str]:
+    """`ballista run` for `case` against `base`, its JSON summary to `summary` (a
+    flow's TOML file is written beside the users' data file)."""
+    command = [sys.executable, "-m", "ballista", "run"]
+    if case == "plain":
+        command += [f"{base}/api/items"]
+    else:
+        toml = users.parent / f"{case}.toml"
+        toml.write_text(scenario(case, base, users))
+        command += ["-f", str(toml)]
+    return [*command, "--json", str(summary)]
+
+
 def measure(argv: list[str], summary: Path, limit_s: float) -> tuple[float, int]:
     """(CPU seconds of the process and its children, requests in its summary)."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -401,14 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             costs: dict[str, list[tuple[str, float]]] = {label: [] for label, _ in loads}
             for slot, case in enumerate(sequence):
                 summary = work / f"{case}.json"
-                command = [*pin(args.client_core), sys.executable, "-m", "ballista", "run"]
-                if case == "plain":
-                    command += [f"{base}/api/items"]
-                else:
-                    toml = work / f"{case}.toml"
-                    toml.write_text(scenario(case, base, users))
-                    command += ["-f", str(toml)]
-                command += ["--json", str(summary)]
+                command = [*pin(args.client_core), *run_command(case, base, users, summary)]
                 # Start-up (imports, parsing, connecting) is the same whatever the
                 # run's length: a one-request run measures it, to take it away.
                 start = measure([*command, "-c", "1", "-n", "1"], summary, 60)
@@ -436,14 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise SystemExit("--instructions needs valgrind: apt install valgrind")
                 for case in CASES:
                     summary = work / f"{case}-counted.json"
-                    command = [sys.executable, "-m", "ballista", "run"]
-                    if case == "plain":
-                        command += [f"{base}/api/items"]
-                    else:
-                        toml = work / f"{case}.toml"
-                        toml.write_text(scenario(case, base, users))
-                        command += ["-f", str(toml)]
-                    command += ["-c", str(args.concurrency), "--json", str(summary)]
+                    command = [
+                        *run_command(case, base, users, summary),
+                        *("-c", str(args.concurrency)),
+                    ]
                     counted[case] = instructions(pin(args.client_core), command, summary, case)
                     print(
                         f"counted {case:>9}: {counted[case][0]:,} instructions/request", flush=True

@@ -133,12 +133,7 @@ class StepResponse(Captured):
     __slots__ = ("_content", "_headers", "_json", "elapsed", "error", "status")
 
     def __init__(self, keep_headers: bool = True) -> None:
-        # Captured's own, written out (a call less for every step).
-        self.keep_headers = keep_headers
-        self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.truncated = False
+        Captured.__init__(self, keep_headers)
         #: 0 when the request failed; `error` then says how (an error kind's label)
         self.status = 0
         self.error: str | None = None
@@ -625,7 +620,7 @@ class JourneyRunner:
                                     user.timed_out = ErrorKind.READ_TIMEOUT.label
                                 if not keep:
                                     scope.deadline = math.inf
-                                _, reason, failure = self._judged(
+                                _, failure = self._judged(
                                     user, h1.index, r, result, sent_at, plan.expected, step.checks
                                 )
                                 if result[0] == 0:
@@ -633,8 +628,6 @@ class JourneyRunner:
                                     await trio.lowlevel.checkpoint()
                                 if failure is not None:
                                     raise failure
-                                if reason is not None:
-                                    raise JourneyFailure(reason)
                             else:
                                 r = await self._exchange(
                                     user,
@@ -954,7 +947,7 @@ class JourneyRunner:
         finally:
             if taken is not None and self.release is not None:
                 self.release(taken)
-        sample, reason, failure = self._judged(user, index, response, result, t0, expected, checks)
+        sample, failure = self._judged(user, index, response, result, t0, expected, checks)
         if self._feed is not None and conn is not None:
             pause = self._feed(conn, sample)
             if pause > 0 and self._pause is not None:
@@ -967,8 +960,6 @@ class JourneyRunner:
             await trio.lowlevel.checkpoint()
         if failure is not None:
             raise failure
-        if reason is not None:
-            raise JourneyFailure(reason)
         return response
 
     def _cut_short(self, user: VirtualUser, index: int, t0: float, sent_at: float | None) -> None:
@@ -995,10 +986,10 @@ class JourneyRunner:
         t0: float,
         expected: Collection[int],
         checks: Sequence[Check],
-    ) -> tuple[Sample, str | None, Exception | None]:
+    ) -> tuple[Sample, Exception | None]:
         """A step's ended exchange: its response completed, recorded and judged. Its
-        sample, and why it failed (a reason, or a check's own exception), None if it
-        did not."""
+        sample, and what to raise for its failure (JourneyFailure with the reason, or a
+        check's own exception), None if it did not fail."""
         status, error, sent, received = result
         recorder = self._recorder
         t1 = self._now()
@@ -1024,9 +1015,11 @@ class JourneyRunner:
                 failure = exc
         sample = Sample(index, status, error, t1 - t0, t1 - t0, sent, received)
         recorder.record(sample)
-        if status and (reason is not None or failure is not None):
+        if reason is not None:
+            failure = JourneyFailure(reason)
+        if status and failure is not None:
             recorder.judged_failed(index)
-        return sample, reason, failure
+        return sample, failure
 
 
 @dataclass(frozen=True, slots=True)
