@@ -271,14 +271,15 @@ def test_cli_internal_error_is_exit_3_with_traceback_and_keeps_the_summary(
 
         calls = 0
 
-        async def request(self, req, deadline):
+        async def exchange(self, *request):
             global calls
             calls += 1
             if calls > 5:
                 raise RuntimeError("injected bug")
             return 200, NO_ERROR, 10, 20
 
-        H1Connection.request = request
+        # Where the closed worker's requests go, on a connection of its own.
+        H1Connection.exchange_in_scope = exchange
         sys.exit(main(["run", "http://127.0.0.1:9/", "--http1", "-c", "1", "-n", "50",
                        "--json", {str(out)!r}]))
         """

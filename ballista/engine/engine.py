@@ -911,7 +911,10 @@ class Engine:
                         started()
                         if own is not None:
                             scope.deadline = t0 + timeout
-                            result = await own.request(req, None)
+                            # `own.request(req, None)` without the coroutine around it.
+                            result = await own.exchange_in_scope(
+                                req.head, req.h1_bytes, req.h1_parts, req.h1_keep_alive
+                            )
                         else:
                             result = await conn.request(req, t0 + timeout)
                         flying = None
