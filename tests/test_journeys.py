@@ -1031,7 +1031,9 @@ def test_a_planned_step_sends_the_bytes_prepare_dynamic_sends(method: bytes) -> 
         (b"/api/items/u1", [b"Bearer t-1", b"%d %s", b""], None),
         (b"/a?b=%25s&c=1", [b"x", b"y", b"z"], b"sid=1; theme=dark"),
     ]:
-        planned = plan.request(target, values, cookie)
+        head = plan.encode(target, values, cookie)
+        assert head is not None
+        planned = plan.prepared(target, head)
         headers = list(zip(names, values, strict=True))
         if cookie is not None:
             headers.append((b"cookie", cookie))
@@ -1049,7 +1051,7 @@ def test_a_planned_step_sends_the_bytes_prepare_dynamic_sends(method: bytes) -> 
         (b"/a", [b"x", b"y", b"z\x00"], None),
         (b"/a", [b"x", b"y", b"z"], b"a=1\r\nX-Evil: 1"),
     ]:
-        assert plan.request(target, values, cookie) is None
+        assert plan.encode(target, values, cookie) is None
     # Headers the general path defaults, frames or closes, and Cookie, are not planned.
     for name in (b"Host", b"user-agent", b"Accept", b"Content-Length", b"Connection", b"Cookie"):
         with pytest.raises(ValueError):

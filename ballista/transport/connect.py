@@ -603,8 +603,9 @@ class H1Plan:
     default headers are encoded once, into one format; each request fills in the
     target, the header values and the user's Cookie line. The bytes are
     `prepare_dynamic`'s for the same request, and checked as it checks them:
-    `request` answers None for a target or value it would refuse, so that the
-    caller takes `prepare_dynamic` and its error.
+    `encode` answers None for a target or value it would refuse, so that the
+    caller takes `prepare_dynamic` and its error; `prepared` makes its bytes a
+    PreparedRequest, where one is wanted.
     """
 
     __slots__ = ("_fmt", "_method", "_spec", "head", "index")
@@ -685,17 +686,6 @@ class H1Plan:
             0,
             self._spec,
         )
-
-    def request(
-        self,
-        target: bytes,
-        values: Sequence[bytes],
-        cookie: bytes | None,
-        checked: bool = False,
-    ) -> PreparedRequest | None:
-        """`encode`'s answer as a PreparedRequest, or None."""
-        head = self.encode(target, values, cookie, checked)
-        return None if head is None else self.prepared(target, head)
 
 
 def prepare_dynamic(
