@@ -1033,7 +1033,7 @@ def test_a_planned_step_sends_the_bytes_prepare_dynamic_sends(method: bytes) -> 
     ]:
         head = plan.encode(target, values, cookie)
         assert head is not None
-        planned = plan.prepared(target, head)
+        planned = plan.prepared(head)
         headers = list(zip(names, values, strict=True))
         if cookie is not None:
             headers.append((b"cookie", cookie))

@@ -17,7 +17,7 @@ from typing import Any
 
 from ballista.core.durations import format_duration, parse_duration
 from ballista.core.errors import ConfigError
-from ballista.core.extract import MISSING, ExtractError, JsonPath, follow, json_path
+from ballista.core.extract import MISSING, ExtractError, JsonPath, json_path, walker
 from ballista.core.journey import Check, Response
 from ballista.core.template import text_of
 
@@ -163,23 +163,23 @@ def _document(r: Response, doc: list[Any]) -> Any:
 
 
 def _exists(step: str, path: str, key: str) -> Test:
-    segments = _segments(path, key)
+    walk = walker(_segments(path, key))
     reason = f"{step}: json {path} missing"
 
     def test(r: Response, doc: list[Any]) -> str | None:
         body = _document(r, doc)
-        return reason if body is MISSING or follow(body, segments) is MISSING else None
+        return reason if body is MISSING or walk(body) is MISSING else None
 
     return test
 
 
 def _equals(step: str, path: str, expected: Any, key: str) -> Test:
-    segments = _segments(path, key)
+    walk = walker(_segments(path, key))
     reason = f"{step}: json {path} is not {text_of(expected) if not isinstance(expected, str) else repr(expected)}"
 
     def test(r: Response, doc: list[Any]) -> str | None:
         body = _document(r, doc)
-        found = MISSING if body is MISSING else follow(body, segments)
+        found = MISSING if body is MISSING else walk(body)
         return None if found is not MISSING and _same(found, expected) else reason
 
     return test

@@ -55,42 +55,56 @@ def json_path(path: str) -> JsonPath:
     return tuple((s, int(s) if _INDEX.fullmatch(s) else None) for s in segments)
 
 
-def follow(doc: Any, path: JsonPath) -> Any:
-    """The value at `path` in a parsed JSON document, or MISSING.
+def walker(path: JsonPath) -> Callable[[Any], Any]:
+    """The function that answers the value at `path` in a parsed JSON document, or
+    MISSING.
 
     A segment is a key of an object, or an index of a list (from 0; -1 is the
-    last; `*` is one element picked at random).
+    last; `*` is one element picked at random). The path is compiled into
+    Python, one `if` a segment and no loop (this runs for every extraction of
+    every step); its keys and indices are the generated code's constants, never
+    its text.
     """
-    value = doc
-    for key, index in path:
-        kind = type(value)
-        if kind is dict:
-            value = value.get(key, MISSING)
-            if value is MISSING:
-                return MISSING
-        elif kind is list:
-            if index is not None:
-                if not -len(value) <= index < len(value):
-                    return MISSING
-                value = value[index]
-            elif key == "*" and value:
-                value = random.choice(value)
-            else:
-                return MISSING
-        else:
-            return MISSING
-    return value
+    lines = ["def walk(value):"]
+    constants: dict[str, Any] = {"MISSING": MISSING, "choice": random.choice}
+    for i, (key, index) in enumerate(path):
+        constants[f"K{i}"] = key
+        lines += [
+            "    if value.__class__ is dict:",
+            f"        value = value.get(K{i}, MISSING)",
+            "        if value is MISSING:",
+            "            return MISSING",
+        ]
+        if index is not None:
+            constants[f"I{i}"] = index
+            bound = f"len(value) <= I{i}" if index >= 0 else f"len(value) < -I{i}"
+            lines += [
+                "    elif value.__class__ is list:",
+                f"        if {bound}:",
+                "            return MISSING",
+                f"        value = value[I{i}]",
+            ]
+        elif key == "*":
+            lines += [
+                "    elif value.__class__ is list and value:",
+                "        value = choice(value)",
+            ]
+        lines += ["    else:", "        return MISSING"]
+    lines.append("    return value")
+    exec("\n".join(lines), constants)  # the text is ours; keys and indices are constants
+    walk: Callable[[Any], Any] = constants["walk"]
+    return walk
 
 
 def _json(path: str) -> Callable[[Response], Any]:
-    segments = json_path(path)
+    walk = walker(json_path(path))
 
     def find(r: Response) -> Any:
         try:
             doc = r.json()
         except ValueError:  # not JSON (json.JSONDecodeError and UnicodeDecodeError are both)
             return MISSING
-        return follow(doc, segments)
+        return walk(doc)
 
     return find
 

@@ -47,6 +47,8 @@ _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)", re.DOTALL)
 _INT = re.compile(r"[+-]?\d+")
 
 Getter = Callable[[Scope], Any]
+#: A place of a template: its getter, and the variable's name (None: a built-in)
+Place = tuple[Getter, str | None]
 
 
 def text_of(value: Any) -> str:
@@ -123,7 +125,7 @@ def _expression(inner: str, names: set[str]) -> tuple[Getter, str | None]:
 _UNRESERVED = re.compile(r"[A-Za-z0-9\-._~]*").fullmatch
 
 
-def _quoted(text: str) -> str:
+def quote_value(text: str) -> str:
     """A value put in a path: percent-encoded, except the common case that needs none."""
     # (Letters and digits alone, the commonest value, need no regular expression.)
     if (text.isalnum() and text.isascii()) or _UNRESERVED(text):
@@ -135,14 +137,14 @@ def _as_text(getter: Getter, variable: str | None, quote_values: bool) -> Callab
     """A place's function to text; a variable's reads `vars` itself (one call, not two)."""
     if variable is None:
         if quote_values:
-            return lambda s: _quoted(text_of(getter(s)))
+            return lambda s: quote_value(text_of(getter(s)))
         return lambda s: text_of(getter(s))
     name = variable
     if quote_values:
 
         def quoted(s: Scope) -> str:
             v = s.vars[name]
-            return _quoted(v if v.__class__ is str else text_of(v))
+            return quote_value(v if v.__class__ is str else text_of(v))
 
         return quoted
 
@@ -163,10 +165,14 @@ class Template:
     (text around one variable: two concatenations).
     """
 
-    __slots__ = ("_single", "names", "render", "source", "static")
+    __slots__ = ("_single", "names", "parts", "quote_values", "render", "source", "static")
 
     #: The text, each place replaced by its value's text (percent-encoded for paths).
     render: Callable[[Scope], str]
+    #: The template in order: literal text (as sent: after `literal`), and places,
+    #: each (its getter, the variable's name or None for a built-in); what `render`
+    #: joins, for code that compiles a template into its own (engine.stepcode)
+    parts: tuple[str | Place, ...]
 
     def __init__(
         self,
@@ -178,7 +184,9 @@ class Template:
         """`quote_values`: percent-encode each place's text (for paths); `literal`:
         how to transform the literal parts (a path's non-ASCII characters)."""
         self.source = source
+        self.quote_values = quote_values
         names: set[str] = set()
+        parts: list[str | Place] = []
         fmt: list[str] = []
         texts: list[Callable[[Scope], str]] = []
         single: Getter | None = None
@@ -186,8 +194,11 @@ class Template:
         pos = 0
         for match in _PLACE.finditer(source):
             if match.start() > pos:
-                fmt.append(_literal(source[pos : match.start()], literal))
+                text = _transformed(source[pos : match.start()], literal)
+                parts.append(text)
+                fmt.append(_literal(text))
             getter, variable = _expression(match.group(1), names)
+            parts.append((getter, variable))
             single = getter
             variables.append(variable)
             texts.append(_as_text(getter, variable, quote_values))
@@ -199,7 +210,10 @@ class Template:
                 f"{rest[rest.index('{{') :][:30]!r}: '{{{{' is never closed by '}}}}'"
             )
         if rest:
-            fmt.append(_literal(rest, literal))
+            rest = _transformed(rest, literal)
+            parts.append(rest)
+            fmt.append(_literal(rest))
+        self.parts = tuple(parts)
         self.names = frozenset(names)
         self.static = not texts
         self._single = single if fmt == ["{}"] else None
@@ -221,6 +235,7 @@ class Template:
         """Text sent as it is, `{{` included (a header given with -H)."""
         t = cls("")
         t.source = text
+        t.parts = (text,)
         t.render = lambda _: text
         return t
 
@@ -234,8 +249,11 @@ class Template:
         return f"Template({self.source!r})"
 
 
-def _literal(text: str, transform: Callable[[str], str] | None) -> str:
-    text = transform(text) if transform else text
+def _transformed(text: str, transform: Callable[[str], str] | None) -> str:
+    return transform(text) if transform else text
+
+
+def _literal(text: str) -> str:
     return text.replace("{", "{{").replace("}", "}}")  # literal braces in a format string
 
 
@@ -258,7 +276,7 @@ def _one_variable(
     prefix: str, suffix: str, name: str, quote_values: bool
 ) -> Callable[[Scope], str]:
     """Text around one variable (`Bearer {{ token }}`, `/cart/{{ user }}`): one call,
-    two concatenations (`_quoted` inlined for paths: this runs for every step)."""
+    two concatenations (`quote_value` inlined for paths: this runs for every step)."""
     if quote_values:
 
         def quoted(s: Scope) -> str:

@@ -42,6 +42,7 @@ from ballista.core.journey import (
 )
 from ballista.core.outcome import ErrorKind, Sample
 from ballista.core.recorder import Recorder
+from ballista.engine.stepcode import Fill, request_filler
 from ballista.transport.connect import (
     H1_WHOLE_MAX,
     Captured,
@@ -577,32 +578,19 @@ class JourneyRunner:
                 keep = self._keep_deadline
                 for step, plan in planned:
                     if step.simple:
-                        path, values = step.render(user)
                         head: bytes | None = None
                         if plan is not None:
                             if self._stopping():
                                 raise RunStopped
-                            h1 = plan.h1
-                            target = path.encode("ascii")
-                            # The path is a valid target whatever its values (tested); a
-                            # printable value has no NUL, CR or LF (else the plan looks).
-                            checked = True
-                            encoded: list[bytes] = []
-                            try:
-                                for value in values:  # (a comprehension is a call)
-                                    if not value.isprintable():
-                                        checked = False
-                                    encoded.append(value.encode("latin-1"))
-                                cookie = user.cookies.header()
-                                head = h1.encode(target, encoded, cookie, checked)
-                            except UnicodeEncodeError:
-                                pass
+                            # The request's bytes: None for the general path below.
+                            head = plan.fill(user)
                             if head is None:
                                 pass
                             elif own is not None and scope is not None and user.timed_out is None:
                                 # `_exchange` on the user's own connection, inline, and the
                                 # request sent as its bytes: a coroutine less per step (and
                                 # for every wait to pass through), no PreparedRequest.
+                                h1 = plan.h1
                                 r = StepResponse(step.reads_headers)
                                 sent_at = now()
                                 recorder.request_started()
@@ -631,12 +619,13 @@ class JourneyRunner:
                             else:
                                 r = await self._exchange(
                                     user,
-                                    h1.prepared(target, head),
+                                    plan.h1.prepared(head),
                                     plan.expected,
                                     step.checks,
                                     step.reads_headers,
                                 )
                         if head is None:
+                            path, values = step.render(user)
                             r = await self.step(
                                 user,
                                 step.method,
@@ -893,7 +882,9 @@ class JourneyRunner:
             except ValueError:  # UnicodeEncodeError too
                 pass
             else:
-                plan = _Plan(h1, expected if step.expect is None else step.expect)
+                plan = _Plan(
+                    h1, expected if step.expect is None else step.expect, request_filler(step, h1)
+                )
         return plan
 
     async def _exchange(
@@ -1029,6 +1020,8 @@ class _Plan:
     h1: H1Plan
     #: the statuses the step counts as success
     expected: Collection[int]
+    #: the request's bytes for a user (None: the step takes the general path)
+    fill: Fill
 
 
 def _to_stderr(text: str) -> None:

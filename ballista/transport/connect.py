@@ -608,7 +608,17 @@ class H1Plan:
     PreparedRequest, where one is wanted.
     """
 
-    __slots__ = ("_fmt", "_method", "_spec", "head", "index")
+    __slots__ = (
+        "_before",
+        "_defaults",
+        "_fmt",
+        "_length",
+        "_method",
+        "_names",
+        "_spec",
+        "head",
+        "index",
+    )
 
     def __init__(
         self,
@@ -632,18 +642,37 @@ class H1Plan:
         self._method = method
         #: a HEAD request: its response has no body whatever its headers say
         self.head = method == b"HEAD"
-        length = b"content-length: 0\r\n" if method in _BODY_METHODS else b""
         # `%` is a token character (and may be in an authority): escaped in the
         # format's own parts.
-        self._fmt = (
-            _escape(method)
-            + b" %s HTTP/1.1\r\n"
-            + _escape(_default_head(authority))
-            + b"".join(_escape(name) + b": %s\r\n" for name in names)
+        self._before = _escape(method) + b" "
+        self._defaults = b" HTTP/1.1\r\n" + _escape(_default_head(authority))
+        self._names = [_escape(name) + b": " for name in names]
+        self._length = b"content-length: 0\r\n" if method in _BODY_METHODS else b""
+        self._fmt = self.format_with(b"%s", [b"%s"] * len(names))
+
+    def format_with(self, target: bytes, values: Sequence[bytes]) -> bytes:
+        """The request's head as a `%` format of the target's and the values' own
+        formats (`%` escaped in their literal text), then the Cookie line (`%s`):
+        `format_with(b"%s", [b"%s", ...])` is the format `encode` fills in."""
+        return (
+            self._before
+            + target
+            + self._defaults
+            + b"".join(
+                name + value + b"\r\n" for name, value in zip(self._names, values, strict=True)
+            )
             + b"%s"
-            + length
+            + self._length
             + b"\r\n"
         )
+
+    @staticmethod
+    def cookie_line(cookie: bytes) -> bytes | None:
+        """The Cookie line of a request with this cookie, or None where
+        `prepare_dynamic` would refuse it."""
+        if _BAD_VALUE(cookie) is not None:
+            return None
+        return b"cookie: " + cookie + b"\r\n"
 
     def encode(
         self,
@@ -663,20 +692,18 @@ class H1Plan:
             for value in values:
                 if _BAD_VALUE(value) is not None:
                     return None
-        if cookie is None:
-            line = b""
-        elif _BAD_VALUE(cookie) is not None:
+        line = b"" if cookie is None else self.cookie_line(cookie)
+        if line is None:
             return None
-        else:
-            line = b"cookie: " + cookie + b"\r\n"
         return self._fmt % (target, *values, line)
 
-    def prepared(self, target: bytes, head: bytes) -> PreparedRequest:
-        """The PreparedRequest of `encode`'s answer `head` for `target`."""
+    def prepared(self, head: bytes) -> PreparedRequest:
+        """The PreparedRequest of `head`, a request this plan encoded."""
+        start = len(self._method) + 1  # the target follows the method and a space
         return PreparedRequest(
             self.index,
             self._method,
-            target,
+            head[start : head.index(b" ", start)],
             b"",
             (head,),
             head if len(head) <= H1_WHOLE_MAX else None,
