@@ -152,29 +152,39 @@ def run_command(case: str, base: str, users: Path, summary: Path) -> list[str]:
     return [*command, "--json", str(summary)]
 
 
-def measure(argv: list[str], summary: Path, limit_s: float) -> tuple[float, int]:
-    """(CPU seconds of the process and its children, requests in its summary)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def measure(runs: list[tuple[list[str], Path]], limit_s: float) -> list[tuple[float, int]]:
+    """Start every (command, its JSON summary) at once; when all have ended, each one's
+    (CPU seconds of the process and its children, requests in its summary)."""
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for argv, _ in runs
+    ]
+    usages: dict[int, tuple[int, Any]] = {}
     start = time.monotonic()
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid != 0:
-            break
-        if time.monotonic() - start > limit_s:
-            proc.send_signal(signal.SIGKILL)
+    while len(usages) < len(procs):
+        for proc in procs:
+            if proc.pid in usages:
+                continue
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid != 0:
+                usages[proc.pid] = (status, usage)
+            elif time.monotonic() - start > limit_s:
+                proc.send_signal(signal.SIGKILL)
         time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{err}")
-    doc = json.loads(summary.read_text())
-    if doc["failed"]:
-        raise SystemExit(f"{argv[-1]}: {doc['failed']} failed requests: not a fair comparison")
-    if doc.get("dropped"):
-        print(
-            f"  ({doc['dropped']} arrivals dropped: the rate was more than this run kept up with)"
-        )
-    return usage.ru_utime + usage.ru_stime, int(doc["requests"])
+    out = []
+    for proc, (argv, summary) in zip(procs, runs, strict=True):
+        status, usage = usages[proc.pid]
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.returncode not in (0, 1):
+            raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}:\n{err}")
+        doc = json.loads(summary.read_text())
+        if doc["failed"]:
+            raise SystemExit(f"{summary}: {doc['failed']} failed requests: not a fair comparison")
+        if doc.get("dropped"):
+            print(f"  ({doc['dropped']} arrivals dropped: more than this run kept up with)")
+        out.append((usage.ru_utime + usage.ru_stime, int(doc["requests"])))
+    return out
 
 
 class _Answer:
@@ -340,27 +350,21 @@ def instructions(pin: list[str], command: list[str], summary: Path, case: str) -
     return (large - small) // (large_n - small_n), large_n
 
 
-def report(runs: list[tuple[str, float]]) -> None:
-    """Each case's median CPU per request, and the median of its runs' ratios to the
-    mean of the two plain runs around each (the figure quoted: neighbouring runs
-    share the machine's state of the moment; medians of far-apart runs do not)."""
+def report(runs: list[tuple[str, float, float]]) -> None:
+    """Each case's median CPU per request, and the median (with quartiles) of its
+    ratios to the plain run beside it (`plain` beside `plain`: the method's own
+    error)."""
     for case in CASES:
-        mine = [cost for c, cost in runs if c == case]
+        mine = [(cost, beside) for c, cost, beside in runs if c == case]
         if not mine:
             continue
-        line = f"{case:>9}: {statistics.median(mine):6.1f} µs CPU/request (median)"
-        if case != "plain":
-            ratios = [
-                cost / ((runs[i - 1][1] + runs[i + 1][1]) / 2)
-                for i, (c, cost) in enumerate(runs)
-                if c == case
-            ]
-            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-            line += (
-                f", {statistics.median(ratios):.2f}x the plain runs around it (median of "
-                f"{len(ratios)}; quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f})"
-            )
-        print(line)
+        ratios = [cost / beside for cost, beside in mine]
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        print(
+            f"{case:>9}: {statistics.median(c for c, _ in mine):6.1f} µs CPU/request (median), "
+            f"{statistics.median(ratios):.2f}x the plain run beside it (median of "
+            f"{len(ratios)}; quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f})"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -368,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run (10)")
     parser.add_argument("--concurrency", type=int, default=50, help="virtual users (50)")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs of each case, each between two plain runs (3)"
+        "--repeat", type=int, default=3, help="runs of each case, each beside a plain run (3)"
     )
     parser.add_argument(
         "--rate",
@@ -400,40 +404,57 @@ def main(argv: Sequence[str] | None = None) -> int:
             users.write_text(
                 "user,password\n" + "".join(f"u{i},p{i}\n" for i in range(args.concurrency))
             )
-            # Every case runs between two plain runs, and its ratio is against their
-            # mean: this VM's speed drifts by a third from minute to minute, and
-            # neighbouring runs share it best. The runs go plain, flow, plain,
-            # templated, plain, steps, plain, flow, ... (`--repeat` times each case).
-            sequence = ["plain"]
-            for _ in range(args.repeat):
-                for case in CASES[1:]:
-                    sequence += [case, "plain"]
+            # Every case runs at the same time as a plain run, both on the client's
+            # core, and is quoted against it: this VM's speed drifts by a third from
+            # minute to minute, and only runs at the same moment share it. `plain`
+            # beside `plain` is the control: what the method itself gives.
             loads = [("saturated", ["-c", str(args.concurrency)])]
             if args.rate:
                 loads.append((f"{args.rate:g}/s", []))
-            costs: dict[str, list[tuple[str, float]]] = {label: [] for label, _ in loads}
-            for slot, case in enumerate(sequence):
-                summary = work / f"{case}.json"
-                command = [*pin(args.client_core), *run_command(case, base, users, summary)]
-                # Start-up (imports, parsing, connecting) is the same whatever the
-                # run's length: a one-request run measures it, to take it away.
-                start = measure([*command, "-c", "1", "-n", "1"], summary, 60)
+            costs: dict[str, list[tuple[str, float, float]]] = {label: [] for label, _ in loads}
+
+            def client(case: str, summary: Path) -> list[str]:
+                return [*pin(args.client_core), *run_command(case, base, users, summary)]
+
+            # Start-up (imports, parsing, connecting) is the same whatever the run's
+            # length: one-request runs measure it (the least of three), to take it away.
+            start: dict[str, tuple[float, int]] = {}
+            for case in CASES:
+                summary = work / f"{case}-start.json"
+                tries = [
+                    measure([([*client(case, summary), "-c", "1", "-n", "1"], summary)], 60)[0]
+                    for _ in range(3)
+                ]
+                start[case] = min(tries)
+            pairs = [(slot, case) for slot in range(args.repeat) for case in CASES]
+            for n, (slot, case) in enumerate(pairs):
                 for label, saturated in loads:
                     # The open model at one rate of requests for every case: the
                     # `steps` flow's iterations come at a fifth of it.
                     rate = args.rate / STEPS if case == "steps" else args.rate
-                    load = saturated or ["-r", f"{rate:g}"]
-                    cpu, requests = measure(
-                        [*command, *load, "-d", f"{args.duration}s"],
-                        summary,
-                        args.duration + 60,
+                    runs = []
+                    for who, name in (("plain", "plain-beside"), (case, case)):
+                        summary = work / f"{name}.json"
+                        mine = rate if who == case else args.rate
+                        load = saturated or ["-r", f"{mine:g}"]
+                        runs.append(
+                            ([*client(who, summary), *load, "-d", f"{args.duration}s"], summary)
+                        )
+                    if slot % 2:
+                        runs.reverse()  # which starts first alternates
+                    measured = measure(runs, args.duration + 60)
+                    if slot % 2:
+                        measured.reverse()
+                    (plain_cpu, plain_requests), (cpu, requests) = measured
+                    cost = (cpu - start[case][0]) / (requests - start[case][1]) * 1e6
+                    beside = (
+                        (plain_cpu - start["plain"][0]) / (plain_requests - start["plain"][1]) * 1e6
                     )
-                    cost = (cpu - start[0]) / (requests - start[1]) * 1e6
-                    costs[label].append((case, cost))
+                    costs[label].append((case, cost, beside))
                     print(
-                        f"run {slot + 1:>2}/{len(sequence)} {case:>9} {label:>9}: "
-                        f"{requests:>7} requests, {cpu:.2f}s CPU "
-                        f"({start[0]:.2f}s of it start-up), {cost:.1f} µs/request",
+                        f"pair {n + 1:>2}/{len(pairs)} {case:>9} {label:>9}: {requests:>7} "
+                        f"requests, {cost:.1f} µs/request; plain beside it {plain_requests:>7}, "
+                        f"{beside:.1f} µs/request: {cost / beside:.3f}x",
                         flush=True,
                     )
             counted: dict[str, tuple[int, int]] = {}
