@@ -208,5 +208,4 @@ class DataSource:
 
     def assign(self, vu: int, variables: dict[str, Any]) -> None:
         """Put the chosen row's values in `variables`, by column (no copy of the row)."""
-        for name, value in zip(self.columns, self.row(vu), strict=True):
-            variables[name] = value
+        variables.update(zip(self.columns, self.row(vu), strict=True))

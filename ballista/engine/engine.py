@@ -951,6 +951,8 @@ class Engine:
             conn: StepConnection = self._connection_for(index)  # type: ignore[assignment]
             user = self._users[index] = runner.user(index, conn)
         checkpoint = trio.lowlevel.checkpoint
+        #: the run's clock, without trio.current_time's two calls around it
+        now = trio.lowlevel.current_clock().current_time
         # A user on an HTTP/1.1 connection of its own bounds its steps with one cancel
         # scope whose deadline moves from step to step (as a closed worker does), not
         # a scope per step. Only a step's timeout cancels it: then a fresh one.
@@ -962,11 +964,12 @@ class Engine:
                     user.scope = scope if own is not None else None
                     user.own = own
                     while not self._stop_sending and index < self._limit and self._take_budget():
-                        if trio.current_time() >= self._end_at:
+                        t0 = now()
+                        if t0 >= self._end_at:
                             self.stop()
                             return
                         sent = runner.sent
-                        await runner.iteration(user)
+                        await runner.iteration(user, t0)
                         if runner.sent == sent:
                             # A journey that sent nothing may not have waited: yield, or
                             # it would starve the run (a stop would never be heard).

@@ -435,6 +435,8 @@ class JourneyRunner:
             self._step(step, "GET")
         weights = [f.weight for f in journeys.flows]
         self._cumulative = list(itertools.accumulate(weights))
+        #: one flow: nothing to pick
+        self._one_flow = len(weights) == 1
         #: exceptions from journeys' code, by (flow, type, place)
         self._errors: dict[tuple[str, str, str], _ErrorSeen] = {}
         #: set when a data file ran out and stopped the run
@@ -493,9 +495,8 @@ class JourneyRunner:
     # -- iterations ---------------------------------------------------------------
 
     def pick(self) -> int:
+        """A flow by weight (of two or more)."""
         cumulative = self._cumulative
-        if len(cumulative) == 1:
-            return 0
         x = self._rng.random() * cumulative[-1]
         return min(bisect.bisect_right(cumulative, x), len(cumulative) - 1)
 
@@ -503,13 +504,14 @@ class JourneyRunner:
         self, user: VirtualUser, began: float | None = None
     ) -> Coroutine[Any, Any, str | None]:
         """One iteration of a flow picked by weight, after `setup` if this user still
-        needs it. `began`: when the iteration was due (open model), for its duration.
+        needs it. `began`: when the iteration was due (open model) or began (the
+        caller read the clock), for its duration.
 
         Every iteration started is accounted for: completed, failed (a setup that
         failed fails it, with reason `setup`), or interrupted by the end of the run.
         (A plain def: without setup to run first, the coroutine is the flow's own.)
         """
-        index = self.pick()
+        index = 0 if self._one_flow else self.pick()
         self.flows.started(index)
         t0 = self._now() if began is None else began
         if self.journeys.setup is not None and not user.set_up:
