@@ -562,7 +562,8 @@ class JourneyRunner:
                 # plan, encoded once, and exchanged from here; any other step, or a
                 # value the plan cannot take as it is (to be encoded, or refused with a
                 # reason), is built as any step is.
-                fn.begin(user)
+                if fn.data:
+                    fn.begin(user)
                 last = fn.steps[-1]
                 planned = self._planned.get(id(fn))
                 if planned is None:
@@ -640,7 +641,8 @@ class JourneyRunner:
                                 step.checks,
                                 step.expect,
                             )
-                        step.take(r, user.vars)
+                        if step.extract:
+                            step.take(r, user.vars)
                     else:
                         await step.run(user)
                     if step is not last and step.think is not None:
