@@ -1,12 +1,15 @@
 """What a TOML journey step costs against a plain request: CPU per request of `ballista run`.
 
 Runs against one local nginx (one worker on its own core) that answers every
-path with the same small JSON body, each `ballista run` alone on another core,
-CPU from its rusage (less that of a one-request run: start-up) divided by the
-requests its JSON summary counts. Each case runs between two `plain` runs and
-is quoted against their mean (the median over `--repeat` such runs, with its
-quartiles): on a shared VM whose speed drifts by a third from minute to minute,
-neighbouring runs are the only fair comparison. The cases:
+path with the same small JSON body. Each case's `ballista run` runs at the same
+time as a plain one, both pinned to the client's core, and is quoted against
+it: CPU from each process's rusage (less that of a one-request run: start-up)
+divided by the requests its JSON summary counts, the ratio of the two, and the
+median of `--repeat` such pairs with its quartiles. This shared VM's speed
+drifts by a third from minute to minute; two runs at the same moment on the
+same core share it, runs one after the other do not. `plain` beside `plain`
+is the control: it shows what the method itself gives (1.00, quartiles within
+about 0.01). The cases:
 
 - `plain`: `ballista run URL -c C -d D`, one request over and over;
 - `flow`: a one-step `[[flows]]` file: an untemplated GET, no extraction
@@ -23,16 +26,17 @@ cases in this process over connections that answer at once: the engine's
 and the runtime's own work, without the kernel's and the parser's.
 
 Issue 16 asks a templated step with one extraction to cost at most 1.5x
-`plain`: `steps` measures the step, `templated` the step and its iteration. Not a test: nothing
-in `scripts/test` runs it. Load goes only to 127.0.0.1, each run bounded.
+`plain`: `steps` measures the step, `templated` the step and its iteration.
+Not a test: nothing in `scripts/test` runs it. Load goes only to 127.0.0.1,
+each run bounded.
 
     .venv/bin/python bench/journey_cost.py [--duration 10] [--concurrency 50] [--repeat 3]
         [--rate 4000]
 
-With `--rate R` every case also runs in the open model at R requests a second
-(the `steps` flow's iterations at R/5): the CPU a request costs at a rate the
-machine keeps up with, where the event loop wakes for each request rather than
-finding many ready at once.
+With `--rate R` every pair also runs in the open model at R requests a second
+each (the `steps` flow's iterations at R/5): the CPU a request costs at a rate
+the machine keeps up with, where the event loop wakes for each request rather
+than finding many ready at once.
 
 With `--instructions` every case also runs under valgrind (cachegrind, no cache
 simulation) against the same nginx, twice (`-n 2000` and `-n 6000` requests'

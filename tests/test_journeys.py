@@ -1010,7 +1010,7 @@ async def test_a_setup_step_timeout_fails_the_iteration(journey_service: Journey
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.characters(codec="latin-1")))
 def test_a_printable_value_is_one_no_check_refuses(value: str) -> None:
-    # The engine hands H1Plan.request the header values it found printable as
+    # A step's request (engine.stepcode) hands H1Plan the header values it found printable as
     # `checked`: printable text has nothing the plan's own check looks for.
     from ballista.transport.connect import _BAD_VALUE
 

@@ -243,7 +243,7 @@ query = { q = "{{ v }}" }
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=30), st.integers() | st.text())
 def test_a_rendered_step_path_is_a_valid_target_whatever_its_values(a: str, b: Any) -> None:
-    # The engine sends a TOML step's path without checking it again (H1Plan.request's
+    # The engine sends a TOML step's path without checking it again (H1Plan.encode's
     # `checked`): whatever a variable holds, the path is a target no check refuses.
     from ballista.transport.connect import _BAD_TARGET
 
