@@ -15,7 +15,6 @@ import datetime
 import json
 import random
 import re
-import string
 import time
 import uuid
 from collections.abc import Callable
@@ -219,14 +218,11 @@ class Template:
         self._single = single if fmt == ["{}"] else None
         text = "".join(fmt)
         if len(variables) == 1 and variables[0] is not None and text != "{}":
-            # The literal text before and after the one place, braces unescaped.
-            before: list[str] = []
-            after: list[str] = []
-            seen = False
-            for literal_text, field, _, _ in string.Formatter().parse(text):
-                (after if seen else before).append(literal_text)
-                seen = seen or field is not None
-            self.render = _one_variable("".join(before), "".join(after), variables[0], quote_values)
+            # The literal text before and after the one place.
+            at = next(i for i, part in enumerate(parts) if not isinstance(part, str))
+            before = "".join(p for p in parts[:at] if isinstance(p, str))
+            after = "".join(p for p in parts[at + 1 :] if isinstance(p, str))
+            self.render = _one_variable(before, after, variables[0], quote_values)
         else:
             self.render = _renderer(text, tuple(texts))
 

@@ -558,10 +558,10 @@ class JourneyRunner:
                 # A TOML flow, as `Flow` runs it through a session, with less between
                 # its steps (here, not in a coroutine of its own: every wait of every
                 # step passes through each coroutine it is nested in). A simple step
-                # (`Step.simple`: no query or body) over HTTP/1.1 is filled into its
-                # plan, encoded once, and exchanged from here; any other step, or a
-                # value the plan cannot take as it is (to be encoded, or refused with a
-                # reason), is built as any step is.
+                # (`Step.simple`: no query or body) over HTTP/1.1 has its request made
+                # by its plan's `fill` (engine.stepcode) and is exchanged from here; any
+                # other step, or one whose request the plan refuses, is built as any
+                # step is (and says why).
                 if fn.data:
                     fn.begin(user)
                 last = fn.steps[-1]
